@@ -1,0 +1,18 @@
+//! sqd moves stats files from producing hosts into a store through a pool of workers that a
+//! leader keeps assigned while machines come and go.
+//!
+//! Crate map:
+//! - [`proto`]: generated gRPC types and services (`proto/sqd/v1`).
+//! - [`version`]: the version handshake rule.
+//! - [`config`]: TOML config files and flags for every mode, validated with all errors at once.
+//! - [`leader`]: registry, scheduler and durable state (pure cores + the leader runtime).
+//! - [`services`]: thin tonic adapters for the node sessions and the admin API.
+//! - [`node`]: the node side of a leader session, shared by workers and agents.
+//! - [`worker`]: assignment set, self-fencing lease, and the seam where pull loops run.
+//! - [`agent`]: the optional client agent on a producing host.
+//! - [`ctl`]: the `sqdctl` commands and their output.
+//! - [`daemon`]: pid/lock files, signals, logging setup shared by the daemons.
+
+pub mod proto;
+pub mod version;
+pub mod leader;

@@ -13,6 +13,14 @@
 //! - [`ctl`]: the `sqdctl` commands and their output.
 //! - [`daemon`]: pid/lock files, signals, logging setup shared by the daemons.
 
-pub mod proto;
-pub mod version;
+pub mod agent;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
 pub mod leader;
+pub mod node;
+pub mod proto;
+pub mod services;
+pub mod spec;
+pub mod version;
+pub mod worker;

@@ -1,4 +1,145 @@
 //! The leader: membership, liveness, assignment and the durable registry.
+//!
+//! [`registry`] and [`scheduler`] are pure; [`state`] persists; [`core`] is the one thread that
+//! owns them; [`run`] wires the core to the gRPC server.
 
+pub mod core;
 pub mod registry;
 pub mod scheduler;
+pub mod state;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::config::LeaderConfig;
+use crate::daemon::{self, DaemonError, PidLock};
+use crate::proto::{
+    admin_service_server::AdminServiceServer, node_service_server::NodeServiceServer,
+};
+use crate::services::{admin::AdminApi, node::NodeApi};
+use crate::version::VERSION;
+use registry::{Registry, Timing};
+use state::{State, StateError};
+
+/// Largest gRPC message the leader accepts (hazard 27).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(
+        "cannot listen on {addr}: {source}; is another process using the port? pick another with --listen"
+    )]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("the leader core stopped unexpectedly")]
+    CoreGone,
+}
+
+/// Runs the leader until `shutdown` turns true.
+pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(), LeaderError> {
+    let _lock = PidLock::acquire(&cfg.state_dir, "leader")?;
+    let started = Instant::now();
+    // Nothing is served before the state is loaded (C5).
+    let (state, loaded) = State::open(&cfg.state_dir, &cfg.cluster)?;
+    let timing = Timing {
+        heartbeat_ms: cfg.heartbeat_ms,
+        lease_ms: cfg.lease_ms,
+        grace_ms: cfg.grace_ms,
+        max_moves_per_tick: cfg.max_moves_per_tick,
+    };
+    let mut registry = Registry::new(timing, VERSION, loaded.next_epoch);
+    for w in &loaded.workers {
+        registry.restore_worker(&w.id, &w.addr, &w.version, w.draining, 0);
+    }
+    let clients = loaded.clients.len();
+    for (spec, worker, epoch) in loaded.clients {
+        registry.restore_client(spec, worker, epoch);
+    }
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| LeaderError::Listen {
+            addr: cfg.listen.to_string(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| LeaderError::Listen {
+            addr: cfg.listen.to_string(),
+            source,
+        })?;
+    // Lets scripts and tests that asked for port 0 find the leader.
+    let addr_file = cfg.state_dir.join("leader.addr");
+    std::fs::write(&addr_file, format!("{local}\n")).map_err(|source| LeaderError::Io {
+        path: addr_file.clone(),
+        source,
+    })?;
+
+    let info = core::LeaderInfo {
+        addr: local.to_string(),
+        cluster: cfg.cluster.clone(),
+        version: VERSION.to_owned(),
+    };
+    let (handle, core_thread) =
+        core::spawn(registry, state, info, started).map_err(|source| LeaderError::Io {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
+    info!(addr = %local, cluster = %cfg.cluster, version = VERSION, clients, workers = loaded.workers.len(),
+          heartbeat_ms = cfg.heartbeat_ms, lease_ms = cfg.lease_ms, "leader serving");
+
+    let node = NodeServiceServer::new(NodeApi::new(handle.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServiceServer::new(AdminApi::new(handle.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    drop(handle);
+
+    // The core thread ends on a persistence failure: watch for it so the process stops too.
+    let (core_done_tx, core_done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = core_thread.join();
+        let _ = core_done_tx.send(result);
+    });
+
+    let stop = daemon::wait_for(shutdown);
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(node)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+
+    tokio::select! {
+        served = server => {
+            served?;
+            info!("leader stopped");
+            Ok(())
+        }
+        core = core_done_rx => {
+            match core {
+                Ok(Ok(Err(e))) => Err(e.into()),
+                _ => {
+                    warn!("leader core ended");
+                    Err(LeaderError::CoreGone)
+                }
+            }
+        }
+    }
+}

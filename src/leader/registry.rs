@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use super::scheduler::{self, Candidate, CandidateRole, MoveReason, Placement};
+pub use crate::spec::ClientSpec;
 use crate::version;
 
 /// Leader-monotonic milliseconds.
@@ -22,16 +23,6 @@ pub type Millis = u64;
 
 /// Identifies one node session (one gRPC stream); never reused within a leader run.
 pub type SessionId = u64;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientSpec {
-    pub name: String,
-    pub ssh: String,
-    pub path: String,
-    pub key_file: String,
-    pub known_hosts: String,
-    pub pattern: String,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timing {
@@ -132,8 +123,14 @@ pub enum Durable {
 /// A message for one session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {
-    Assign { spec: ClientSpec, epoch: u64 },
-    Revoke { client: String, epoch: u64 },
+    Assign {
+        spec: ClientSpec,
+        epoch: u64,
+    },
+    Revoke {
+        client: String,
+        epoch: u64,
+    },
     /// Close the session (fenced, superseded or declared dead).
     Close,
 }
@@ -141,9 +138,15 @@ pub enum Outbound {
 /// Something worth one structured log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    WorkerSuspect { worker: String },
-    WorkerDead { worker: String },
-    AgentDown { client: String },
+    WorkerSuspect {
+        worker: String,
+    },
+    WorkerDead {
+        worker: String,
+    },
+    AgentDown {
+        client: String,
+    },
     Moved {
         client: String,
         from: Option<String>,
@@ -151,7 +154,11 @@ pub enum Event {
         epoch: u64,
         reason: &'static str,
     },
-    ReleaseRequested { client: String, worker: String, reason: &'static str },
+    ReleaseRequested {
+        client: String,
+        worker: String,
+        reason: &'static str,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -224,7 +231,14 @@ impl Registry {
 
     /// Restores a worker known from the persisted state. It starts suspect with a full lease
     /// from `now`, so a worker that re-attaches in time keeps its clients and epochs.
-    pub fn restore_worker(&mut self, id: &str, addr: &str, version: &str, draining: bool, now: Millis) {
+    pub fn restore_worker(
+        &mut self,
+        id: &str,
+        addr: &str,
+        version: &str,
+        draining: bool,
+        now: Millis,
+    ) {
         self.workers.insert(
             id.to_owned(),
             Worker {
@@ -319,7 +333,12 @@ impl Registry {
     }
 
     /// Marks a worker draining (or not) and moves its clients away by handoff.
-    pub fn set_draining(&mut self, id: &str, draining: bool, now: Millis) -> Result<Effects, RegistryError> {
+    pub fn set_draining(
+        &mut self,
+        id: &str,
+        draining: bool,
+        now: Millis,
+    ) -> Result<Effects, RegistryError> {
         let worker = self
             .workers
             .get_mut(id)
@@ -401,10 +420,7 @@ impl Registry {
                 continue;
             }
             if client.releasing_since.is_some() {
-                let still_held = hello
-                    .held
-                    .iter()
-                    .any(|(name, _)| name == &client.spec.name);
+                let still_held = hello.held.iter().any(|(name, _)| name == &client.spec.name);
                 if !still_held {
                     client.releasing_since = None;
                     client.worker = None;
@@ -428,6 +444,14 @@ impl Registry {
     }
 
     fn note_refusal(&mut self, hello: &WorkerHello<'_>, reason: String) {
+        if self
+            .workers
+            .get(hello.id)
+            .is_some_and(|w| w.session.is_some())
+        {
+            // A live worker keeps serving; the refused newcomer only gets the answer.
+            return;
+        }
         let entry = self
             .workers
             .entry(hello.id.to_owned())
@@ -456,13 +480,17 @@ impl Registry {
         session: SessionId,
         now: Millis,
     ) -> Result<Effects, Refusal> {
-        version::check_compatible(&self.leader_version, agent_version).map_err(|reason| Refusal {
-            reason,
-            retryable: false,
+        version::check_compatible(&self.leader_version, agent_version).map_err(|reason| {
+            Refusal {
+                reason,
+                retryable: false,
+            }
         })?;
         let Some(client) = self.clients.get_mut(name) else {
             return Err(Refusal {
-                reason: format!("unknown client {name:?}; add it first with `sqdctl add-client {name} ...`"),
+                reason: format!(
+                    "unknown client {name:?}; add it first with `sqdctl add-client {name} ...`"
+                ),
                 retryable: true,
             });
         };
@@ -479,14 +507,26 @@ impl Registry {
 
     /// Records a heartbeat. Returns false when the session is unknown (stale or closed).
     pub fn heartbeat(&mut self, session: SessionId, load: f64, now: Millis) -> bool {
-        if let Some(w) = self.workers.values_mut().find(|w| w.session == Some(session)) {
+        if let Some(w) = self
+            .workers
+            .values_mut()
+            .find(|w| w.session == Some(session))
+        {
             w.last_heartbeat = Some(now);
-            w.load = if load.is_finite() { load.clamp(0.0, 1.0) } else { 1.0 };
+            w.load = if load.is_finite() {
+                load.clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
             w.liveness = Liveness::Alive;
             return true;
         }
         for c in self.clients.values_mut() {
-            if let Agent::Up { session: s, last_heartbeat } = &mut c.agent {
+            if let Agent::Up {
+                session: s,
+                last_heartbeat,
+            } = &mut c.agent
+            {
                 if *s == session {
                     *last_heartbeat = now;
                     return true;
@@ -499,11 +539,17 @@ impl Registry {
     /// The session's stream broke: its worker is suspect at once (its lease may still run).
     pub fn session_closed(&mut self, session: SessionId) -> Effects {
         let mut fx = Effects::default();
-        if let Some(w) = self.workers.values_mut().find(|w| w.session == Some(session)) {
+        if let Some(w) = self
+            .workers
+            .values_mut()
+            .find(|w| w.session == Some(session))
+        {
             w.session = None;
             if w.liveness == Liveness::Alive {
                 w.liveness = Liveness::Suspect;
-                fx.events.push(Event::WorkerSuspect { worker: w.id.clone() });
+                fx.events.push(Event::WorkerSuspect {
+                    worker: w.id.clone(),
+                });
             }
             return fx;
         }
@@ -521,17 +567,29 @@ impl Registry {
     /// The worker stopped all its work and is leaving: its clients move at once.
     pub fn worker_leaving(&mut self, session: SessionId, now: Millis) -> Effects {
         let mut fx = Effects::default();
-        if let Some(w) = self.workers.values_mut().find(|w| w.session == Some(session)) {
+        if let Some(w) = self
+            .workers
+            .values_mut()
+            .find(|w| w.session == Some(session))
+        {
             w.session = None;
             w.liveness = Liveness::Dead;
-            fx.events.push(Event::WorkerDead { worker: w.id.clone() });
+            fx.events.push(Event::WorkerDead {
+                worker: w.id.clone(),
+            });
             fx.extend(self.schedule(now));
         }
         fx
     }
 
     /// The worker confirmed it stopped serving `client` (held under `epoch`).
-    pub fn released(&mut self, session: SessionId, client: &str, epoch: u64, now: Millis) -> Effects {
+    pub fn released(
+        &mut self,
+        session: SessionId,
+        client: &str,
+        epoch: u64,
+        now: Millis,
+    ) -> Effects {
         let Some(worker) = self.workers.values().find(|w| w.session == Some(session)) else {
             return Effects::default();
         };
@@ -558,21 +616,31 @@ impl Registry {
         let mut fx = Effects::default();
         let t = self.timing;
         for w in self.workers.values_mut() {
-            let Some(last) = w.last_heartbeat else { continue };
+            let Some(last) = w.last_heartbeat else {
+                continue;
+            };
             let silent = now.saturating_sub(last);
             if w.liveness != Liveness::Dead && silent > t.dead_after() {
                 w.liveness = Liveness::Dead;
-                fx.events.push(Event::WorkerDead { worker: w.id.clone() });
+                fx.events.push(Event::WorkerDead {
+                    worker: w.id.clone(),
+                });
                 if let Some(s) = w.session.take() {
                     fx.messages.push((s, Outbound::Close));
                 }
             } else if w.liveness == Liveness::Alive && silent > t.suspect_after() {
                 w.liveness = Liveness::Suspect;
-                fx.events.push(Event::WorkerSuspect { worker: w.id.clone() });
+                fx.events.push(Event::WorkerSuspect {
+                    worker: w.id.clone(),
+                });
             }
         }
         for c in self.clients.values_mut() {
-            if let Agent::Up { session, last_heartbeat } = c.agent {
+            if let Agent::Up {
+                session,
+                last_heartbeat,
+            } = c.agent
+            {
                 if now.saturating_sub(last_heartbeat) > t.dead_after() {
                     c.agent = Agent::Down;
                     fx.messages.push((session, Outbound::Close));
@@ -615,10 +683,11 @@ impl Registry {
         // (renewed by heartbeats it kept sending) would have had to lapse anyway.
         for c in self.clients.values_mut() {
             if c.releasing_since.is_some() {
-                let owner_dead = c
-                    .worker
-                    .as_deref()
-                    .is_none_or(|w| self.workers.get(w).is_none_or(|w| w.liveness == Liveness::Dead));
+                let owner_dead = c.worker.as_deref().is_none_or(|w| {
+                    self.workers
+                        .get(w)
+                        .is_none_or(|w| w.liveness == Liveness::Dead)
+                });
                 if owner_dead {
                     c.releasing_since = None;
                 }
@@ -649,7 +718,9 @@ impl Registry {
         let mut epoch_used = false;
         for d in plan {
             let from_live = d.from.as_deref().is_some_and(|w| self.is_live_owner(w));
-            let Some(client) = self.clients.get_mut(&d.client) else { continue };
+            let Some(client) = self.clients.get_mut(&d.client) else {
+                continue;
+            };
             if from_live {
                 // Handoff: ask the live owner to release; the next owner is chosen once it did.
                 let from = d.from.clone().unwrap_or_default();
@@ -691,7 +762,11 @@ impl Registry {
                 worker: d.to.clone(),
                 epoch,
             });
-            if let Some(session) = d.to.as_deref().and_then(|w| self.workers.get(w)).and_then(|w| w.session) {
+            if let Some(session) =
+                d.to.as_deref()
+                    .and_then(|w| self.workers.get(w))
+                    .and_then(|w| w.session)
+            {
                 fx.messages.push((
                     session,
                     Outbound::Assign {
@@ -789,10 +864,8 @@ mod tests {
                             }
                         }
                         Outbound::Revoke { client, epoch } => {
-                            let released = self
-                                .held
-                                .get_mut(&session)
-                                .and_then(|h| h.remove(&client));
+                            let released =
+                                self.held.get_mut(&session).and_then(|h| h.remove(&client));
                             if let Some(e) = released {
                                 assert!(e <= epoch);
                                 next.extend(reg.released(session, &client, e, now).messages);
@@ -821,19 +894,33 @@ mod tests {
             let fx = reg.add_client(spec(&format!("c{i}")), 0).unwrap();
             fleet.apply(&mut reg, fx, 0);
         }
-        let before: BTreeMap<_, _> = reg.owners().map(|(c, o)| (c.to_owned(), o.map(|o| (o.worker.to_owned(), o.epoch)))).collect();
+        let before: BTreeMap<_, _> = reg
+            .owners()
+            .map(|(c, o)| (c.to_owned(), o.map(|o| (o.worker.to_owned(), o.epoch))))
+            .collect();
         // b's stream breaks; a keeps heartbeating.
         let fx = reg.session_closed(1);
-        assert!(fx.events.contains(&Event::WorkerSuspect { worker: "b".into() }));
+        assert!(
+            fx.events
+                .contains(&Event::WorkerSuspect { worker: "b".into() })
+        );
         for now in [100, 200, 300, 400] {
             assert!(reg.heartbeat(0, 0.0, now));
             let fx = reg.tick(now);
             // Still within lease + grace: b's clients must not move.
-            assert!(fx.durable.iter().all(|d| !matches!(d, Durable::Assignment { .. })), "moved early at {now}");
+            assert!(
+                fx.durable
+                    .iter()
+                    .all(|d| !matches!(d, Durable::Assignment { .. })),
+                "moved early at {now}"
+            );
         }
         assert!(reg.heartbeat(0, 0.0, 401));
         let fx = reg.tick(401);
-        assert!(fx.events.contains(&Event::WorkerDead { worker: "b".into() }));
+        assert!(
+            fx.events
+                .contains(&Event::WorkerDead { worker: "b".into() })
+        );
         for (client, owner) in reg.owners() {
             let owner = owner.unwrap();
             assert_eq!(owner.worker, "a");
@@ -885,7 +972,11 @@ mod tests {
 
         let fx = reg.set_draining("a", true, 10).unwrap();
         // The revoke goes out, but b gets nothing until a released.
-        assert!(fx.messages.iter().all(|(s, m)| !(*s == 2 && matches!(m, Outbound::Assign { .. }))));
+        assert!(
+            fx.messages
+                .iter()
+                .all(|(s, m)| !(*s == 2 && matches!(m, Outbound::Assign { .. })))
+        );
         fleet.apply(&mut reg, fx, 10);
         let c = reg.client("c").unwrap();
         assert_eq!(c.worker.as_deref(), Some("b"));
@@ -902,7 +993,12 @@ mod tests {
         let held = vec![("c".to_string(), 41)];
         let r = reg.register_worker(hello("a", &held), 7, 50).unwrap();
         assert_eq!(r.assignments, vec![(spec("c"), 41)]);
-        assert!(r.effects.durable.iter().all(|d| !matches!(d, Durable::Assignment { .. })));
+        assert!(
+            r.effects
+                .durable
+                .iter()
+                .all(|d| !matches!(d, Durable::Assignment { .. }))
+        );
         assert_eq!(reg.next_epoch(), 42);
     }
 

@@ -253,10 +253,17 @@ mod tests {
     #[test]
     fn clients_of_a_missing_worker_are_placed_in_one_plan_even_with_zero_move_budget() {
         let cands = vec![eligible("a"), eligible("b")];
-        let ps = vec![at("x", Some("dead")), at("y", Some("dead")), at("z", Some("a"))];
+        let ps = vec![
+            at("x", Some("dead")),
+            at("y", Some("dead")),
+            at("z", Some("a")),
+        ];
         let plan = plan(&cands, &ps, 0);
         assert_eq!(plan.len(), 2);
-        assert!(plan.iter().all(|d| d.to.is_some() && d.from.as_deref() == Some("dead")));
+        assert!(
+            plan.iter()
+                .all(|d| d.to.is_some() && d.from.as_deref() == Some("dead"))
+        );
     }
 
     #[test]
@@ -278,7 +285,12 @@ mod tests {
     fn pinned_worker_keeps_its_clients_and_gets_no_new_ones() {
         let mut cands = vec![eligible("a"), eligible("b")];
         cands[1].role = CandidateRole::Pinned;
-        let ps = vec![at("x", Some("b")), at("y", Some("b")), at("z", Some("b")), at("n", None)];
+        let ps = vec![
+            at("x", Some("b")),
+            at("y", Some("b")),
+            at("z", Some("b")),
+            at("n", None),
+        ];
         let plan = plan(&cands, &ps, 10);
         assert_eq!(plan.len(), 1);
         assert_eq!(plan[0].to.as_deref(), Some("a"));
@@ -287,7 +299,12 @@ mod tests {
     #[test]
     fn frozen_clients_are_neither_placed_nor_moved() {
         let cands = vec![eligible("a"), eligible("b")];
-        let mut ps = vec![at("x", None), at("y", Some("a")), at("z", Some("a")), at("w", Some("a"))];
+        let mut ps = vec![
+            at("x", None),
+            at("y", Some("a")),
+            at("z", Some("a")),
+            at("w", Some("a")),
+        ];
         ps[0].frozen = true;
         ps[1].frozen = true;
         ps[2].frozen = true;

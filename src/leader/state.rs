@@ -1,0 +1,340 @@
+//! The leader's durable registry in SQLite under `--state-dir`: clients with their settings,
+//! owners and epochs, known workers (with their drain flag) and the epoch counter (C5).
+//!
+//! Every change is one transaction with `synchronous=FULL`, so a change acknowledged to anyone
+//! survives `kill -9` and power loss.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::registry::{ClientSpec, Durable};
+
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "leader state {path}: {source}; if the file is damaged, restore the state dir from a backup or move it away to start empty"
+    )]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "leader state {path} failed its integrity check ({detail}); restore the state dir from a backup or move it away to start empty"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "state dir {dir} belongs to cluster {stored:?}, not {wanted:?}; pass --cluster {stored} or use another --state-dir"
+    )]
+    ClusterMismatch {
+        dir: PathBuf,
+        stored: String,
+        wanted: String,
+    },
+    #[error(
+        "leader state {path} has schema version {found}, newer than this sqd understands ({SCHEMA_VERSION}); run a newer sqd"
+    )]
+    TooNew { path: PathBuf, found: i64 },
+}
+
+/// What the state held at start-up.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub next_epoch: u64,
+    pub clients: Vec<(ClientSpec, Option<String>, u64)>,
+    pub workers: Vec<PersistedWorker>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedWorker {
+    pub id: String,
+    pub addr: String,
+    pub version: String,
+    pub draining: bool,
+}
+
+pub struct State {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl State {
+    pub fn open(dir: &Path, cluster: &str) -> Result<(State, Loaded), StateError> {
+        let path = dir.join("leader.sqlite");
+        let wrap = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(wrap)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        )
+        .map_err(wrap)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(wrap)?;
+        if check != "ok" {
+            return Err(StateError::Corrupt {
+                path: path.clone(),
+                detail: check,
+            });
+        }
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS clients (
+                 name TEXT PRIMARY KEY,
+                 ssh TEXT NOT NULL,
+                 path TEXT NOT NULL,
+                 key_file TEXT NOT NULL,
+                 known_hosts TEXT NOT NULL,
+                 pattern TEXT NOT NULL,
+                 worker TEXT,
+                 epoch INTEGER NOT NULL DEFAULT 0
+             );
+             CREATE TABLE IF NOT EXISTS workers (
+                 id TEXT PRIMARY KEY,
+                 addr TEXT NOT NULL,
+                 version TEXT NOT NULL,
+                 draining INTEGER NOT NULL DEFAULT 0
+             );",
+        )
+        .map_err(wrap)?;
+        let mut state = State { conn, path };
+        let loaded = state.load(dir, cluster)?;
+        Ok((state, loaded))
+    }
+
+    fn wrap(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.wrap(e))
+    }
+
+    fn load(&mut self, dir: &Path, cluster: &str) -> Result<Loaded, StateError> {
+        if let Some(found) = self.meta("schema")? {
+            let found: i64 = found.parse().unwrap_or(i64::MAX);
+            if found > SCHEMA_VERSION {
+                return Err(StateError::TooNew {
+                    path: self.path.clone(),
+                    found,
+                });
+            }
+        }
+        match self.meta("cluster")? {
+            Some(stored) if stored != cluster => {
+                return Err(StateError::ClusterMismatch {
+                    dir: dir.to_owned(),
+                    stored,
+                    wanted: cluster.to_owned(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                self.conn
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES ('cluster', ?1), ('schema', ?2)",
+                        params![cluster, SCHEMA_VERSION.to_string()],
+                    )
+                    .map_err(|e| self.wrap(e))?;
+            }
+        }
+        let next_epoch = self
+            .meta("next_epoch")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, ssh, path, key_file, known_hosts, pattern, worker, epoch
+                 FROM clients ORDER BY name",
+            )
+            .map_err(|e| self.wrap(e))?;
+        let clients = stmt
+            .query_map([], |r| {
+                Ok((
+                    ClientSpec {
+                        name: r.get(0)?,
+                        ssh: r.get(1)?,
+                        path: r.get(2)?,
+                        key_file: r.get(3)?,
+                        known_hosts: r.get(4)?,
+                        pattern: r.get(5)?,
+                    },
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, i64>(7)?.max(0) as u64,
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.wrap(e))?;
+        drop(stmt);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, addr, version, draining FROM workers ORDER BY id")
+            .map_err(|e| self.wrap(e))?;
+        let workers = stmt
+            .query_map([], |r| {
+                Ok(PersistedWorker {
+                    id: r.get(0)?,
+                    addr: r.get(1)?,
+                    version: r.get(2)?,
+                    draining: r.get::<_, i64>(3)? != 0,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.wrap(e))?;
+        drop(stmt);
+        Ok(Loaded {
+            next_epoch,
+            clients,
+            workers,
+        })
+    }
+
+    pub fn insert_client(&mut self, spec: &ClientSpec) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO clients (name, ssh, path, key_file, known_hosts, pattern)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    spec.name,
+                    spec.ssh,
+                    spec.path,
+                    spec.key_file,
+                    spec.known_hosts,
+                    spec.pattern
+                ],
+            )
+            .map_err(|e| self.wrap(e))?;
+        Ok(())
+    }
+
+    pub fn delete_client(&mut self, name: &str) -> Result<(), StateError> {
+        self.conn
+            .execute("DELETE FROM clients WHERE name = ?1", [name])
+            .map_err(|e| self.wrap(e))?;
+        Ok(())
+    }
+
+    /// Applies a batch of changes in one transaction.
+    pub fn apply(&mut self, changes: &[Durable]) -> Result<(), StateError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let wrap = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        for change in changes {
+            match change {
+                Durable::Assignment {
+                    client,
+                    worker,
+                    epoch,
+                } => {
+                    tx.execute(
+                        "UPDATE clients SET worker = ?2, epoch = ?3 WHERE name = ?1",
+                        params![client, worker, *epoch as i64],
+                    )
+                    .map_err(wrap)?;
+                }
+                Durable::Worker {
+                    id,
+                    addr,
+                    version,
+                    draining,
+                } => {
+                    tx.execute(
+                        "INSERT INTO workers (id, addr, version, draining) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(id) DO UPDATE SET addr = ?2, version = ?3, draining = ?4",
+                        params![id, addr, version, *draining as i64],
+                    )
+                    .map_err(wrap)?;
+                }
+                Durable::NextEpoch(next) => {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('next_epoch', ?1)
+                         ON CONFLICT(key) DO UPDATE SET value = ?1",
+                        [next.to_string()],
+                    )
+                    .map_err(wrap)?;
+                }
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> ClientSpec {
+        ClientSpec {
+            name: name.into(),
+            ssh: "u@h:22".into(),
+            path: "/d".into(),
+            key_file: String::new(),
+            known_hosts: "/k".into(),
+            pattern: "*.jsonl".into(),
+        }
+    }
+
+    #[test]
+    fn changes_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut st, loaded) = State::open(dir.path(), "c1").unwrap();
+            assert_eq!(loaded.next_epoch, 1);
+            st.insert_client(&spec("a")).unwrap();
+            st.insert_client(&spec("b")).unwrap();
+            st.apply(&[
+                Durable::Worker {
+                    id: "w".into(),
+                    addr: "x".into(),
+                    version: "0.1.0".into(),
+                    draining: true,
+                },
+                Durable::Assignment {
+                    client: "a".into(),
+                    worker: Some("w".into()),
+                    epoch: 7,
+                },
+                Durable::NextEpoch(8),
+            ])
+            .unwrap();
+            st.delete_client("b").unwrap();
+        }
+        let (_, loaded) = State::open(dir.path(), "c1").unwrap();
+        assert_eq!(loaded.next_epoch, 8);
+        assert_eq!(loaded.clients, vec![(spec("a"), Some("w".into()), 7)]);
+        assert!(loaded.workers[0].draining);
+    }
+
+    #[test]
+    fn another_cluster_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(State::open(dir.path(), "c1").unwrap());
+        let err = State::open(dir.path(), "c2").err().unwrap();
+        assert!(err.to_string().contains("--cluster c1"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_client_insert_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut st, _) = State::open(dir.path(), "c").unwrap();
+        st.insert_client(&spec("a")).unwrap();
+        assert!(st.insert_client(&spec("a")).is_err());
+    }
+}

@@ -1,0 +1,313 @@
+//! The node side of a leader session, shared by workers and client agents: connect, register,
+//! heartbeat, renew the lease from acks, and reconnect with capped exponential backoff.
+//!
+//! The lease is measured on this node's monotonic clock from the moment a heartbeat was *sent*;
+//! the leader measures from when it *received* it and adds a grace, so this node always stops
+//! before the leader gives its clients away (C3).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info, warn};
+
+use crate::proto::leader_message::Body;
+use crate::proto::node_service_client::NodeServiceClient;
+use crate::proto::{self, NodeMessage, node_message};
+
+/// Messages this node sends on the current session.
+pub type NodeOutbox = mpsc::Sender<NodeMessage>;
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub role: proto::NodeRole,
+    pub id: String,
+    pub version: String,
+    pub addr: String,
+    pub cluster: String,
+    pub capacity: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("the leader refused this {role}: {reason}")]
+    Refused { role: &'static str, reason: String },
+    #[error("leader address {addr:?} is not valid: {reason}; use HOST:PORT")]
+    BadLeaderAddr { addr: String, reason: String },
+}
+
+/// What the role does with the session.
+pub trait Handler {
+    /// Assignments still held, reported in `Register` so the leader can reconcile.
+    fn held(&self) -> Vec<proto::Assignment>;
+    /// The load index sent with every heartbeat.
+    fn load(&self) -> f64;
+    /// A message from the leader after `Registered`.
+    fn message(&mut self, body: Body, out: &NodeOutbox);
+    /// Called often (connected or not) with whether the lease is still valid.
+    fn lease(&mut self, valid: bool, out: Option<&NodeOutbox>);
+    /// A new session was accepted by the leader.
+    fn session_started(&mut self) {}
+    /// Stop all work before `Leaving` is sent.
+    fn shutdown(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Lease state on the node's monotonic clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Lease {
+    valid_until: Option<Instant>,
+}
+
+impl Lease {
+    /// Extends the lease to `sent_at + lease`; never shortens it.
+    pub fn renew(&mut self, sent_at: Instant, lease: Duration) {
+        let until = sent_at + lease;
+        if self.valid_until.is_none_or(|v| until > v) {
+            self.valid_until = Some(until);
+        }
+    }
+    pub fn is_valid(&self, now: Instant) -> bool {
+        self.valid_until.is_some_and(|v| now < v)
+    }
+}
+
+/// Capped exponential backoff with jitter.
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+    base: Duration,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            next: base,
+            max,
+            base,
+        }
+    }
+    pub fn reset(&mut self) {
+        self.next = self.base;
+    }
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // Up to 25% jitter so a fleet does not reconnect in lockstep after a leader restart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.subsec_nanos());
+        d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+}
+
+const TICK: Duration = Duration::from_millis(50);
+
+enum End {
+    Shutdown,
+    Lost { was_registered: bool },
+}
+
+/// Holds a session with the leader until `shutdown`; returns an error only when the leader
+/// refused this node for good (version, cluster).
+pub async fn run<H: Handler>(
+    ident: &Identity,
+    leader: &str,
+    handler: &mut H,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
+        .map_err(|e| NodeError::BadLeaderAddr {
+            addr: leader.to_owned(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    let mut lease = Lease::default();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        if *shutdown.borrow() {
+            handler.shutdown().await;
+            return Ok(());
+        }
+        match session(ident, &endpoint, handler, &mut lease, &mut shutdown).await? {
+            End::Shutdown => return Ok(()),
+            End::Lost { was_registered } => {
+                if was_registered {
+                    backoff.reset();
+                }
+            }
+        }
+        // Keep fencing while disconnected: the lease runs out on its own.
+        let until = Instant::now() + backoff.next_delay();
+        while Instant::now() < until {
+            handler.lease(lease.is_valid(Instant::now()), None);
+            tokio::select! {
+                _ = tokio::time::sleep(TICK.min(until - Instant::now())) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}
+
+async fn session<H: Handler>(
+    ident: &Identity,
+    endpoint: &tonic::transport::Endpoint,
+    handler: &mut H,
+    lease: &mut Lease,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<End, NodeError> {
+    let lost = |was_registered| Ok(End::Lost { was_registered });
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(leader = %endpoint.uri(), error = %e, "cannot reach the leader; retrying");
+            return lost(false);
+        }
+    };
+    let mut client =
+        NodeServiceClient::new(channel).max_decoding_message_size(crate::leader::MAX_MESSAGE_BYTES);
+    let (out, rx) = mpsc::channel::<NodeMessage>(1024);
+    let register_sent = Instant::now();
+    let register = proto::Register {
+        role: ident.role as i32,
+        id: ident.id.clone(),
+        version: ident.version.clone(),
+        addr: ident.addr.clone(),
+        cluster: ident.cluster.clone(),
+        capacity: ident.capacity,
+        held: handler.held(),
+    };
+    if out
+        .send(body(node_message::Body::Register(register)))
+        .await
+        .is_err()
+    {
+        return lost(false);
+    }
+    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            warn!(error = %e.message(), "leader rejected the session; retrying");
+            return lost(false);
+        }
+    };
+    let registered = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
+        Ok(Some(Ok(proto::LeaderMessage {
+            body: Some(Body::Registered(r)),
+        }))) => r,
+        Ok(Some(Err(e))) => {
+            warn!(error = %e.message(), "session failed before registration; retrying");
+            return lost(false);
+        }
+        _ => return lost(false),
+    };
+    let role = match ident.role {
+        proto::NodeRole::Agent => "agent",
+        _ => "worker",
+    };
+    if !registered.accepted {
+        if registered.retryable {
+            warn!(reason = %registered.reason, "leader refused registration; will retry");
+            return lost(false);
+        }
+        return Err(NodeError::Refused {
+            role,
+            reason: registered.reason,
+        });
+    }
+    let lease_len = Duration::from_millis(u64::from(registered.lease_ms.max(1)));
+    let heartbeat = Duration::from_millis(u64::from(registered.heartbeat_ms.max(10)));
+    lease.renew(register_sent, lease_len);
+    info!(leader = %endpoint.uri(), cluster = %registered.cluster, leader_version = %registered.leader_version,
+          heartbeat_ms = registered.heartbeat_ms, lease_ms = registered.lease_ms, "registered with the leader");
+    handler.session_started();
+
+    let mut seq = 0u64;
+    let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                seq += 1;
+                sent.push_back((seq, Instant::now()));
+                if sent.len() > 64 {
+                    sent.pop_front();
+                }
+                let hb = proto::Heartbeat { seq, load: handler.load() };
+                if out.send(body(node_message::Body::Heartbeat(hb))).await.is_err() {
+                    return lost(true);
+                }
+            }
+            _ = check.tick() => handler.lease(lease.is_valid(Instant::now()), Some(&out)),
+            msg = inbound.next() => match msg {
+                Some(Ok(proto::LeaderMessage { body: Some(Body::HeartbeatAck(ack)) })) => {
+                    while let Some(&(s, at)) = sent.front() {
+                        if s > ack.seq { break; }
+                        sent.pop_front();
+                        if s == ack.seq { lease.renew(at, lease_len); }
+                    }
+                }
+                Some(Ok(proto::LeaderMessage { body: Some(b) })) => handler.message(b, &out),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    warn!(error = %e.message(), "lost the session with the leader; reconnecting");
+                    return lost(true);
+                }
+                None => {
+                    warn!("the leader closed the session; reconnecting");
+                    return lost(true);
+                }
+            },
+            _ = shutdown.changed() => {
+                handler.shutdown().await;
+                let _ = out.send(body(node_message::Body::Leaving(proto::Leaving {}))).await;
+                drop(out);
+                // Give the leader a moment to read `Leaving` before the stream closes.
+                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    while inbound.next().await.is_some() {}
+                }).await;
+                return Ok(End::Shutdown);
+            }
+        }
+    }
+}
+
+fn body(b: node_message::Body) -> NodeMessage {
+    NodeMessage { body: Some(b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_runs_from_send_time_and_never_shrinks() {
+        let t0 = Instant::now();
+        let mut lease = Lease::default();
+        assert!(!lease.is_valid(t0));
+        lease.renew(t0, Duration::from_millis(100));
+        assert!(lease.is_valid(t0 + Duration::from_millis(99)));
+        assert!(!lease.is_valid(t0 + Duration::from_millis(100)));
+        // A late ack for an older heartbeat does not shorten the lease.
+        lease.renew(t0 - Duration::from_millis(50), Duration::from_millis(100));
+        assert!(lease.is_valid(t0 + Duration::from_millis(99)));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let d: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert!((100..=125).contains(&d[0]), "{d:?}");
+        assert!((200..=250).contains(&d[1]), "{d:?}");
+        assert!((400..=500).contains(&d[3]), "{d:?}");
+        b.reset();
+        assert!(b.next_delay().as_millis() <= 125);
+    }
+}

@@ -1,0 +1,82 @@
+//! `AdminService`: the operator API behind `sqdctl`.
+
+use tonic::{Request, Response, Status};
+
+use crate::leader::core::{Command, CoreHandle};
+use crate::proto::{self, admin_service_server::AdminService};
+
+pub struct AdminApi {
+    core: CoreHandle,
+}
+
+impl AdminApi {
+    pub fn new(core: CoreHandle) -> Self {
+        AdminApi { core }
+    }
+
+    async fn drain(
+        &self,
+        id: String,
+        drain: bool,
+    ) -> Result<Response<proto::DrainWorkerResponse>, Status> {
+        let result = self
+            .core
+            .ask(|reply| Command::Drain { id, drain, reply })
+            .await??;
+        Ok(Response::new(result))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn add_client(
+        &self,
+        request: Request<proto::AddClientRequest>,
+    ) -> Result<Response<proto::AddClientResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .client
+            .ok_or_else(|| Status::invalid_argument("AddClient needs a client"))?;
+        let result = self
+            .core
+            .ask(|reply| Command::AddClient {
+                spec: spec.into(),
+                reply,
+            })
+            .await??;
+        Ok(Response::new(result))
+    }
+
+    async fn remove_client(
+        &self,
+        request: Request<proto::RemoveClientRequest>,
+    ) -> Result<Response<proto::RemoveClientResponse>, Status> {
+        let name = request.into_inner().name;
+        self.core
+            .ask(|reply| Command::RemoveClient { name, reply })
+            .await??;
+        Ok(Response::new(proto::RemoveClientResponse {}))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<proto::DrainWorkerRequest>,
+    ) -> Result<Response<proto::DrainWorkerResponse>, Status> {
+        self.drain(request.into_inner().id, true).await
+    }
+
+    async fn undrain_worker(
+        &self,
+        request: Request<proto::DrainWorkerRequest>,
+    ) -> Result<Response<proto::DrainWorkerResponse>, Status> {
+        self.drain(request.into_inner().id, false).await
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let status = self.core.ask(|reply| Command::Status { reply }).await?;
+        Ok(Response::new(status))
+    }
+}

@@ -1,0 +1,198 @@
+//! What a client is (name, SSH target, directory, pattern) and the rules its fields obey,
+//! shared by `sqdctl` (early, friendly errors) and the leader (authoritative check).
+
+use crate::proto;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSpec {
+    pub name: String,
+    /// USER@HOST[:PORT] as given.
+    pub ssh: String,
+    pub path: String,
+    pub key_file: String,
+    pub known_hosts: String,
+    pub pattern: String,
+}
+
+/// A parsed USER@HOST[:PORT].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+}
+
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks a client or worker name: 1–128 of `[A-Za-z0-9_.-]`, not starting with `.` or `-`.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !ok_chars || name.starts_with(['.', '-']) {
+        return Err(format!(
+            "{what} {name:?} is not a valid name: use 1-{MAX_NAME_LEN} letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+impl SshTarget {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("ssh target {s:?} {why}; expected USER@HOST[:PORT], e.g. stats@10.0.0.5:22")
+        };
+        let (user, rest) = s.split_once('@').ok_or_else(|| bad("has no user"))?;
+        if user.is_empty() || user.contains(|c: char| c.is_whitespace() || c == '@') {
+            return Err(bad("has an invalid user"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("has an unclosed '['"))?;
+            match after.strip_prefix(':') {
+                Some(p) => (host, Some(p)),
+                None if after.is_empty() => (host, None),
+                None => return Err(bad("has text after ']'")),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+            return Err(bad("has an invalid host"));
+        }
+        let port = match port {
+            None => 22,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => return Err(bad("has an invalid port")),
+            },
+        };
+        Ok(SshTarget {
+            user: user.to_owned(),
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl ClientSpec {
+    /// Every problem with the spec, each saying what to fix.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = check_name("client name", &self.name) {
+            problems.push(e);
+        }
+        if let Err(e) = SshTarget::parse(&self.ssh) {
+            problems.push(e);
+        }
+        if !self.path.starts_with('/') {
+            problems.push(format!(
+                "path {:?} must be an absolute directory on the producing host, e.g. /var/stats",
+                self.path
+            ));
+        }
+        if self.path.contains('\0') || self.pattern.contains('\0') {
+            problems.push("path and pattern must not contain NUL bytes".to_owned());
+        }
+        if self.pattern.contains('/') {
+            problems.push(format!(
+                "pattern {:?} must match file names only, without '/'",
+                self.pattern
+            ));
+        }
+        for (flag, file) in [
+            ("--key", &self.key_file),
+            ("--known-hosts", &self.known_hosts),
+        ] {
+            if !file.is_empty() && !file.starts_with('/') {
+                problems.push(format!(
+                    "{flag} {file:?} must be an absolute path on the worker hosts"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+impl From<proto::ClientSpec> for ClientSpec {
+    fn from(p: proto::ClientSpec) -> Self {
+        ClientSpec {
+            name: p.name,
+            ssh: p.ssh,
+            path: p.path,
+            key_file: p.key_file,
+            known_hosts: p.known_hosts,
+            pattern: p.pattern,
+        }
+    }
+}
+
+impl From<ClientSpec> for proto::ClientSpec {
+    fn from(s: ClientSpec) -> Self {
+        proto::ClientSpec {
+            name: s.name,
+            ssh: s.ssh,
+            path: s.path,
+            key_file: s.key_file,
+            known_hosts: s.known_hosts,
+            pattern: s.pattern,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_targets_parse_with_default_port_and_ipv6() {
+        assert_eq!(
+            SshTarget::parse("u@h").unwrap(),
+            SshTarget {
+                user: "u".into(),
+                host: "h".into(),
+                port: 22
+            }
+        );
+        assert_eq!(SshTarget::parse("u@127.0.0.1:2222").unwrap().port, 2222);
+        let v6 = SshTarget::parse("u@[::1]:2200").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 2200));
+        for bad in [
+            "h",
+            "@h",
+            "u@",
+            "u@h:0",
+            "u@h:99999",
+            "u@h:x",
+            "u@[::1",
+            "u@a/b",
+        ] {
+            assert!(SshTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_restricted_to_safe_characters() {
+        assert!(check_name("client", "host-1.dc_2").is_ok());
+        for bad in ["", "..", "-x", "a/b", "a b", "é", &"x".repeat(129)] {
+            assert!(check_name("client", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported() {
+        let spec = ClientSpec {
+            name: "bad name".into(),
+            ssh: "nohost".into(),
+            path: "relative".into(),
+            key_file: "k".into(),
+            known_hosts: String::new(),
+            pattern: "a/b".into(),
+        };
+        assert_eq!(spec.problems().len(), 5);
+    }
+}

@@ -1,0 +1,197 @@
+//! Pure bookkeeping of the clients this worker holds and under which epoch, turning leader
+//! messages into start/stop changes. Stale messages (older epochs) change nothing (C2).
+
+use std::collections::BTreeMap;
+
+use crate::spec::ClientSpec;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Start {
+        spec: ClientSpec,
+        epoch: u64,
+    },
+    /// Stop serving; the leader is told `Released` once the work really stopped.
+    Stop {
+        client: String,
+        epoch: u64,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct Assignments {
+    held: BTreeMap<String, (ClientSpec, u64)>,
+}
+
+impl Assignments {
+    pub fn held(&self) -> impl Iterator<Item = (&ClientSpec, u64)> {
+        self.held.values().map(|(s, e)| (s, *e))
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Takes a client under `epoch`, replacing an older epoch; an equal or older one is stale.
+    pub fn assign(&mut self, spec: ClientSpec, epoch: u64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        match self.held.get(&spec.name) {
+            Some((_, held)) if *held >= epoch => return changes,
+            Some((_, held)) => changes.push(Change::Stop {
+                client: spec.name.clone(),
+                epoch: *held,
+            }),
+            None => {}
+        }
+        self.held.insert(spec.name.clone(), (spec.clone(), epoch));
+        changes.push(Change::Start { spec, epoch });
+        changes
+    }
+
+    /// Drops a client held under `epoch` or older.
+    pub fn revoke(&mut self, client: &str, epoch: u64) -> Vec<Change> {
+        match self.held.get(client) {
+            Some((_, held)) if *held <= epoch => {
+                let held = *held;
+                self.held.remove(client);
+                vec![Change::Stop {
+                    client: client.to_owned(),
+                    epoch: held,
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Makes the held set exactly `set` (sent by the leader after registration).
+    pub fn replace(&mut self, set: Vec<(ClientSpec, u64)>) -> Vec<Change> {
+        let wanted: BTreeMap<String, (ClientSpec, u64)> = set
+            .into_iter()
+            .map(|(s, e)| (s.name.clone(), (s, e)))
+            .collect();
+        let mut changes = Vec::new();
+        for (name, (spec, epoch)) in &self.held {
+            if wanted
+                .get(name)
+                .is_none_or(|(s, e)| e != epoch || s != spec)
+            {
+                changes.push(Change::Stop {
+                    client: name.clone(),
+                    epoch: *epoch,
+                });
+            }
+        }
+        for (name, (spec, epoch)) in &wanted {
+            if self
+                .held
+                .get(name)
+                .is_none_or(|(s, e)| e != epoch || s != spec)
+            {
+                changes.push(Change::Start {
+                    spec: spec.clone(),
+                    epoch: *epoch,
+                });
+            }
+        }
+        self.held = wanted;
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(n: &str) -> ClientSpec {
+        ClientSpec {
+            name: n.into(),
+            ssh: "u@h".into(),
+            path: "/p".into(),
+            key_file: String::new(),
+            known_hosts: String::new(),
+            pattern: String::new(),
+        }
+    }
+
+    #[test]
+    fn newer_epoch_restarts_and_stale_epoch_is_ignored() {
+        let mut a = Assignments::default();
+        assert_eq!(
+            a.assign(spec("c"), 5),
+            vec![Change::Start {
+                spec: spec("c"),
+                epoch: 5
+            }]
+        );
+        assert!(a.assign(spec("c"), 5).is_empty());
+        assert!(a.assign(spec("c"), 4).is_empty());
+        assert_eq!(
+            a.assign(spec("c"), 6),
+            vec![
+                Change::Stop {
+                    client: "c".into(),
+                    epoch: 5
+                },
+                Change::Start {
+                    spec: spec("c"),
+                    epoch: 6
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn revoke_only_drops_the_epoch_it_names_or_older() {
+        let mut a = Assignments::default();
+        a.assign(spec("c"), 7);
+        assert!(a.revoke("c", 6).is_empty());
+        assert_eq!(
+            a.revoke("c", 7),
+            vec![Change::Stop {
+                client: "c".into(),
+                epoch: 7
+            }]
+        );
+        assert!(a.is_empty());
+        assert!(a.revoke("c", 9).is_empty());
+    }
+
+    #[test]
+    fn replace_keeps_what_matches_and_stops_the_rest() {
+        let mut a = Assignments::default();
+        a.assign(spec("keep"), 1);
+        a.assign(spec("drop"), 2);
+        a.assign(spec("bump"), 3);
+        let changes = a.replace(vec![
+            (spec("keep"), 1),
+            (spec("bump"), 9),
+            (spec("new"), 10),
+        ]);
+        assert_eq!(
+            changes,
+            vec![
+                Change::Stop {
+                    client: "bump".into(),
+                    epoch: 3
+                },
+                Change::Stop {
+                    client: "drop".into(),
+                    epoch: 2
+                },
+                Change::Start {
+                    spec: spec("bump"),
+                    epoch: 9
+                },
+                Change::Start {
+                    spec: spec("new"),
+                    epoch: 10
+                },
+            ]
+        );
+        assert_eq!(a.len(), 3);
+    }
+}

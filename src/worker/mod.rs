@@ -1,0 +1,255 @@
+//! The worker: holds a session with the leader, applies assignment changes, self-fences when
+//! its lease runs out (C3), and runs one task per held client (see [`pull`]).
+
+pub mod assignments;
+pub mod pull;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::WorkerConfig;
+use crate::daemon::{DaemonError, PidLock};
+use crate::node::{self, Handler, NodeError, NodeOutbox};
+use crate::proto::{self, leader_message::Body, node_message};
+use crate::spec::ClientSpec;
+use crate::version::VERSION;
+use assignments::{Assignments, Change};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("cannot create store directory {path}: {source}")]
+    Store {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Version this worker advertises; tests set `SQD_ADVERTISE_VERSION` to exercise the
+/// handshake without building another release.
+fn advertised_version() -> String {
+    std::env::var("SQD_ADVERTISE_VERSION").unwrap_or_else(|_| VERSION.to_owned())
+}
+
+pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    std::fs::create_dir_all(&cfg.store).map_err(|source| WorkerError::Store {
+        path: cfg.store.clone(),
+        source,
+    })?;
+    let _lock = PidLock::acquire(&cfg.store, "worker")?;
+    let ident = node::Identity {
+        role: proto::NodeRole::Worker,
+        id: cfg.id.clone(),
+        version: advertised_version(),
+        addr: cfg.listen.map(|a| a.to_string()).unwrap_or_default(),
+        cluster: cfg.cluster.clone().unwrap_or_default(),
+        capacity: cfg.capacity,
+    };
+    info!(worker = %cfg.id, leader = %cfg.leader, store = %cfg.store.display(), "worker starting");
+    let mut worker = WorkerNode::new(cfg.id.clone());
+    node::run(&ident, &cfg.leader, &mut worker, shutdown).await?;
+    info!(worker = %cfg.id, "worker stopped");
+    Ok(())
+}
+
+struct Running {
+    epoch: u64,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The worker's side of the session: assignments plus the tasks serving them.
+struct WorkerNode {
+    id: String,
+    assignments: Assignments,
+    running: HashMap<String, Running>,
+    /// Work stopped because the lease ran out; resumes only on a fresh assignment set.
+    fenced: bool,
+    /// Whether the current session delivered its assignment set yet.
+    have_set: bool,
+}
+
+impl WorkerNode {
+    fn new(id: String) -> Self {
+        WorkerNode {
+            id,
+            assignments: Assignments::default(),
+            running: HashMap::new(),
+            fenced: false,
+            have_set: false,
+        }
+    }
+
+    fn start(&mut self, spec: ClientSpec, epoch: u64) {
+        let (stop, stop_rx) = watch::channel(false);
+        let name = spec.name.clone();
+        let task = tokio::spawn(pull::serve_client(
+            pull::ClientTask {
+                worker: self.id.clone(),
+                spec,
+                epoch,
+            },
+            stop_rx,
+        ));
+        self.running.insert(name, Running { epoch, stop, task });
+    }
+
+    /// Stops a client's task; tells the leader `Released` once the task really ended.
+    fn stop(&mut self, client: &str, epoch: u64, out: Option<&NodeOutbox>) {
+        let running = self.running.remove(client);
+        let out = out.cloned();
+        let client = client.to_owned();
+        tokio::spawn(async move {
+            if let Some(r) = running {
+                let _ = r.stop.send(true);
+                let _ = r.task.await;
+            }
+            if let Some(out) = out {
+                let released = proto::Released { client, epoch };
+                let _ = out
+                    .send(proto::NodeMessage {
+                        body: Some(node_message::Body::Released(released)),
+                    })
+                    .await;
+            }
+        });
+    }
+
+    fn apply(&mut self, changes: Vec<Change>, out: &NodeOutbox) {
+        for change in changes {
+            match change {
+                Change::Stop { client, epoch } => {
+                    info!(worker = %self.id, client = %client, epoch, "assignment dropped");
+                    self.stop(&client, epoch, Some(out));
+                }
+                Change::Start { spec, epoch } => {
+                    info!(worker = %self.id, client = %spec.name, epoch, "assignment taken");
+                    if !self.fenced {
+                        self.start(spec, epoch);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler for WorkerNode {
+    fn held(&self) -> Vec<proto::Assignment> {
+        self.assignments
+            .held()
+            .map(|(spec, epoch)| proto::Assignment {
+                client: spec.name.clone(),
+                epoch,
+            })
+            .collect()
+    }
+
+    fn load(&self) -> f64 {
+        // Until the pull loop measures busy time and backlog, load is the share of capacity
+        // in use; the data plane replaces this with real work.
+        0.0
+    }
+
+    fn session_started(&mut self) {
+        self.have_set = false;
+    }
+
+    fn message(&mut self, body: Body, out: &NodeOutbox) {
+        match body {
+            Body::AssignmentSet(set) => {
+                let set: Vec<(ClientSpec, u64)> = set
+                    .assignments
+                    .into_iter()
+                    .filter_map(|a| Some((a.client?.into(), a.epoch)))
+                    .collect();
+                let changes = self.assignments.replace(set);
+                self.have_set = true;
+                if self.fenced {
+                    // The leader just confirmed what is ours: resume all of it.
+                    self.fenced = false;
+                    info!(worker = %self.id, clients = self.assignments.len(), "lease renewed; resuming work");
+                    let held: Vec<(ClientSpec, u64)> = self
+                        .assignments
+                        .held()
+                        .map(|(s, e)| (s.clone(), e))
+                        .collect();
+                    for change in changes {
+                        if let Change::Stop { client, epoch } = change {
+                            // Not running (fenced), but the leader may wait for the release.
+                            self.stop(&client, epoch, Some(out));
+                        }
+                    }
+                    for (spec, epoch) in held {
+                        self.start(spec, epoch);
+                    }
+                } else {
+                    self.apply(changes, out);
+                }
+            }
+            Body::Assign(a) => {
+                if let Some(spec) = a.client {
+                    let changes = self.assignments.assign(spec.into(), a.epoch);
+                    self.apply(changes, out);
+                }
+            }
+            Body::Revoke(r) => {
+                let changes = self.assignments.revoke(&r.client, r.epoch);
+                if changes.is_empty() {
+                    // Not held (already dropped): confirm so the leader can move on.
+                    self.stop(&r.client, r.epoch, Some(out));
+                }
+                self.apply(changes, out);
+            }
+            Body::Registered(_) | Body::HeartbeatAck(_) => {}
+        }
+    }
+
+    fn lease(&mut self, valid: bool, _out: Option<&NodeOutbox>) {
+        if !valid && !self.fenced && !self.running.is_empty() {
+            warn!(worker = %self.id, clients = self.running.len(), "lease expired: stopped all work until the leader confirms the assignments");
+            self.fenced = true;
+            let running: Vec<(String, u64)> = self
+                .running
+                .iter()
+                .map(|(c, r)| (c.clone(), r.epoch))
+                .collect();
+            for (client, epoch) in running {
+                self.stop(&client, epoch, None);
+            }
+        } else if !valid && !self.fenced {
+            self.fenced = true;
+        } else if valid && self.fenced && self.have_set {
+            // Renewed within the same session that delivered the set: nothing was reassigned
+            // (the leader closes a session before giving its clients away).
+            self.fenced = false;
+            info!(worker = %self.id, clients = self.assignments.len(), "lease renewed; resuming work");
+            let held: Vec<(ClientSpec, u64)> = self
+                .assignments
+                .held()
+                .map(|(s, e)| (s.clone(), e))
+                .collect();
+            for (spec, epoch) in held {
+                self.start(spec, epoch);
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let running: Vec<(String, Running)> = self.running.drain().collect();
+        for (_, r) in &running {
+            let _ = r.stop.send(true);
+        }
+        for (client, r) in running {
+            if r.task.await.is_err() {
+                warn!(worker = %self.id, client = %client, "client task failed while stopping");
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Harness for end-to-end tests: starts the real `sqd` binaries on 127.0.0.1, talks to them
+//! with the real `sqdctl`, bounds every wait, and kills every process it started on drop
+//! (printing the tail of each log when the test failed).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SQD: &str = env!("CARGO_BIN_EXE_sqd");
+pub const SQDCTL: &str = env!("CARGO_BIN_EXE_sqdctl");
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let mut cmd = Command::new(SQD);
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn sqd");
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself; None on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("----- last lines of {} -----", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Polls `f` every 25 ms until it returns Some, or panics after `timeout` naming `what`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn sqdctl(leader: &str, args: &[&str]) -> Output {
+    Command::new(SQDCTL)
+        .args(args)
+        .env("SQD_LEADER", leader)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sqdctl")
+}
+
+/// Runs `sqd` to completion, killing it after 20 s (a command expected to fail must not hang
+/// the test when it unexpectedly starts a daemon).
+pub fn sqd_output(args: &[&str]) -> Output {
+    let mut child = Command::new(SQD)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sqd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("collect sqd output")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A leader plus workers and agents, in one temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub leader_addr: String,
+    pub leader: Option<Proc>,
+    pub workers: BTreeMap<String, Proc>,
+    pub agents: BTreeMap<String, Proc>,
+    pub heartbeat_ms: u64,
+    pub lease_ms: u64,
+}
+
+impl Cluster {
+    /// Starts a leader on a free loopback port and waits until it answers.
+    pub fn start(heartbeat_ms: u64, lease_ms: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Cluster {
+            dir,
+            leader_addr: String::new(),
+            leader: None,
+            workers: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            heartbeat_ms,
+            lease_ms,
+        };
+        c.start_leader("127.0.0.1:0");
+        c
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("leader-state")
+    }
+
+    /// Starts (or restarts) the leader on `listen` and waits for it to serve.
+    pub fn start_leader(&mut self, listen: &str) {
+        let state = self.state_dir();
+        let addr_file = state.join("leader.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let hb = self.heartbeat_ms.to_string();
+        let lease = self.lease_ms.to_string();
+        let proc = Proc::spawn(
+            "leader",
+            self.dir.path(),
+            &[
+                "--mode",
+                "leader",
+                "start",
+                "--listen",
+                listen,
+                "--state-dir",
+                state.to_str().expect("utf-8 path"),
+                "--cluster",
+                "test",
+                "--heartbeat-ms",
+                &hb,
+                "--lease-ms",
+                &lease,
+            ],
+            &[],
+        );
+        self.leader = Some(proc);
+        self.leader_addr = wait_until(Duration::from_secs(20), "the leader's address file", || {
+            std::fs::read_to_string(&addr_file)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        });
+        let addr = self.leader_addr.clone();
+        wait_until(
+            Duration::from_secs(20),
+            "the leader to answer status",
+            || {
+                sqdctl(&addr, &["status", "--json"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+    }
+
+    pub fn worker_args(&self, id: &str) -> Vec<String> {
+        let store = self.dir.path().join(format!("store-{id}"));
+        vec![
+            "--mode".into(),
+            "worker".into(),
+            "start".into(),
+            "--id".into(),
+            id.into(),
+            "--leader".into(),
+            self.leader_addr.clone(),
+            "--store".into(),
+            store.to_string_lossy().into_owned(),
+        ]
+    }
+
+    pub fn spawn_worker(&mut self, id: &str, env: &[(&str, &str)]) -> &mut Proc {
+        let args = self.worker_args(id);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proc = Proc::spawn(&format!("worker-{id}"), self.dir.path(), &args, env);
+        self.workers.insert(id.to_owned(), proc);
+        self.workers.get_mut(id).expect("just inserted")
+    }
+
+    pub fn spawn_agent(&mut self, name: &str) -> &mut Proc {
+        let watch = self.dir.path().join(format!("watch-{name}"));
+        std::fs::create_dir_all(&watch).expect("create watch dir");
+        let watch = watch.to_string_lossy().into_owned();
+        let args = [
+            "--mode",
+            "client",
+            "start",
+            "--name",
+            name,
+            "--leader",
+            &self.leader_addr,
+            "--watch",
+            &watch,
+        ];
+        let proc = Proc::spawn(&format!("agent-{name}"), self.dir.path(), &args, &[]);
+        self.agents.insert(name.to_owned(), proc);
+        self.agents.get_mut(name).expect("just inserted")
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        sqdctl(&self.leader_addr, args)
+    }
+
+    pub fn add_client(&self, name: &str) {
+        let out = self.ctl(&[
+            "add-client",
+            name,
+            "--ssh",
+            "stats@127.0.0.1:22",
+            "--path",
+            "/var/stats",
+        ]);
+        assert!(
+            out.status.success(),
+            "add-client {name}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    /// `sqdctl status --json`, or None when the leader does not answer.
+    pub fn status(&self) -> Option<Value> {
+        let out = self.ctl(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn wait_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut ok: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        wait_until(timeout, what, || self.status().filter(|s| ok(s)))
+    }
+}
+
+/// Worker ids in the given state.
+pub fn workers_in(status: &Value, state: &str) -> Vec<String> {
+    status["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter(|w| w["state"] == state)
+                .filter_map(|w| w["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// client -> (worker, epoch)
+pub fn assignments(status: &Value) -> BTreeMap<String, (Option<String>, u64)> {
+    status["clients"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    (
+                        c["name"].as_str().unwrap_or_default().to_owned(),
+                        (
+                            c["worker"].as_str().map(str::to_owned),
+                            c["epoch"].as_u64().unwrap_or(0),
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every client is on a worker whose state is `alive`.
+pub fn all_on_alive(status: &Value, expected_clients: usize) -> bool {
+    let alive = workers_in(status, "alive");
+    let a = assignments(status);
+    a.len() == expected_clients
+        && a.values()
+            .all(|(w, _)| w.as_ref().is_some_and(|w| alive.contains(w)))
+}

@@ -409,10 +409,10 @@ impl Core {
     }
 
     fn send(&mut self, session: SessionId, body: Body) {
-        if let Some(outbox) = self.sessions.get(&session) {
-            if outbox.send(Ok(message(body))).is_err() {
-                self.sessions.remove(&session);
-            }
+        if let Some(outbox) = self.sessions.get(&session)
+            && outbox.send(Ok(message(body))).is_err()
+        {
+            self.sessions.remove(&session);
         }
     }
 

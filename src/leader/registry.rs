@@ -526,11 +526,10 @@ impl Registry {
                 session: s,
                 last_heartbeat,
             } = &mut c.agent
+                && *s == session
             {
-                if *s == session {
-                    *last_heartbeat = now;
-                    return true;
-                }
+                *last_heartbeat = now;
+                return true;
             }
         }
         false
@@ -640,14 +639,13 @@ impl Registry {
                 session,
                 last_heartbeat,
             } = c.agent
+                && now.saturating_sub(last_heartbeat) > t.dead_after()
             {
-                if now.saturating_sub(last_heartbeat) > t.dead_after() {
-                    c.agent = Agent::Down;
-                    fx.messages.push((session, Outbound::Close));
-                    fx.events.push(Event::AgentDown {
-                        client: c.spec.name.clone(),
-                    });
-                }
+                c.agent = Agent::Down;
+                fx.messages.push((session, Outbound::Close));
+                fx.events.push(Event::AgentDown {
+                    client: c.spec.name.clone(),
+                });
             }
         }
         fx.extend(self.schedule(now));

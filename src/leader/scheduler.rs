@@ -105,19 +105,19 @@ pub fn plan(
     // A client in handoff will be placed on the emptiest worker once released: count it there
     // already, so the next plan does not see the same imbalance and move a second client.
     for client in in_transit {
-        if let Some(w) = least_loaded_with_room(candidates, &held) {
-            if let Some(list) = held.get_mut(w) {
-                list.push(client);
-            }
+        if let Some(w) = least_loaded_with_room(candidates, &held)
+            && let Some(list) = held.get_mut(w)
+        {
+            list.push(client);
         }
     }
 
     for p in homeless {
         let to = least_loaded_with_room(candidates, &held);
-        if let Some(w) = to {
-            if let Some(list) = held.get_mut(w) {
-                list.push(p.client.as_str());
-            }
+        if let Some(w) = to
+            && let Some(list) = held.get_mut(w)
+        {
+            list.push(p.client.as_str());
         }
         if to.is_some() || p.worker.is_some() {
             decisions.push(Decision {

@@ -22,5 +22,6 @@ pub mod node;
 pub mod proto;
 pub mod services;
 pub mod spec;
+pub mod transport;
 pub mod version;
 pub mod worker;

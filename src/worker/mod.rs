@@ -2,6 +2,7 @@
 //! its lease runs out (C3), and runs one task per held client (see [`pull`]).
 
 pub mod assignments;
+pub mod lifecycle;
 pub mod pull;
 
 use std::collections::HashMap;

@@ -1,0 +1,3 @@
+//! How workers reach producing hosts. Today: SSH with SFTP over the system OpenSSH client.
+
+pub mod ssh;

@@ -1,0 +1,450 @@
+//! One multiplexed SSH session per client with SFTP on top (openssh `native-mux` over the
+//! system OpenSSH client): host keys checked strictly against a pinned known_hosts (D5), key
+//! files with group/other permissions refused, every failure classified into an error that
+//! says what to fix.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use openssh::{ControlPersist, KnownHosts, SessionBuilder};
+use openssh_sftp_client::{Sftp, SftpOptions};
+
+use crate::spec::SshTarget;
+
+/// What a worker needs to reach one client.
+#[derive(Debug, Clone)]
+pub struct SshParams {
+    pub target: SshTarget,
+    pub key_file: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    /// Where the control sockets live (short path: unix sockets are limited to ~100 bytes).
+    pub control_dir: PathBuf,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error(
+        "host key of {host} is not in {known_hosts}; verify the host's fingerprint, then add it (ssh-keyscan -p PORT HOST >> FILE)"
+    )]
+    HostKeyUnknown { host: String, known_hosts: String },
+    #[error(
+        "host key of {host} CHANGED (does not match {known_hosts}); refusing to connect: verify the host, then fix the known_hosts entry"
+    )]
+    HostKeyChanged { host: String, known_hosts: String },
+    #[error(
+        "authentication to {target} failed (key {key}); install the worker's public key in the user's authorized_keys"
+    )]
+    Auth { target: String, key: String },
+    #[error("key file {path} is readable by group or others; run chmod 600 {path}")]
+    KeyPermissions { path: String },
+    #[error("key file {path} cannot be read: {reason}")]
+    KeyUnreadable { path: String, reason: String },
+    #[error("cannot connect to {target}: {reason}")]
+    Connect { target: String, reason: String },
+    #[error(
+        "remote directory {path} does not exist on {target}; create it or fix the client's --path"
+    )]
+    DirMissing { target: String, path: String },
+    #[error(
+        "permission denied on {path} at {target}; the SSH user needs read, rename and delete rights there"
+    )]
+    PermissionDenied { target: String, path: String },
+    #[error("the SSH connection to {target} was lost: {reason}")]
+    Lost { target: String, reason: String },
+    #[error("sftp error on {path} at {target}: {reason}")]
+    Sftp {
+        target: String,
+        path: String,
+        reason: String,
+    },
+}
+
+impl TransportError {
+    /// A short, stable kind for metrics and tests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransportError::HostKeyUnknown { .. } => "host_key_unknown",
+            TransportError::HostKeyChanged { .. } => "host_key_changed",
+            TransportError::Auth { .. } => "auth",
+            TransportError::KeyPermissions { .. } | TransportError::KeyUnreadable { .. } => {
+                "key_file"
+            }
+            TransportError::Connect { .. } => "connect",
+            TransportError::DirMissing { .. } => "dir_missing",
+            TransportError::PermissionDenied { .. } => "permission_denied",
+            TransportError::Lost { .. } => "connection_lost",
+            TransportError::Sftp { .. } => "sftp",
+        }
+    }
+
+    /// Whether the connection is unusable and must be re-established.
+    pub fn needs_reconnect(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Lost { .. } | TransportError::Connect { .. }
+        )
+    }
+}
+
+/// Refuses a key file that group or others can read (like sshd and garage do).
+pub fn check_key_file(path: &Path) -> Result<(), TransportError> {
+    let meta = std::fs::metadata(path).map_err(|e| TransportError::KeyUnreadable {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(TransportError::KeyPermissions {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Turns the OpenSSH client's complaint into an error that says what to do.
+pub fn classify_connect_error(params: &SshParams, message: &str) -> TransportError {
+    let host = format!("[{}]:{}", params.target.host, params.target.port);
+    let known_hosts = params.known_hosts.as_ref().map_or_else(
+        || "~/.ssh/known_hosts".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let target = format!(
+        "{}@{}:{}",
+        params.target.user, params.target.host, params.target.port
+    );
+    if message.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || message.contains("Host key for") && message.contains("has changed")
+    {
+        TransportError::HostKeyChanged { host, known_hosts }
+    } else if message.contains("Host key verification failed")
+        || message.contains("No ") && message.contains("host key is known")
+    {
+        TransportError::HostKeyUnknown { host, known_hosts }
+    } else if message.contains("Permission denied (") {
+        TransportError::Auth {
+            target,
+            key: params
+                .key_file
+                .as_ref()
+                .map_or_else(|| "default".to_owned(), |p| p.display().to_string()),
+        }
+    } else {
+        let reason = message
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("ssh failed")
+            .to_owned();
+        TransportError::Connect { target, reason }
+    }
+}
+
+/// A remote directory entry, as listed (lstat: links are not followed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// Opaque bytes; never used to build a local path.
+    pub name: Vec<u8>,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    /// Symlink, FIFO, socket, device, or unknown: never read.
+    Other,
+}
+
+/// An open SFTP session to one client.
+pub struct Remote {
+    sftp: Sftp,
+    target: String,
+}
+
+/// Connects with strict host-key checking and the given key.
+pub async fn connect(params: &SshParams) -> Result<Remote, TransportError> {
+    if let Some(key) = &params.key_file {
+        check_key_file(key)?;
+    }
+    std::fs::create_dir_all(&params.control_dir).map_err(|e| TransportError::Connect {
+        target: params.target.host.clone(),
+        reason: format!(
+            "cannot create control dir {}: {e}",
+            params.control_dir.display()
+        ),
+    })?;
+    let mut builder = SessionBuilder::default();
+    builder
+        .user(params.target.user.clone())
+        .port(params.target.port)
+        // Never trust a new or changed host key (the crate's default would accept new ones).
+        .known_hosts_check(KnownHosts::Strict)
+        .connect_timeout(params.connect_timeout)
+        .server_alive_interval(Duration::from_secs(5))
+        .control_directory(&params.control_dir)
+        .clean_history_control_directory(true)
+        // The master exits on its own once no session uses it, so a killed worker leaves no
+        // ssh process behind for long.
+        .control_persist(ControlPersist::IdleFor(
+            std::num::NonZeroUsize::new(30).unwrap_or(std::num::NonZeroUsize::MIN),
+        ));
+    if let Some(key) = &params.key_file {
+        builder.keyfile(key);
+    }
+    if let Some(kh) = &params.known_hosts {
+        builder.user_known_hosts_file(kh);
+    }
+    let target = format!(
+        "{}@{}:{}",
+        params.target.user, params.target.host, params.target.port
+    );
+    let session = builder
+        .connect_mux(&params.target.host)
+        .await
+        .map_err(|e| classify_connect_error(params, &error_text(&e)))?;
+    let options = SftpOptions::new()
+        .max_pending_requests(std::num::NonZeroU16::new(1024).unwrap_or(std::num::NonZeroU16::MIN));
+    let sftp = Sftp::from_session(session, options)
+        .await
+        .map_err(|e| TransportError::Connect {
+            target: target.clone(),
+            reason: format!("sftp subsystem failed: {e}"),
+        })?;
+    Ok(Remote { sftp, target })
+}
+
+fn error_text(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// The SFTP status codes we act on (draft-ietf-secsh-filexfer-02).
+fn sftp_error(target: &str, path: &Path, e: openssh_sftp_client::Error) -> TransportError {
+    use openssh_sftp_client::error::{Error as E, SftpErrorKind};
+    let shown = path.display().to_string();
+    match &e {
+        E::SftpError(SftpErrorKind::NoSuchFile, _) => TransportError::DirMissing {
+            target: target.to_owned(),
+            path: shown,
+        },
+        E::SftpError(SftpErrorKind::PermDenied, _) => TransportError::PermissionDenied {
+            target: target.to_owned(),
+            path: shown,
+        },
+        E::SftpError(..) => TransportError::Sftp {
+            target: target.to_owned(),
+            path: shown,
+            reason: error_text(&e),
+        },
+        _ => TransportError::Lost {
+            target: target.to_owned(),
+            reason: error_text(&e),
+        },
+    }
+}
+
+/// Whether an error means "it is not there" (for idempotent cleanup).
+pub fn is_not_found(e: &TransportError) -> bool {
+    matches!(e, TransportError::DirMissing { .. })
+}
+
+impl Remote {
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Lists a directory with lstat semantics.
+    pub async fn list(&self, dir: &Path) -> Result<Vec<RemoteEntry>, TransportError> {
+        let mut fs = self.sftp.fs();
+        let handle = fs
+            .open_dir(dir)
+            .await
+            .map_err(|e| sftp_error(&self.target, dir, e))?;
+        let mut stream = std::pin::pin!(handle.read_dir());
+        let mut entries = Vec::new();
+        while let Some(entry) = stream.next().await {
+            let entry = entry.map_err(|e| sftp_error(&self.target, dir, e))?;
+            let name = entry.filename().as_os_str().as_bytes().to_vec();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let meta = entry.metadata();
+            let kind = match meta.file_type() {
+                Some(t) if t.is_file() => EntryKind::File,
+                Some(t) if t.is_dir() => EntryKind::Dir,
+                _ => EntryKind::Other,
+            };
+            entries.push(RemoteEntry {
+                name,
+                kind,
+                size: meta.len().unwrap_or(0),
+                mtime: meta.modified().map_or(0, |t| i64::from(t.into_raw())),
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Creates a directory; an existing one is fine.
+    pub async fn mkdir(&self, path: &Path) -> Result<(), TransportError> {
+        let mut fs = self.sftp.fs();
+        match fs.create_dir(path).await {
+            Ok(()) => Ok(()),
+            Err(e) => match fs.metadata(path).await {
+                Ok(m) if m.file_type().is_some_and(|t| t.is_dir()) => Ok(()),
+                _ => Err(sftp_error(&self.target, path, e)),
+            },
+        }
+    }
+
+    /// Renames without replacing (OpenSSH's SFTP rename fails if `to` exists): the atomic
+    /// claim. Returns false when `from` vanished (someone else claimed it).
+    pub async fn rename(&self, from: &Path, to: &Path) -> Result<bool, TransportError> {
+        let mut fs = self.sftp.fs();
+        match fs.rename(from, to).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let err = sftp_error(&self.target, from, e);
+                if is_not_found(&err) {
+                    Ok(false)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Removes a file; one already gone is fine.
+    pub async fn remove(&self, path: &Path) -> Result<(), TransportError> {
+        let mut fs = self.sftp.fs();
+        match fs.remove_file(path).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = sftp_error(&self.target, path, e);
+                if is_not_found(&err) { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    /// Removes an empty directory; a missing or non-empty one is left alone.
+    pub async fn remove_dir(&self, path: &Path) -> bool {
+        self.sftp.fs().remove_dir(path).await.is_ok()
+    }
+
+    /// Streams a file's content to `consume` and returns (bytes read, size, mtime) where size
+    /// and mtime come from an fstat after the last read, so a change during the copy shows.
+    pub async fn read_file(
+        &self,
+        path: &Path,
+        mut consume: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(u64, u64, i64), TransportError> {
+        let mut file = self
+            .sftp
+            .open(path)
+            .await
+            .map_err(|e| sftp_error(&self.target, path, e))?;
+        // `read` clamps to the server's limit (OpenSSH: 255 KiB), so ask for a large chunk.
+        let chunk: u32 = 256 * 1024;
+        let mut read = 0u64;
+        let mut buf = BytesMut::with_capacity(chunk as usize);
+        loop {
+            buf.clear();
+            match file
+                .read(chunk, buf)
+                .await
+                .map_err(|e| sftp_error(&self.target, path, e))?
+            {
+                Some(data) => {
+                    read += data.len() as u64;
+                    consume(&data).map_err(|e| TransportError::Sftp {
+                        target: self.target.clone(),
+                        path: path.display().to_string(),
+                        reason: format!("local write failed: {e}"),
+                    })?;
+                    buf = data;
+                }
+                None => break,
+            }
+        }
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|e| sftp_error(&self.target, path, e))?;
+        let _ = file.close().await;
+        Ok((
+            read,
+            meta.len().unwrap_or(u64::MAX),
+            meta.modified().map_or(0, |t| i64::from(t.into_raw())),
+        ))
+    }
+
+    pub async fn close(self) {
+        let _ = self.sftp.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> SshParams {
+        SshParams {
+            target: SshTarget {
+                user: "u".into(),
+                host: "127.0.0.1".into(),
+                port: 2222,
+            },
+            key_file: Some("/k".into()),
+            known_hosts: Some("/kh".into()),
+            control_dir: "/tmp".into(),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn ssh_complaints_become_actionable_errors() {
+        let p = params();
+        let e = classify_connect_error(
+            &p,
+            "No ED25519 host key is known for [127.0.0.1]:2222 and you have requested strict checking.\r\nHost key verification failed.",
+        );
+        assert_eq!(e.kind(), "host_key_unknown");
+        assert!(e.to_string().contains("/kh"));
+        let e = classify_connect_error(
+            &p,
+            "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed.",
+        );
+        assert_eq!(e.kind(), "host_key_changed");
+        let e = classify_connect_error(&p, "u@127.0.0.1: Permission denied (publickey).");
+        assert_eq!(e.kind(), "auth");
+        let e = classify_connect_error(
+            &p,
+            "ssh: connect to host 127.0.0.1 port 2222: Connection refused",
+        );
+        assert_eq!(e.kind(), "connect");
+        assert!(e.to_string().contains("Connection refused"));
+    }
+
+    #[test]
+    fn key_files_open_to_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id");
+        std::fs::write(&key, "k").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(check_key_file(&key).unwrap_err().kind(), "key_file");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_key_file(&key).is_ok());
+        assert!(check_key_file(&dir.path().join("missing")).is_err());
+    }
+}

@@ -1,32 +1,51 @@
 #!/usr/bin/env bash
-# Runs a real local sqd cluster on this machine: builds sqd, starts a leader and two workers on
-# 127.0.0.1 with the embedded store, adds a client and prints `sqdctl status`.
+# Runs a real local sqd pipeline on this machine: a private sshd on 127.0.0.1 (own host key,
+# own client key), a leader, two workers with the embedded store, and two "producing hosts"
+# (directories served by that sshd) writing sample stats files; then prints `sqdctl status`
+# showing the files committed.
 #
-#   scripts/quickstart.sh          start (or restart) the cluster and show its status
-#   scripts/quickstart.sh stop     stop it gracefully
+#   scripts/quickstart.sh          start (or restart) everything and show status
+#   scripts/quickstart.sh stop     stop it all gracefully
 #
-# Everything lives under ./.quickstart (state, stores, logs); delete it to start over.
+# Everything lives under ./.quickstart (state, stores, keys, logs); delete it to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root="$PWD/.quickstart"
+repo="$PWD"
+root="$repo/.quickstart"
 port="${SQD_QUICKSTART_PORT:-7070}"
 leader="127.0.0.1:$port"
-sqd="$PWD/target/release/sqd"
-sqdctl="$PWD/target/release/sqdctl"
+sqd="$repo/target/release/sqd"
+sqdctl="$repo/target/release/sqdctl"
+# shellcheck source=scripts/lib/sshd.sh
+source "$repo/scripts/lib/sshd.sh"
 
 stop_all() {
+  [ -f "$root/producers.pid" ] && kill "$(cat "$root/producers.pid")" 2>/dev/null || true
+  rm -f "$root/producers.pid"
   for w in w1 w2; do
     [ -f "$root/store-$w/worker.pid" ] && "$sqd" --mode worker stop --store "$root/store-$w" 2>/dev/null || true
   done
   [ -f "$root/leader/leader.pid" ] && "$sqd" --mode leader stop --state-dir "$root/leader" 2>/dev/null || true
+  [ -d "$root/sshd" ] && sqd_sshd_stop "$root/sshd" 2>/dev/null || true
 }
 
 if [ "${1:-}" = "stop" ]; then
   stop_all
-  echo "quickstart cluster stopped"
+  echo "quickstart stopped"
   exit 0
 fi
 
+# What a fresh Debian machine lacks: sshd, the ssh client and ssh-keygen.
+missing=()
+[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || missing+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "quickstart: cargo is required (https://rustup.rs)" >&2
   exit 1
@@ -37,6 +56,10 @@ cargo build --release --locked --bins
 
 mkdir -p "$root"
 stop_all
+
+echo "==> starting a private sshd on 127.0.0.1"
+sqd_sshd_start "$root/sshd"
+echo "    port $SQD_SSHD_PORT, user $SQD_SSHD_USER, key $SQD_SSHD_KEY"
 
 echo "==> starting leader on $leader"
 "$sqd" --mode leader start --listen "$leader" --state-dir "$root/leader" --cluster quickstart \
@@ -54,22 +77,46 @@ fi
 for w in w1 w2; do
   echo "==> starting worker $w"
   "$sqd" --mode worker start --id "$w" --leader "$leader" --store "$root/store-$w" \
+    --ssh-key "$SQD_SSHD_KEY" --known-hosts "$SQD_SSHD_KNOWN_HOSTS" --settle-ms 500 --poll-ms 250 \
     >"$root/worker-$w.log" 2>&1 &
 done
-for _ in $(seq 1 100); do
-  alive=$("$sqdctl" --leader "$leader" status --json | grep -c '"state": "alive"' || true)
-  [ "$alive" -ge 2 ] && break
-  sleep 0.1
+
+for host in host-a host-b; do
+  mkdir -p "$root/producers/$host"
+  if ! "$sqdctl" --leader "$leader" status --json | grep -q "\"name\": \"$host\""; then
+    echo "==> adding client $host"
+    "$sqdctl" --leader "$leader" add-client "$host" \
+      --ssh "$SQD_SSHD_USER@127.0.0.1:$SQD_SSHD_PORT" --path "$root/producers/$host" --pattern '*.jsonl'
+  fi
 done
 
-if ! "$sqdctl" --leader "$leader" status --json | grep -q '"name": "demo-host"'; then
-  echo "==> adding client demo-host"
-  "$sqdctl" --leader "$leader" add-client demo-host --ssh "${USER:-$(id -un)}@127.0.0.1:22" --path /var/tmp/sqd-demo-stats
-fi
+echo "==> producers write a stats file per host every second"
+(
+  i=0
+  while true; do
+    for host in host-a host-b; do
+      f="$root/producers/$host/stats-$(date +%s)-$i.jsonl"
+      printf '{"host":"%s","seq":%d,"cpu":%d,"ts":%d}\n' "$host" "$i" $((RANDOM % 100)) "$(date +%s)" >"$f.tmp"
+      mv "$f.tmp" "$f"
+    done
+    i=$((i + 1))
+    sleep 1
+  done
+) >/dev/null 2>&1 &
+echo $! >"$root/producers.pid"
+
+echo "==> waiting for the first files to be committed"
+for _ in $(seq 1 150); do
+  committed=$("$sqdctl" --leader "$leader" status --json | python3 -c \
+    'import json,sys; print(sum(c["files_total"] for c in json.load(sys.stdin)["clients"]))')
+  [ "$committed" -ge 4 ] && break
+  sleep 0.2
+done
 
 echo
 "$sqdctl" --leader "$leader" status
 echo
-echo "The cluster keeps running. Logs: $root/*.log"
+echo "Files land in $root/store-w*/files/<client>/<date>/ (catalog: catalog.sqlite)."
+echo "The pipeline keeps running. Logs: $root/*.log"
 echo "Try:  $sqdctl --leader $leader status --json"
 echo "Stop: scripts/quickstart.sh stop"

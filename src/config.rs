@@ -64,6 +64,20 @@ pub struct WorkerConfig {
     pub listen: Option<SocketAddr>,
     /// Key `capacity`, default 1000; 1..=1000000.
     pub capacity: u32,
+    /// Key `ssh_key`: private key for clients added without `--key`.
+    pub ssh_key: Option<PathBuf>,
+    /// Key `known_hosts`: pinned host keys for clients added without `--known-hosts`.
+    pub known_hosts: Option<PathBuf>,
+    /// Key `poll_ms`, default 1000: pause between directory listings when idle.
+    pub poll_ms: u64,
+    /// Key `settle_ms`, default 1000: how long a file must stay unchanged to count as complete.
+    pub settle_ms: u64,
+    /// Key `batch_files`, default 1000: most files claimed and committed per cycle.
+    pub batch_files: usize,
+    /// Key `transfers_in_flight`, default 64: concurrent SFTP file transfers per client.
+    pub transfers_in_flight: usize,
+    /// Key `max_file_mb`, default 4096: larger files are left in place with an error.
+    pub max_file_bytes: u64,
     /// Key `cluster`, optional; same rule as the leader's.
     pub cluster: Option<String>,
     pub log: LogConfig,
@@ -72,6 +86,8 @@ pub struct WorkerConfig {
 /// Config of `sqd --mode client`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
+    /// Key `complain_after_s`, default 60: backlog age that makes the agent complain.
+    pub complain_after: std::time::Duration,
     /// Key `name`, required; 1-128 characters of `[A-Za-z0-9_.-]`.
     pub name: String,
     /// Key `leader`, HOST:PORT, default `127.0.0.1:7070`.
@@ -102,6 +118,10 @@ pub struct WorkerFlags {
     pub store: Option<PathBuf>,
     pub listen: Option<String>,
     pub capacity: Option<u32>,
+    pub ssh_key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub poll_ms: Option<u64>,
+    pub settle_ms: Option<u64>,
     pub cluster: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -110,6 +130,7 @@ pub struct WorkerFlags {
 /// Values given on the command line; `Some` overrides the file.
 #[derive(Debug, Clone, Default)]
 pub struct ClientFlags {
+    pub complain_after_s: Option<u64>,
     pub name: Option<String>,
     pub leader: Option<String>,
     pub watch: Option<PathBuf>,
@@ -191,10 +212,24 @@ const WORKER_KEYS: &[&str] = &[
     "listen",
     "capacity",
     "cluster",
+    "ssh_key",
+    "known_hosts",
+    "poll_ms",
+    "settle_ms",
+    "batch_files",
+    "transfers_in_flight",
+    "max_file_mb",
     "log_level",
     "log_format",
 ];
-const CLIENT_KEYS: &[&str] = &["name", "leader", "watch", "log_level", "log_format"];
+const CLIENT_KEYS: &[&str] = &[
+    "name",
+    "leader",
+    "watch",
+    "complain_after_s",
+    "log_level",
+    "log_format",
+];
 
 impl LeaderConfig {
     /// Reads `file` (if any), lays `flags` over it and the defaults under it, and checks it all.
@@ -308,6 +343,13 @@ impl WorkerConfig {
         let listen = l.string("listen");
         let capacity = l.integer("capacity");
         let cluster = l.string("cluster");
+        let ssh_key = l.string("ssh_key");
+        let known_hosts = l.string("known_hosts");
+        let poll_ms = l.integer("poll_ms");
+        let settle_ms = l.integer("settle_ms");
+        let batch_files = l.integer("batch_files");
+        let in_flight = l.integer("transfers_in_flight");
+        let max_file_mb = l.integer("max_file_mb");
         let log = l.log_keys();
         l.unknown_keys(WORKER_KEYS);
 
@@ -323,22 +365,55 @@ impl WorkerConfig {
         let capacity = l.check("capacity", capacity, |v| ranged::<u32>(v, CAPACITY));
         let cluster = merge(flags.cluster.clone(), cluster);
         let cluster = l.check("cluster", cluster, |v| name_rule(v, CLUSTER_MAX));
+        let ssh_key = merge(flags.ssh_key.clone(), ssh_key.map(PathBuf::from));
+        let ssh_key = l.check("ssh_key", ssh_key, absolute_path);
+        let known_hosts = merge(flags.known_hosts.clone(), known_hosts.map(PathBuf::from));
+        let known_hosts = l.check("known_hosts", known_hosts, absolute_path);
+        let poll_ms = merge(flags.poll_ms.map(i128::from), poll_ms).or_default(1000);
+        let poll_ms = l.check("poll_ms", poll_ms, |v| ranged::<u64>(v, (10, 600_000)));
+        let settle_ms = merge(flags.settle_ms.map(i128::from), settle_ms).or_default(1000);
+        let settle_ms = l.check("settle_ms", settle_ms, |v| ranged::<u64>(v, (0, 3_600_000)));
+        let batch_files = l.check("batch_files", batch_files.or_default(1000), |v| {
+            ranged::<usize>(v, (1, 100_000))
+        });
+        let in_flight = l.check("transfers_in_flight", in_flight.or_default(64), |v| {
+            ranged::<usize>(v, (1, 1024))
+        });
+        let max_file_mb = l.check("max_file_mb", max_file_mb.or_default(4096), |v| {
+            ranged::<u64>(v, (1, 1 << 30))
+        });
         let log = l.log(log, flags.log_level.clone(), flags.log_format.clone());
-
-        match (id, leader, store, capacity, log) {
-            (Some(id), Some(leader), Some(store), Some(capacity), Some(log))
-                if l.problems.is_empty() =>
-            {
-                Ok(WorkerConfig {
-                    id: id.value,
-                    leader: leader.value,
-                    store: store.value,
-                    listen: listen.map(|v| v.value),
-                    capacity: capacity.value,
-                    cluster: cluster.map(|v| v.value),
-                    log,
-                })
+        let data_plane = match (poll_ms, settle_ms, batch_files, in_flight, max_file_mb) {
+            (Some(p), Some(s), Some(b), Some(i), Some(m)) => {
+                Some((p.value, s.value, b.value, i.value, m.value))
             }
+            _ => None,
+        };
+
+        match (id, leader, store, capacity, log, data_plane) {
+            (
+                Some(id),
+                Some(leader),
+                Some(store),
+                Some(capacity),
+                Some(log),
+                Some((poll_ms, settle_ms, batch_files, transfers_in_flight, max_file_mb)),
+            ) if l.problems.is_empty() => Ok(WorkerConfig {
+                id: id.value,
+                leader: leader.value,
+                store: store.value,
+                listen: listen.map(|v| v.value),
+                capacity: capacity.value,
+                cluster: cluster.map(|v| v.value),
+                ssh_key: ssh_key.map(|v| v.value),
+                known_hosts: known_hosts.map(|v| v.value),
+                poll_ms,
+                settle_ms,
+                batch_files,
+                transfers_in_flight,
+                max_file_bytes: max_file_mb.saturating_mul(1024 * 1024),
+                log,
+            }),
             _ => Err(l.into_error()),
         }
     }
@@ -351,6 +426,7 @@ impl ClientConfig {
         let name = l.string("name");
         let leader = l.string("leader");
         let watch = l.string("watch");
+        let complain = l.integer("complain_after_s");
         let log = l.log_keys();
         l.unknown_keys(CLIENT_KEYS);
 
@@ -361,11 +437,18 @@ impl ClientConfig {
         let watch = merge(flags.watch.clone(), watch.map(PathBuf::from));
         let watch = l.require("watch", "--watch DIR", watch);
         let watch = l.check("watch", watch, non_empty_path);
+        let complain = merge(flags.complain_after_s.map(i128::from), complain).or_default(60);
+        let complain = l.check("complain_after_s", complain, |v| {
+            ranged::<u64>(v, (1, 86_400))
+        });
         let log = l.log(log, flags.log_level.clone(), flags.log_format.clone());
 
-        match (name, leader, watch, log) {
-            (Some(name), Some(leader), Some(watch), Some(log)) if l.problems.is_empty() => {
+        match (name, leader, watch, complain, log) {
+            (Some(name), Some(leader), Some(watch), Some(complain), Some(log))
+                if l.problems.is_empty() =>
+            {
                 Ok(ClientConfig {
+                    complain_after: std::time::Duration::from_secs(complain.value),
                     name: name.value,
                     leader: leader.value,
                     watch: watch.value,
@@ -745,6 +828,14 @@ fn leader_addr(v: String) -> Result<String, String> {
     Ok(v)
 }
 
+fn absolute_path(v: PathBuf) -> Result<PathBuf, String> {
+    if v.is_absolute() {
+        Ok(v)
+    } else {
+        Err(format!("{} must be an absolute path", v.display()))
+    }
+}
+
 fn non_empty_path(v: PathBuf) -> Result<PathBuf, String> {
     if v.as_os_str().is_empty() {
         return Err("must not be empty".to_string());
@@ -859,6 +950,13 @@ mod tests {
                 listen: None,
                 capacity: 1000,
                 cluster: None,
+                ssh_key: None,
+                known_hosts: None,
+                poll_ms: 1000,
+                settle_ms: 1000,
+                batch_files: 1000,
+                transfers_in_flight: 64,
+                max_file_bytes: 4096 * 1024 * 1024,
                 log: default_log(),
             }
         );
@@ -871,6 +969,7 @@ mod tests {
         assert_eq!(
             cfg,
             ClientConfig {
+                complain_after: std::time::Duration::from_secs(60),
                 name: "host-1".into(),
                 leader: "127.0.0.1:7070".into(),
                 watch: "/var/stats".into(),

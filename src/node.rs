@@ -6,6 +6,8 @@
 //! before the leader gives its clients away (C3).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -45,32 +47,58 @@ pub trait Handler {
     fn held(&self) -> Vec<proto::Assignment>;
     /// The load index sent with every heartbeat.
     fn load(&self) -> f64;
+    /// Per-client progress sent with every heartbeat.
+    fn progress(&mut self) -> Vec<proto::ClientProgress> {
+        Vec::new()
+    }
     /// A message from the leader after `Registered`.
     fn message(&mut self, body: Body, out: &NodeOutbox);
     /// Called often (connected or not) with whether the lease is still valid.
     fn lease(&mut self, valid: bool, out: Option<&NodeOutbox>);
     /// A new session was accepted by the leader.
     fn session_started(&mut self) {}
+    /// The leader's lease length, known once registered.
+    fn registered(&mut self, _lease: Duration) {}
     /// Stop all work before `Leaving` is sent.
     fn shutdown(&mut self) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// Lease state on the node's monotonic clock.
-#[derive(Debug, Default, Clone, Copy)]
+/// Lease state on the node's monotonic clock, shared with the tasks that must stop claiming
+/// and committing the moment it runs out (C3).
+#[derive(Debug, Clone)]
 pub struct Lease {
-    valid_until: Option<Instant>,
+    base: Instant,
+    /// Nanoseconds after `base` until which the lease is valid; 0 = never granted.
+    valid_until: Arc<AtomicU64>,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease {
+            base: Instant::now(),
+            valid_until: Arc::new(AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Lease {
     /// Extends the lease to `sent_at + lease`; never shortens it.
-    pub fn renew(&mut self, sent_at: Instant, lease: Duration) {
-        let until = sent_at + lease;
-        if self.valid_until.is_none_or(|v| until > v) {
-            self.valid_until = Some(until);
-        }
+    pub fn renew(&self, sent_at: Instant, lease: Duration) {
+        let until = (sent_at + lease)
+            .saturating_duration_since(self.base)
+            .as_nanos();
+        let until = u64::try_from(until).unwrap_or(u64::MAX).max(1);
+        self.valid_until.fetch_max(until, Ordering::AcqRel);
     }
     pub fn is_valid(&self, now: Instant) -> bool {
-        self.valid_until.is_some_and(|v| now < v)
+        let until = self.valid_until.load(Ordering::Acquire);
+        let now =
+            u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        until != 0 && now < until
+    }
+    /// Whether the lease is valid right now.
+    pub fn valid_now(&self) -> bool {
+        self.is_valid(Instant::now())
     }
 }
 
@@ -116,6 +144,7 @@ pub async fn run<H: Handler>(
     ident: &Identity,
     leader: &str,
     handler: &mut H,
+    lease: Lease,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
@@ -127,14 +156,13 @@ pub async fn run<H: Handler>(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
-    let mut lease = Lease::default();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if *shutdown.borrow() {
             handler.shutdown().await;
             return Ok(());
         }
-        match session(ident, &endpoint, handler, &mut lease, &mut shutdown).await? {
+        match session(ident, &endpoint, handler, &lease, &mut shutdown).await? {
             End::Shutdown => return Ok(()),
             End::Lost { was_registered } => {
                 if was_registered {
@@ -158,7 +186,7 @@ async fn session<H: Handler>(
     ident: &Identity,
     endpoint: &tonic::transport::Endpoint,
     handler: &mut H,
-    lease: &mut Lease,
+    lease: &Lease,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<End, NodeError> {
     let lost = |was_registered| Ok(End::Lost { was_registered });
@@ -225,6 +253,7 @@ async fn session<H: Handler>(
     lease.renew(register_sent, lease_len);
     info!(leader = %endpoint.uri(), cluster = %registered.cluster, leader_version = %registered.leader_version,
           heartbeat_ms = registered.heartbeat_ms, lease_ms = registered.lease_ms, "registered with the leader");
+    handler.registered(lease_len);
     handler.session_started();
 
     let mut seq = 0u64;
@@ -240,7 +269,7 @@ async fn session<H: Handler>(
                 if sent.len() > 64 {
                     sent.pop_front();
                 }
-                let hb = proto::Heartbeat { seq, load: handler.load() };
+                let hb = proto::Heartbeat { seq, load: handler.load(), clients: handler.progress() };
                 if out.send(body(node_message::Body::Heartbeat(hb))).await.is_err() {
                     return lost(true);
                 }
@@ -289,8 +318,8 @@ mod tests {
 
     #[test]
     fn lease_runs_from_send_time_and_never_shrinks() {
+        let lease = Lease::default();
         let t0 = Instant::now();
-        let mut lease = Lease::default();
         assert!(!lease.is_valid(t0));
         lease.renew(t0, Duration::from_millis(100));
         assert!(lease.is_valid(t0 + Duration::from_millis(99)));

@@ -1,17 +1,23 @@
-//! The optional client agent on a producing host: registers as the agent of an added client
-//! and heartbeats, so `sqdctl status` shows `agent: up`. Watching the directory and reporting
-//! backlog arrive with the data plane.
+//! The optional client agent on a producing host: registers as the agent of an added client,
+//! watches the stats directory (`notify`, plus a periodic rescan for missed events and
+//! watcher overflows), and reports the backlog with every heartbeat. When the oldest waiting
+//! file ages past `complain_after` it says so, and the leader moves the client to a less
+//! loaded worker if there is one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::ClientConfig;
 use crate::daemon::{DaemonError, PidLock};
 use crate::node::{self, Handler, NodeError, NodeOutbox};
 use crate::proto::{self, leader_message::Body};
+use crate::transport::ssh::{EntryKind, RemoteEntry};
 use crate::version::VERSION;
+use crate::worker::lifecycle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -26,25 +32,61 @@ pub enum AgentError {
 }
 
 /// Where the agent keeps its pid file: sqd's own area inside the watched directory.
-pub fn runtime_dir(watch: &std::path::Path) -> PathBuf {
+pub fn runtime_dir(watch: &Path) -> PathBuf {
     watch.join(".sqd")
 }
 
+/// Waiting files as the agent sees them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    pub files: u64,
+    pub bytes: u64,
+    pub oldest_s: u64,
+}
+
+/// Scans the directory the way a worker selects files (regular, visible, complete-looking).
+pub fn scan(dir: &Path, now: SystemTime) -> std::io::Result<Backlog> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut backlog = Backlog::default();
+    for entry in std::fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        let remote = RemoteEntry {
+            name: entry.file_name().as_bytes().to_vec(),
+            kind: if meta.file_type().is_file() {
+                EntryKind::File
+            } else {
+                EntryKind::Other
+            },
+            size: meta.len(),
+            mtime: 0,
+        };
+        if !lifecycle::is_candidate(&remote, None) {
+            continue;
+        }
+        backlog.files += 1;
+        backlog.bytes += meta.len();
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .map_or(0, |d| d.as_secs());
+        backlog.oldest_s = backlog.oldest_s.max(age);
+    }
+    Ok(backlog)
+}
+
 pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let watch_err = |reason: String| AgentError::Watch {
+        path: cfg.watch.clone(),
+        reason,
+    };
     match std::fs::metadata(&cfg.watch) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(AgentError::Watch {
-                path: cfg.watch.clone(),
-                reason: "not a directory".into(),
-            });
-        }
-        Err(e) => {
-            return Err(AgentError::Watch {
-                path: cfg.watch.clone(),
-                reason: e.to_string(),
-            });
-        }
+        Ok(_) => return Err(watch_err("not a directory".into())),
+        Err(e) => return Err(watch_err(e.to_string())),
     }
     let _lock = PidLock::acquire(&runtime_dir(&cfg.watch), "client")?;
     let ident = node::Identity {
@@ -55,13 +97,82 @@ pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: String::new(),
         capacity: 0,
     };
+    let backlog = Arc::new(Mutex::new(Backlog::default()));
+    let _watcher = spawn_watcher(&cfg, backlog.clone()).map_err(|e| watch_err(e.to_string()))?;
     info!(client = %cfg.name, leader = %cfg.leader, watch = %cfg.watch.display(), "agent starting");
-    node::run(&ident, &cfg.leader, &mut AgentNode, shutdown).await?;
+    let mut agent = AgentNode {
+        client: cfg.name.clone(),
+        backlog,
+        complain_after: cfg.complain_after,
+    };
+    node::run(
+        &ident,
+        &cfg.leader,
+        &mut agent,
+        node::Lease::default(),
+        shutdown,
+    )
+    .await?;
     info!(client = %cfg.name, "agent stopped");
     Ok(())
 }
 
-struct AgentNode;
+/// Keeps `backlog` current: rescans on every directory event (debounced) and every few
+/// seconds anyway, so an overflowed or failed watcher only delays, never stops, the count.
+fn spawn_watcher(
+    cfg: &ClientConfig,
+    backlog: Arc<Mutex<Backlog>>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Err(e) = &event {
+            warn!(error = %e, "directory watcher error; rescanning");
+        }
+        let _ = tx.send(());
+    })?;
+    watcher.watch(&cfg.watch, notify::RecursiveMode::NonRecursive)?;
+    let dir = cfg.watch.clone();
+    let client = cfg.name.clone();
+    let complain_after = cfg.complain_after;
+    tokio::spawn(async move {
+        let mut complained = false;
+        loop {
+            match scan(&dir, SystemTime::now()) {
+                Ok(b) => {
+                    *backlog.lock().unwrap_or_else(PoisonError::into_inner) = b;
+                    let late = b.files > 0 && Duration::from_secs(b.oldest_s) >= complain_after;
+                    if late && !complained {
+                        warn!(client = %client, files = b.files, oldest_s = b.oldest_s,
+                              "backlog is aging: the worker falls behind; the leader is told with every heartbeat");
+                    } else if !late && complained {
+                        info!(client = %client, files = b.files, "backlog caught up");
+                    }
+                    complained = late;
+                }
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot scan the watched directory")
+                }
+            }
+            // Wait for an event (then let a burst settle) or the periodic rescan.
+            tokio::select! {
+                got = rx.recv() => {
+                    if got.is_none() { return; }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    });
+    Ok(watcher)
+}
+
+struct AgentNode {
+    client: String,
+    backlog: Arc<Mutex<Backlog>>,
+    complain_after: Duration,
+}
 
 impl Handler for AgentNode {
     fn held(&self) -> Vec<proto::Assignment> {
@@ -70,7 +181,38 @@ impl Handler for AgentNode {
     fn load(&self) -> f64 {
         0.0
     }
+    fn progress(&mut self) -> Vec<proto::ClientProgress> {
+        let b = *self.backlog.lock().unwrap_or_else(PoisonError::into_inner);
+        vec![proto::ClientProgress {
+            client: self.client.clone(),
+            backlog_files: b.files,
+            backlog_bytes: b.bytes,
+            oldest_backlog_s: b.oldest_s,
+            behind: b.files > 0 && Duration::from_secs(b.oldest_s) >= self.complain_after,
+            ..Default::default()
+        }]
+    }
     fn message(&mut self, _body: Body, _out: &NodeOutbox) {}
     fn lease(&mut self, _valid: bool, _out: Option<&NodeOutbox>) {}
     async fn shutdown(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_counts_only_files_a_worker_would_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.jsonl"), b"12345").unwrap();
+        std::fs::write(dir.path().join("b.jsonl"), b"1").unwrap();
+        std::fs::write(dir.path().join(".hidden"), b"1").unwrap();
+        std::fs::write(dir.path().join("c.tmp"), b"1").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("a.jsonl"), dir.path().join("link")).unwrap();
+        let later = SystemTime::now() + Duration::from_secs(90);
+        let b = scan(dir.path(), later).unwrap();
+        assert_eq!((b.files, b.bytes), (2, 6));
+        assert!((89..=91).contains(&b.oldest_s), "{b:?}");
+    }
 }

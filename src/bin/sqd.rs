@@ -92,12 +92,27 @@ struct StartArgs {
     /// [worker] Most clients this worker takes (default 1000).
     #[arg(long)]
     capacity: Option<u32>,
+    /// [worker] Private key for clients added without --key (mode 0600).
+    #[arg(long)]
+    ssh_key: Option<PathBuf>,
+    /// [worker] known_hosts pinning host keys, for clients added without --known-hosts.
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
+    /// [worker] Pause between listings of an idle client, in ms (default 1000).
+    #[arg(long)]
+    poll_ms: Option<u64>,
+    /// [worker] How long a file must stay unchanged to count as complete, in ms (default 1000).
+    #[arg(long)]
+    settle_ms: Option<u64>,
     /// [client] Name of the client this agent runs for (as given to `sqdctl add-client`).
     #[arg(long)]
     name: Option<String>,
     /// [client] The stats directory on this host.
     #[arg(long)]
     watch: Option<PathBuf>,
+    /// [client] Backlog age in seconds that makes the agent complain (default 60).
+    #[arg(long)]
+    complain_after_s: Option<u64>,
     /// Log filter (e.g. info, debug, sqd=debug); RUST_LOG wins when set.
     #[arg(long)]
     log_level: Option<String>,
@@ -109,7 +124,7 @@ struct StartArgs {
 impl StartArgs {
     /// Flags given that the mode does not take.
     fn foreign_flags(&self, mode: Mode) -> Vec<&'static str> {
-        let given: [(&str, bool, &[Mode]); 12] = [
+        let given: [(&str, bool, &[Mode]); 17] = [
             (
                 "--listen",
                 self.listen.is_some(),
@@ -136,8 +151,17 @@ impl StartArgs {
             ),
             ("--store", self.store.is_some(), &[Mode::Worker]),
             ("--capacity", self.capacity.is_some(), &[Mode::Worker]),
+            ("--ssh-key", self.ssh_key.is_some(), &[Mode::Worker]),
+            ("--known-hosts", self.known_hosts.is_some(), &[Mode::Worker]),
+            ("--poll-ms", self.poll_ms.is_some(), &[Mode::Worker]),
+            ("--settle-ms", self.settle_ms.is_some(), &[Mode::Worker]),
             ("--name", self.name.is_some(), &[Mode::Client]),
             ("--watch", self.watch.is_some(), &[Mode::Client]),
+            (
+                "--complain-after-s",
+                self.complain_after_s.is_some(),
+                &[Mode::Client],
+            ),
         ];
         given
             .iter()
@@ -226,6 +250,10 @@ fn load(mode: Mode, args: StartArgs) -> anyhow::Result<Loaded> {
                 store: args.store,
                 listen: args.listen,
                 capacity: args.capacity,
+                ssh_key: args.ssh_key,
+                known_hosts: args.known_hosts,
+                poll_ms: args.poll_ms,
+                settle_ms: args.settle_ms,
                 cluster: args.cluster,
                 log_level: args.log_level,
                 log_format: args.log_format,
@@ -237,6 +265,7 @@ fn load(mode: Mode, args: StartArgs) -> anyhow::Result<Loaded> {
                 name: args.name,
                 leader: args.leader,
                 watch: args.watch,
+                complain_after_s: args.complain_after_s,
                 log_level: args.log_level,
                 log_format: args.log_format,
             },

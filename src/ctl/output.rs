@@ -41,6 +41,12 @@ pub struct ClientView {
     pub agent: String,
     pub files_total: u64,
     pub bytes_total: u64,
+    pub files_today: u64,
+    pub bytes_today: u64,
+    pub backlog_files: u64,
+    pub backlog_bytes: u64,
+    pub oldest_backlog_s: u64,
+    pub rate_bps: u64,
     pub last_error: Option<String>,
 }
 
@@ -90,6 +96,12 @@ impl From<proto::StatusResponse> for StatusView {
                         agent: c.agent,
                         files_total: c.files_total,
                         bytes_total: c.bytes_total,
+                        files_today: c.files_today,
+                        bytes_today: c.bytes_today,
+                        backlog_files: c.backlog_files,
+                        backlog_bytes: c.backlog_bytes,
+                        oldest_backlog_s: c.oldest_backlog_s,
+                        rate_bps: c.rate_bps,
                         last_error: non_empty(c.last_error),
                     }
                 })
@@ -209,6 +221,8 @@ impl StatusView {
                         c.agent.clone(),
                         c.files_total.to_string(),
                         bytes(c.bytes_total),
+                        format!("{} / {}", c.backlog_files, bytes(c.backlog_bytes)),
+                        format!("{}/s", bytes(c.rate_bps)),
                         c.ssh.clone(),
                         c.path.clone(),
                         c.last_error.clone().unwrap_or_default(),
@@ -279,6 +293,6 @@ mod tests {
         assert_eq!(v["clients"][0]["worker"], "w");
         assert_eq!(v["clients"][0]["last_error"], serde_json::Value::Null);
         let keys: Vec<&String> = v["clients"][0].as_object().unwrap().keys().collect();
-        assert_eq!(keys.len(), 10);
+        assert_eq!(keys.len(), 16);
     }
 }

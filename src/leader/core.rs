@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::registry::{
-    Agent, ClientSpec, Effects, Event, Liveness, Millis, Outbound, Registry, RegistryError,
-    SessionId, WorkerHello,
+    Agent, ClientSpec, Effects, Event, Liveness, Millis, Outbound, Progress, Registry,
+    RegistryError, SessionId, WorkerHello,
 };
 use super::state::{State, StateError};
 use crate::proto::{self, LeaderMessage, leader_message::Body};
@@ -34,6 +34,7 @@ pub enum Command {
         session: SessionId,
         seq: u64,
         load: f64,
+        progress: Vec<proto::ClientProgress>,
     },
     Released {
         session: SessionId,
@@ -171,8 +172,17 @@ impl Core {
                 peer,
                 outbox,
             } => self.register(session, register, peer, outbox, now)?,
-            Command::Heartbeat { session, seq, load } => {
-                if self.registry.heartbeat(session, load, now) {
+            Command::Heartbeat {
+                session,
+                seq,
+                load,
+                progress,
+            } => {
+                let progress = progress.into_iter().map(progress_from_proto).collect();
+                if self
+                    .registry
+                    .heartbeat_with_progress(session, load, progress, now)
+                {
                     self.send(session, Body::HeartbeatAck(proto::HeartbeatAck { seq }));
                 }
             }
@@ -458,7 +468,20 @@ impl Core {
                 {
                     w.clients.push(c.spec.name.clone());
                 }
+                let sum = |f: fn(&Progress) -> u64| c.reports.values().map(f).sum::<u64>();
+                // Backlog: the owner's last listing, else what the agent sees on the host.
+                let live = c
+                    .worker
+                    .as_deref()
+                    .and_then(|w| c.reports.get(w))
+                    .or(c.agent_report.as_ref());
                 proto::ClientStatus {
+                    files_today: sum(|p| p.files_today),
+                    bytes_today: sum(|p| p.bytes_today),
+                    backlog_files: live.map_or(0, |p| p.backlog_files),
+                    backlog_bytes: live.map_or(0, |p| p.backlog_bytes),
+                    oldest_backlog_s: live.map_or(0, |p| p.oldest_backlog_s),
+                    rate_bps: live.map_or(0, |p| p.rate_bps),
                     spec: Some(c.spec.clone().into()),
                     worker: c.worker.clone().unwrap_or_default(),
                     epoch: c.epoch,
@@ -468,9 +491,9 @@ impl Core {
                         Agent::Down => "down",
                     }
                     .to_owned(),
-                    files_total: 0,
-                    bytes_total: 0,
-                    last_error: String::new(),
+                    files_total: sum(|p| p.files_total),
+                    bytes_total: sum(|p| p.bytes_total),
+                    last_error: live.and_then(|p| p.last_error.clone()).unwrap_or_default(),
                 }
             })
             .collect();
@@ -501,6 +524,25 @@ fn answer<T>(
             Ok(())
         }
     }
+}
+
+fn progress_from_proto(p: proto::ClientProgress) -> (String, Progress) {
+    (
+        p.client,
+        Progress {
+            epoch: p.epoch,
+            files_total: p.files_total,
+            bytes_total: p.bytes_total,
+            files_today: p.files_today,
+            bytes_today: p.bytes_today,
+            backlog_files: p.backlog_files,
+            backlog_bytes: p.backlog_bytes,
+            oldest_backlog_s: p.oldest_backlog_s,
+            rate_bps: p.rate_bps,
+            last_error: (!p.last_error.is_empty()).then_some(p.last_error),
+            behind: p.behind,
+        },
+    )
 }
 
 fn message(body: Body) -> LeaderMessage {

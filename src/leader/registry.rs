@@ -18,6 +18,11 @@ use super::scheduler::{self, Candidate, CandidateRole, MoveReason, Placement};
 pub use crate::spec::ClientSpec;
 use crate::version;
 
+/// A complaining client moves only to a worker whose load index is lower by this much.
+const BACKLOG_LOAD_MARGIN: f64 = 0.2;
+/// After a move for backlog, the client stays put for this many leases.
+const BACKLOG_HYSTERESIS_LEASES: u64 = 20;
+
 /// Leader-monotonic milliseconds.
 pub type Millis = u64;
 
@@ -71,14 +76,39 @@ pub struct Owner<'a> {
     pub epoch: u64,
 }
 
+/// A worker's last report about one client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub epoch: u64,
+    pub files_total: u64,
+    pub bytes_total: u64,
+    pub files_today: u64,
+    pub bytes_today: u64,
+    pub backlog_files: u64,
+    pub backlog_bytes: u64,
+    pub oldest_backlog_s: u64,
+    pub rate_bps: u64,
+    pub last_error: Option<String>,
+    /// An agent's complaint: its backlog aged past its threshold.
+    pub behind: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     pub spec: ClientSpec,
+    /// Last report of every worker that served this client (each holds its own store shard).
+    pub reports: BTreeMap<String, Progress>,
     pub worker: Option<String>,
     /// Epoch of the current assignment, or of the last one when unassigned.
     pub epoch: u64,
     /// Set while the owner has been asked to release the client.
     pub releasing_since: Option<Millis>,
+    /// The agent's last report (backlog as seen on the producing host).
+    pub agent_report: Option<Progress>,
+    /// Worker to avoid when placing this client next (it fell behind there).
+    pub avoid: Option<String>,
+    /// Last move because of an agent's complaint (hysteresis).
+    pub backlog_move_at: Option<Millis>,
     pub agent: Agent,
 }
 
@@ -263,9 +293,13 @@ impl Registry {
             spec.name.clone(),
             Client {
                 spec,
+                reports: BTreeMap::new(),
                 worker,
                 epoch,
                 releasing_since: None,
+                agent_report: None,
+                avoid: None,
+                backlog_move_at: None,
                 agent: Agent::None,
             },
         );
@@ -301,9 +335,13 @@ impl Registry {
             spec.name.clone(),
             Client {
                 spec,
+                reports: BTreeMap::new(),
                 worker: None,
                 epoch: 0,
                 releasing_since: None,
+                agent_report: None,
+                avoid: None,
+                backlog_move_at: None,
                 agent: Agent::None,
             },
         );
@@ -507,6 +545,17 @@ impl Registry {
 
     /// Records a heartbeat. Returns false when the session is unknown (stale or closed).
     pub fn heartbeat(&mut self, session: SessionId, load: f64, now: Millis) -> bool {
+        self.heartbeat_with_progress(session, load, Vec::new(), now)
+    }
+
+    /// Records a heartbeat carrying per-client progress.
+    pub fn heartbeat_with_progress(
+        &mut self,
+        session: SessionId,
+        load: f64,
+        progress: Vec<(String, Progress)>,
+        now: Millis,
+    ) -> bool {
         if let Some(w) = self
             .workers
             .values_mut()
@@ -519,6 +568,12 @@ impl Registry {
                 1.0
             };
             w.liveness = Liveness::Alive;
+            let worker = w.id.clone();
+            for (client, report) in progress {
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.reports.insert(worker.clone(), report);
+                }
+            }
             return true;
         }
         for c in self.clients.values_mut() {
@@ -529,10 +584,70 @@ impl Registry {
                 && *s == session
             {
                 *last_heartbeat = now;
+                let name = c.spec.name.clone();
+                if let Some((_, report)) = progress.into_iter().find(|(client, _)| *client == name)
+                {
+                    c.agent_report = Some(report);
+                }
                 return true;
             }
         }
         false
+    }
+
+    /// Clients whose agent complains while their worker is clearly busier than another one:
+    /// hand them off (at most one per tick, and not again within the hysteresis window).
+    fn relieve_backlog(&mut self, now: Millis) -> Effects {
+        let mut fx = Effects::default();
+        let hysteresis = self
+            .timing
+            .lease_ms
+            .saturating_mul(BACKLOG_HYSTERESIS_LEASES);
+        let eligible: Vec<(String, f64)> = self
+            .workers
+            .values()
+            .filter(|w| Self::candidate_role(w) == Some(CandidateRole::Eligible))
+            .map(|w| (w.id.clone(), w.load))
+            .collect();
+        let complaining = self.clients.values_mut().find(|c| {
+            let behind = matches!(c.agent, Agent::Up { .. })
+                && c.agent_report.as_ref().is_some_and(|r| r.behind)
+                && c.releasing_since.is_none()
+                && c.backlog_move_at
+                    .is_none_or(|t| now.saturating_sub(t) >= hysteresis);
+            let Some(owner) = c.worker.as_deref().filter(|_| behind) else {
+                return false;
+            };
+            let Some(owner_load) = eligible.iter().find(|(id, _)| id == owner).map(|(_, l)| *l)
+            else {
+                return false;
+            };
+            eligible
+                .iter()
+                .any(|(id, load)| id != owner && *load + BACKLOG_LOAD_MARGIN < owner_load)
+        });
+        let Some(c) = complaining else { return fx };
+        let Some(owner) = c.worker.clone() else {
+            return fx;
+        };
+        c.releasing_since = Some(now);
+        c.backlog_move_at = Some(now);
+        c.avoid = Some(owner.clone());
+        if let Some(session) = self.workers.get(&owner).and_then(|w| w.session) {
+            fx.messages.push((
+                session,
+                Outbound::Revoke {
+                    client: c.spec.name.clone(),
+                    epoch: c.epoch,
+                },
+            ));
+        }
+        fx.events.push(Event::ReleaseRequested {
+            client: c.spec.name.clone(),
+            worker: owner,
+            reason: "backlog",
+        });
+        fx
     }
 
     /// The session's stream broke: its worker is suspect at once (its lease may still run).
@@ -648,6 +763,7 @@ impl Registry {
                 });
             }
         }
+        fx.extend(self.relieve_backlog(now));
         fx.extend(self.schedule(now));
         fx
     }
@@ -710,6 +826,7 @@ impl Registry {
                 client: c.spec.name.clone(),
                 worker: c.worker.clone(),
                 frozen: c.releasing_since.is_some(),
+                avoid: c.avoid.clone(),
             })
             .collect();
         let plan = scheduler::plan(&candidates, &placements, self.timing.max_moves_per_tick);
@@ -755,6 +872,9 @@ impl Registry {
             };
             client.worker = d.to.clone();
             client.epoch = epoch;
+            if d.to.is_some() {
+                client.avoid = None;
+            }
             fx.durable.push(Durable::Assignment {
                 client: d.client.clone(),
                 worker: d.to.clone(),

@@ -35,6 +35,8 @@ pub struct Placement {
     pub worker: Option<String>,
     /// A client in handoff stays where it is until its old owner released it.
     pub frozen: bool,
+    /// A worker not to place this client on when another one has room (it fell behind there).
+    pub avoid: Option<String>,
 }
 
 /// One decision of a plan.
@@ -113,7 +115,11 @@ pub fn plan(
     }
 
     for p in homeless {
-        let to = least_loaded_with_room(candidates, &held);
+        let to = match p.avoid.as_deref() {
+            Some(avoid) => least_loaded_except(candidates, &held, avoid)
+                .or_else(|| least_loaded_with_room(candidates, &held)),
+            None => least_loaded_with_room(candidates, &held),
+        };
         if let Some(w) = to
             && let Some(list) = held.get_mut(w)
         {
@@ -173,7 +179,18 @@ fn least_loaded_with_room<'a>(
     candidates: &[Candidate],
     held: &BTreeMap<&'a str, Vec<&str>>,
 ) -> Option<&'a str> {
+    least_loaded_except(candidates, held, "")
+}
+
+/// The eligible worker with the fewest clients (then the lowest load) that has room,
+/// other than `except`.
+fn least_loaded_except<'a>(
+    candidates: &[Candidate],
+    held: &BTreeMap<&'a str, Vec<&str>>,
+    except: &str,
+) -> Option<&'a str> {
     held.iter()
+        .filter(|(id, _)| **id != except)
         .filter_map(|(id, list)| {
             let c = capacity_of(candidates, id)?;
             (list.len() < c.capacity as usize).then_some((*id, list.len(), c.load))
@@ -216,6 +233,7 @@ mod tests {
             client: client.into(),
             worker: worker.map(Into::into),
             frozen: false,
+            avoid: None,
         }
     }
 

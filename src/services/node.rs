@@ -79,6 +79,7 @@ impl NodeService for NodeApi {
                             session,
                             seq: h.seq,
                             load: h.load,
+                            progress: h.clients,
                         },
                         Body::Released(r) => Command::Released {
                             session,

@@ -389,8 +389,10 @@ impl Remote {
         ))
     }
 
-    pub async fn close(self) {
-        let _ = self.sftp.close().await;
+    /// Ends the session. Dropping is deliberate: `Sftp::close` in openssh-sftp-client 0.15
+    /// unwraps internally and panics when the connection had already failed.
+    pub fn close(self) {
+        drop(self.sftp);
     }
 }
 

@@ -112,11 +112,64 @@ pub fn claim_dir_name(worker: &str, epoch: u64) -> String {
     format!("{worker}-{epoch}")
 }
 
-/// Parses a claim directory name back into (worker, epoch).
-pub fn parse_claim_dir(name: &[u8]) -> Option<(String, u64)> {
+/// Suffix a worker gives its claim dir when it stops serving a client gracefully: what is
+/// left inside was never committed, so any later owner may take it at once.
+pub const RELEASED_SUFFIX: &str = ".released";
+
+/// A claim directory's name, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimDir {
+    pub worker: String,
+    pub epoch: u64,
+    pub released: bool,
+}
+
+/// Parses a claim directory name back into its owner, epoch and state.
+pub fn parse_claim_dir(name: &[u8]) -> Option<ClaimDir> {
     let name = std::str::from_utf8(name).ok()?;
+    let (name, released) = match name.strip_suffix(RELEASED_SUFFIX) {
+        Some(n) => (n, true),
+        None => (name, false),
+    };
     let (worker, epoch) = name.rsplit_once('-')?;
-    Some((worker.to_owned(), epoch.parse().ok()?))
+    Some(ClaimDir {
+        worker: worker.to_owned(),
+        epoch: epoch.parse().ok()?,
+        released,
+    })
+}
+
+/// What the current owner `(me, epoch)` may do with another claim dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimAction {
+    /// Ours now, or someone else's to handle: leave it.
+    Leave,
+    /// Released leftovers, or orphaned long enough: move the files into our claim dir.
+    Adopt,
+}
+
+/// Decides about a claim dir found next to ours.
+///
+/// Stores are sharded per worker, so a file committed by a worker that crashed before deleting
+/// the source would be committed a second time by an adopter. Only the crashed worker can tell
+/// (from its own catalog), so its unreleased claims wait for it to come back and resolve them;
+/// after `orphaned` (the worker seems gone for good) they are adopted, at least once.
+pub fn claim_action(dir: &ClaimDir, me: &str, epoch: u64, orphaned: bool) -> ClaimAction {
+    if dir.worker == me && dir.epoch == epoch && !dir.released {
+        return ClaimAction::Leave;
+    }
+    if dir.released {
+        return ClaimAction::Adopt;
+    }
+    if dir.worker == me || dir.epoch >= epoch {
+        // Our own crash leftovers are resolved at start-up; newer epochs are not ours.
+        return ClaimAction::Leave;
+    }
+    if orphaned {
+        ClaimAction::Adopt
+    } else {
+        ClaimAction::Leave
+    }
 }
 
 #[cfg(test)]
@@ -202,11 +255,56 @@ mod tests {
 
     #[test]
     fn claim_dir_names_round_trip() {
-        assert_eq!(
-            parse_claim_dir(claim_dir_name("w-1", 42).as_bytes()),
-            Some(("w-1".into(), 42))
-        );
+        let d = parse_claim_dir(claim_dir_name("w-1", 42).as_bytes()).unwrap();
+        assert_eq!((d.worker.as_str(), d.epoch, d.released), ("w-1", 42, false));
+        let r = parse_claim_dir(b"w-1-42.released").unwrap();
+        assert_eq!((r.worker.as_str(), r.epoch, r.released), ("w-1", 42, true));
         assert_eq!(parse_claim_dir(b"junk"), None);
         assert_eq!(parse_claim_dir(b"w-x"), None);
+    }
+
+    #[test]
+    fn only_released_or_long_orphaned_claims_are_adopted() {
+        let dir = |w: &str, e: u64, released: bool| ClaimDir {
+            worker: w.into(),
+            epoch: e,
+            released,
+        };
+        use ClaimAction::*;
+        assert_eq!(
+            claim_action(&dir("me", 5, false), "me", 5, true),
+            Leave,
+            "ours"
+        );
+        assert_eq!(
+            claim_action(&dir("old", 3, true), "me", 5, false),
+            Adopt,
+            "released"
+        );
+        assert_eq!(
+            claim_action(&dir("me", 3, true), "me", 5, false),
+            Adopt,
+            "our own released"
+        );
+        assert_eq!(
+            claim_action(&dir("old", 3, false), "me", 5, false),
+            Leave,
+            "crashed: wait for its owner"
+        );
+        assert_eq!(
+            claim_action(&dir("old", 3, false), "me", 5, true),
+            Adopt,
+            "orphaned"
+        );
+        assert_eq!(
+            claim_action(&dir("me", 3, false), "me", 5, true),
+            Leave,
+            "our crash leftovers"
+        );
+        assert_eq!(
+            claim_action(&dir("new", 9, false), "me", 5, true),
+            Leave,
+            "newer epoch"
+        );
     }
 }

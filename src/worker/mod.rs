@@ -2,11 +2,15 @@
 //! its lease runs out (C3), and runs one task per held client (see [`pull`]).
 
 pub mod assignments;
+pub mod held;
 pub mod lifecycle;
 pub mod pull;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -31,6 +35,8 @@ pub enum WorkerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Open(#[from] crate::store::StoreError),
 }
 
 /// Version this worker advertises; tests set `SQD_ADVERTISE_VERSION` to exercise the
@@ -53,22 +59,82 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: cfg.cluster.clone().unwrap_or_default(),
         capacity: cfg.capacity,
     };
+    let store = crate::store::LocalStore::open(&cfg.store)?;
+    let pull = pull::PullConfig {
+        poll: Duration::from_millis(cfg.poll_ms),
+        settle: Duration::from_millis(cfg.settle_ms),
+        batch_files: cfg.batch_files,
+        in_flight: cfg.transfers_in_flight,
+        max_file_bytes: cfg.max_file_bytes,
+        default_key: cfg.ssh_key.clone(),
+        default_known_hosts: cfg.known_hosts.clone(),
+        control_dir: cfg.store.join("ssh"),
+        orphan_after: ORPHAN_AFTER,
+    };
     info!(worker = %cfg.id, leader = %cfg.leader, store = %cfg.store.display(), "worker starting");
-    let mut worker = WorkerNode::new(cfg.id.clone());
-    node::run(&ident, &cfg.leader, &mut worker, shutdown).await?;
+    let store: Arc<dyn crate::store::Sink> = Arc::new(store);
+    let (held, leftovers) = held::Held::open(&cfg.store);
+    for spec in leftovers {
+        spawn_resolver(
+            cfg.id.clone(),
+            spec,
+            store.clone(),
+            pull.clone(),
+            held.clone(),
+        );
+    }
+    let lease = node::Lease::default();
+    let mut worker = WorkerNode::new(cfg.id.clone(), store, pull, lease.clone(), held);
+    node::run(&ident, &cfg.leader, &mut worker, lease, shutdown).await?;
     info!(worker = %cfg.id, "worker stopped");
     Ok(())
+}
+
+/// How long another worker's unreleased claims wait for it before they are adopted.
+const ORPHAN_AFTER: Duration = Duration::from_secs(600);
+
+/// Resolves a crash's leftover claims at one client, retrying until it can reach the host.
+fn spawn_resolver(
+    worker: String,
+    spec: ClientSpec,
+    store: Arc<dyn crate::store::Sink>,
+    pull: pull::PullConfig,
+    held: held::Held,
+) {
+    tokio::spawn(async move {
+        let mut backoff = node::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        loop {
+            match pull::resolve_leftovers(&worker, &spec, store.clone(), &pull, &held).await {
+                Ok(()) => {
+                    held.resolved(&spec.name);
+                    return;
+                }
+                Err(e) => {
+                    warn!(client = %spec.name, error = %e, "cannot resolve claims left by a crash yet; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    });
 }
 
 struct Running {
     epoch: u64,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    stats: pull::SharedStats,
 }
 
 /// The worker's side of the session: assignments plus the tasks serving them.
 struct WorkerNode {
     id: String,
+    store: Arc<dyn crate::store::Sink>,
+    pull: Arc<pull::PullConfig>,
+    lease: node::Lease,
+    held: held::Held,
+    busy_ns: Arc<AtomicU64>,
+    /// (time, busy_ns) at the last heartbeat, for the load index and rates.
+    last_sample: (Instant, u64),
     assignments: Assignments,
     running: HashMap<String, Running>,
     /// Work stopped because the lease ran out; resumes only on a fresh assignment set.
@@ -78,9 +144,21 @@ struct WorkerNode {
 }
 
 impl WorkerNode {
-    fn new(id: String) -> Self {
+    fn new(
+        id: String,
+        store: Arc<dyn crate::store::Sink>,
+        pull: pull::PullConfig,
+        lease: node::Lease,
+        held: held::Held,
+    ) -> Self {
         WorkerNode {
             id,
+            store,
+            pull: Arc::new(pull),
+            lease,
+            held,
+            busy_ns: Arc::new(AtomicU64::new(0)),
+            last_sample: (Instant::now(), 0),
             assignments: Assignments::default(),
             running: HashMap::new(),
             fenced: false,
@@ -91,15 +169,30 @@ impl WorkerNode {
     fn start(&mut self, spec: ClientSpec, epoch: u64) {
         let (stop, stop_rx) = watch::channel(false);
         let name = spec.name.clone();
+        let stats = pull::SharedStats::default();
         let task = tokio::spawn(pull::serve_client(
             pull::ClientTask {
                 worker: self.id.clone(),
                 spec,
                 epoch,
+                store: self.store.clone(),
+                lease: self.lease.clone(),
+                stats: stats.clone(),
+                config: self.pull.clone(),
+                busy_ns: self.busy_ns.clone(),
+                held: self.held.clone(),
             },
             stop_rx,
         ));
-        self.running.insert(name, Running { epoch, stop, task });
+        self.running.insert(
+            name,
+            Running {
+                epoch,
+                stop,
+                task,
+                stats,
+            },
+        );
     }
 
     /// Stops a client's task; tells the leader `Released` once the task really ended.
@@ -153,9 +246,44 @@ impl Handler for WorkerNode {
     }
 
     fn load(&self) -> f64 {
-        // Until the pull loop measures busy time and backlog, load is the share of capacity
-        // in use; the data plane replaces this with real work.
-        0.0
+        // Share of the worker's pull capacity (one busy client per core) used since the last
+        // heartbeat, so the leader sends new clients where work actually is light.
+        let (at, busy) = self.last_sample;
+        let elapsed = at.elapsed().as_nanos().max(1) as f64;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let busy = self.busy_ns.load(Ordering::Relaxed).saturating_sub(busy) as f64;
+        (busy / elapsed / cores).clamp(0.0, 1.0)
+    }
+
+    fn progress(&mut self) -> Vec<proto::ClientProgress> {
+        let (at, _) = self.last_sample;
+        let secs = at.elapsed().as_secs_f64().max(0.001);
+        self.last_sample = (Instant::now(), self.busy_ns.load(Ordering::Relaxed));
+        self.running
+            .iter()
+            .map(|(client, r)| {
+                let mut s = r
+                    .stats
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let rate = (s.committed_bytes as f64 / secs) as u64;
+                s.committed_bytes = 0;
+                proto::ClientProgress {
+                    client: client.clone(),
+                    epoch: r.epoch,
+                    files_total: s.totals.files_total,
+                    bytes_total: s.totals.bytes_total,
+                    files_today: s.totals.files_today,
+                    bytes_today: s.totals.bytes_today,
+                    backlog_files: s.backlog_files,
+                    backlog_bytes: s.backlog_bytes,
+                    oldest_backlog_s: s.oldest_backlog.map_or(0, |t| t.elapsed().as_secs()),
+                    rate_bps: rate,
+                    last_error: s.last_error.clone().unwrap_or_default(),
+                    behind: false,
+                }
+            })
+            .collect()
     }
 
     fn session_started(&mut self) {

@@ -1,24 +1,736 @@
-//! The per-client work of a worker: the seam where the SSH pull loop runs.
+//! The pull loop of one client: list, claim, transfer, verify, commit, delete.
 //!
-//! The supervisor starts one [`serve_client`] per held (client, epoch) and stops it on revoke,
-//! on a newer epoch or when the lease runs out. Until the data plane lands, serving a client
-//! means holding it: the task keeps the assignment and reports nothing.
+//! A file's life (DESIGN.md D1–D4): a complete regular file in the client's directory is
+//! **claimed** by an atomic rename into `.sqd/claim/<worker>-<epoch>/` (only one claimer can
+//! win), **transferred** with many SFTP requests in flight into the store's staging area while
+//! hashed, **verified** (size and mtime unchanged, every byte read), **committed** in a batch
+//! (one group commit, idempotent on the file key), and only then **removed** at the source.
+//! A worker adopts claims of older epochs once their owner's lease must have run out.
+//!
+//! The lease is checked before claiming and right before committing (C3).
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{debug, info, warn};
 
-use crate::spec::ClientSpec;
+use super::held::Held;
+use super::lifecycle::{self, ClaimAction, CopyVerdict, SettleTracker};
+use crate::failpoint;
+use crate::node::{Backoff, Lease};
+use crate::spec::{ClientSpec, SshTarget};
+use crate::store::{FileMeta, Outcome, Sink, Staged, Totals};
+use crate::transport::ssh::{self, EntryKind, Remote, RemoteEntry, SshParams, TransportError};
+
+/// Settings shared by every client task of a worker.
+#[derive(Debug, Clone)]
+pub struct PullConfig {
+    pub poll: Duration,
+    pub settle: Duration,
+    pub batch_files: usize,
+    pub in_flight: usize,
+    pub max_file_bytes: u64,
+    pub default_key: Option<PathBuf>,
+    pub default_known_hosts: Option<PathBuf>,
+    pub control_dir: PathBuf,
+    /// How long another worker's unreleased claims wait for it to come back and resolve them
+    /// before they are adopted (at least once; see [`lifecycle::claim_action`]).
+    pub orphan_after: Duration,
+}
+
+/// Live numbers of one client, read by the heartbeat.
+#[derive(Debug, Default, Clone)]
+pub struct ClientStats {
+    pub totals: Totals,
+    pub backlog_files: u64,
+    pub backlog_bytes: u64,
+    pub oldest_backlog: Option<Instant>,
+    pub last_error: Option<String>,
+    /// Bytes committed since the last heartbeat took them.
+    pub committed_bytes: u64,
+}
+
+pub type SharedStats = Arc<Mutex<ClientStats>>;
 
 /// Everything one client's task gets.
 pub struct ClientTask {
     pub worker: String,
     pub spec: ClientSpec,
     pub epoch: u64,
+    pub store: Arc<dyn Sink>,
+    pub lease: Lease,
+    pub stats: SharedStats,
+    pub config: Arc<PullConfig>,
+    /// Nanoseconds spent working, summed over all tasks (the load index reads it).
+    pub busy_ns: Arc<AtomicU64>,
+    pub held: Held,
+}
+
+/// Why a cycle stopped early.
+#[derive(Debug, thiserror::Error)]
+enum CycleError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Store(String),
+    #[error("lease expired; waiting for the leader")]
+    LeaseExpired,
+}
+
+/// Per-task state that survives between cycles.
+struct Cursor {
+    fresh: SettleTracker,
+    claimed: SettleTracker,
+    /// When each unreleased claim dir of another worker was first seen.
+    foreign_seen: HashMap<Vec<u8>, Instant>,
+    staged_seq: u64,
+}
+
+fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, ClientStats> {
+    stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Serves one client until `stop` turns true.
 pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
     info!(worker = %task.worker, client = %task.spec.name, epoch = task.epoch, "serving client");
-    let _ = stop.wait_for(|s| *s).await;
-    info!(worker = %task.worker, client = %task.spec.name, epoch = task.epoch, "stopped serving client");
+    // On record before the first claim: a crash from here on leaves a trace to resolve.
+    task.held.started(&task.spec, task.epoch);
+    refresh_totals(&task).await;
+    let params = match ssh_params(&task.spec, &task.config) {
+        Ok(p) => p,
+        Err(e) => {
+            set_error(&task, Some(e.clone()));
+            warn!(client = %task.spec.name, error = %e, "client settings unusable");
+            let _ = stop.wait_for(|s| *s).await;
+            return;
+        }
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut remote: Option<Remote> = None;
+    let mut cursor = Cursor {
+        fresh: SettleTracker::default(),
+        claimed: SettleTracker::default(),
+        foreign_seen: HashMap::new(),
+        staged_seq: 0,
+    };
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let pause = if !task.lease.valid_now() {
+            Duration::from_millis(50)
+        } else if let Some(r) = &remote {
+            let began = Instant::now();
+            let result = cycle(&task, r, &mut cursor, &stop).await;
+            task.busy_ns
+                .fetch_add(began.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            match result {
+                Ok(more) => {
+                    backoff.reset();
+                    if more {
+                        Duration::ZERO
+                    } else {
+                        task.config.poll
+                    }
+                }
+                Err(CycleError::LeaseExpired) => Duration::from_millis(50),
+                Err(e) => {
+                    let reconnect = matches!(&e, CycleError::Transport(t) if t.needs_reconnect());
+                    warn!(client = %task.spec.name, error = %e, "pull cycle failed");
+                    set_error(&task, Some(e.to_string()));
+                    if reconnect && let Some(r) = remote.take() {
+                        r.close();
+                    }
+                    backoff.next_delay()
+                }
+            }
+        } else {
+            match ssh::connect(&params).await {
+                Ok(r) => {
+                    info!(client = %task.spec.name, target = %r.target(), "connected");
+                    remote = Some(r);
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    warn!(client = %task.spec.name, error = %e, "cannot connect");
+                    set_error(&task, Some(e.to_string()));
+                    backoff.next_delay()
+                }
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+    }
+    let released = match &remote {
+        Some(r) => release(&task, r).await,
+        None => false,
+    };
+    if released {
+        task.held.stopped(&task.spec.name, task.epoch);
+    }
+    if let Some(r) = remote {
+        r.close();
+    }
+    info!(worker = %task.worker, client = %task.spec.name, epoch = task.epoch, released, "stopped serving client");
+}
+
+/// Marks our claim dir released: whatever is left in it was never committed (a cycle runs to
+/// its end before a stop is honoured), so the next owner may take it at once.
+async fn release(task: &ClientTask, remote: &Remote) -> bool {
+    let claim_root = PathBuf::from(&task.spec.path).join(".sqd").join("claim");
+    let name = lifecycle::claim_dir_name(&task.worker, task.epoch);
+    let mine = claim_root.join(&name);
+    match remote.list(&mine).await {
+        Ok(files) if files.is_empty() => remote.remove_dir(&mine).await,
+        Ok(_) => {
+            let to = claim_root.join(format!("{name}{}", lifecycle::RELEASED_SUFFIX));
+            remote.rename(&mine, &to).await.is_ok()
+        }
+        Err(e) if ssh::is_not_found(&e) => true,
+        Err(e) => {
+            warn!(client = %task.spec.name, error = %e, "cannot release claims; they will be resolved when this worker restarts");
+            false
+        }
+    }
+}
+
+fn ssh_params(spec: &ClientSpec, config: &PullConfig) -> Result<SshParams, String> {
+    let target = SshTarget::parse(&spec.ssh)?;
+    let non_empty = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+    Ok(SshParams {
+        target,
+        key_file: non_empty(&spec.key_file).or_else(|| config.default_key.clone()),
+        known_hosts: non_empty(&spec.known_hosts).or_else(|| config.default_known_hosts.clone()),
+        control_dir: control_dir_for(&config.control_dir, &spec.name),
+        connect_timeout: Duration::from_secs(5),
+    })
+}
+
+/// One control directory per client: connecting cleans stale sockets of earlier runs in its
+/// directory, which must never touch another client's live one. Names are short hashes, as a
+/// unix socket path (`<dir>/.ssh-connectionXXXXXX/master`) must stay under ~100 bytes; a store
+/// path too long for that falls back to the temp dir.
+fn control_dir_for(base: &Path, client: &str) -> PathBuf {
+    let tag = &blake3::hash(client.as_bytes()).to_hex()[..8];
+    let dir = base.join(tag);
+    if dir.as_os_str().len() + 32 <= 100 {
+        return dir;
+    }
+    let store_tag = &blake3::hash(base.as_os_str().as_encoded_bytes()).to_hex()[..8];
+    std::env::temp_dir()
+        .join(format!("sqd-ssh-{store_tag}"))
+        .join(tag)
+}
+
+fn set_error(task: &ClientTask, error: Option<String>) {
+    lock(&task.stats).last_error = error;
+}
+
+async fn refresh_totals(task: &ClientTask) {
+    let store = task.store.clone();
+    let client = task.spec.name.clone();
+    if let Ok(Ok(totals)) = tokio::task::spawn_blocking(move || store.totals(&client)).await {
+        lock(&task.stats).totals = totals;
+    }
+}
+
+/// One file on its way.
+struct Work {
+    name: Vec<u8>,
+    size: u64,
+    mtime: i64,
+}
+
+/// Runs one list → claim → transfer → commit → delete cycle. Returns whether more work is
+/// already waiting (so the caller does not sleep).
+async fn cycle(
+    task: &ClientTask,
+    remote: &Remote,
+    cursor: &mut Cursor,
+    stop: &watch::Receiver<bool>,
+) -> Result<bool, CycleError> {
+    let cfg = &task.config;
+    let dir = PathBuf::from(&task.spec.path);
+    let claim_root = dir.join(".sqd").join("claim");
+    let mine = claim_root.join(lifecycle::claim_dir_name(&task.worker, task.epoch));
+    remote.mkdir(&dir.join(".sqd")).await?;
+    remote.mkdir(&claim_root).await?;
+    remote.mkdir(&mine).await?;
+    // The host answers: earlier errors are over; this cycle reports its own.
+    set_error(task, None);
+    let now = Instant::now();
+    adopt(task, remote, &claim_root, &mine, &mut cursor.foreign_seen).await?;
+
+    // Leftover claims of ours: interrupted, changed during copy, or just adopted.
+    let leftovers: Vec<RemoteEntry> = remote
+        .list(&mine)
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
+    let ready_leftovers: Vec<Work> = cursor
+        .claimed
+        .observe(&leftovers, now, cfg.settle)
+        .into_iter()
+        .map(|e| Work {
+            name: e.name.clone(),
+            size: e.size,
+            mtime: e.mtime,
+        })
+        .collect();
+
+    let pattern = if task.spec.pattern.is_empty() {
+        None
+    } else {
+        glob::Pattern::new(&task.spec.pattern).ok()
+    };
+    let listing: Vec<RemoteEntry> = remote
+        .list(&dir)
+        .await?
+        .into_iter()
+        .filter(|e| lifecycle::is_candidate(e, pattern.as_ref()))
+        .collect();
+    let ready = cursor.fresh.observe(&listing, now, cfg.settle);
+    {
+        let mut stats = lock(&task.stats);
+        stats.backlog_files = (listing.len() + leftovers.len()) as u64;
+        stats.backlog_bytes = listing.iter().chain(&leftovers).map(|e| e.size).sum();
+        stats.oldest_backlog = if listing.is_empty() && leftovers.is_empty() {
+            None
+        } else {
+            Some(stats.oldest_backlog.unwrap_or(now))
+        };
+    }
+
+    // Too large files stay where they are, reported.
+    let (ready, too_large): (Vec<&RemoteEntry>, Vec<&RemoteEntry>) = ready
+        .into_iter()
+        .partition(|e| e.size <= cfg.max_file_bytes);
+    if let Some(big) = too_large.first() {
+        set_error(
+            task,
+            Some(format!(
+                "{} file(s) exceed max_file_mb ({} MiB), e.g. {:?} ({} bytes); raise max_file_mb or remove them",
+                too_large.len(),
+                cfg.max_file_bytes / (1024 * 1024),
+                String::from_utf8_lossy(&big.name),
+                big.size
+            )),
+        );
+    }
+
+    let room = cfg.batch_files.saturating_sub(ready_leftovers.len());
+    let more = ready.len() > room;
+    let to_claim: Vec<&RemoteEntry> = ready.into_iter().take(room).collect();
+
+    if *stop.borrow() {
+        return Ok(false);
+    }
+    if !task.lease.valid_now() {
+        return Err(CycleError::LeaseExpired);
+    }
+    let claimed = claim(remote, &dir, &mine, &to_claim, cfg.in_flight).await?;
+    for w in &claimed {
+        cursor.fresh.forget(&w.name);
+    }
+    if !claimed.is_empty() {
+        failpoint::hit("after_claim");
+    }
+
+    let mut work = ready_leftovers;
+    work.extend(claimed);
+    if work.is_empty() {
+        return Ok(more);
+    }
+
+    let staged = transfer(task, remote, &mine, work, cursor).await;
+    let (staged, changed): (Vec<_>, Vec<_>) = staged.into_iter().partition(|(s, _)| s.is_some());
+    for (_, name) in &changed {
+        // Watch it again: it must settle before another try.
+        cursor.claimed.forget(name);
+    }
+    let staged: Vec<(Staged, Vec<u8>)> = staged
+        .into_iter()
+        .filter_map(|(s, name)| s.map(|s| (s, name)))
+        .collect();
+    if staged.is_empty() {
+        return Ok(more);
+    }
+    failpoint::hit("after_stage");
+
+    // Never commit once the lease ran out (C3): the claims stay for whoever owns the client.
+    if !task.lease.valid_now() {
+        discard(staged.iter().map(|(s, _)| s.path.clone()).collect());
+        return Err(CycleError::LeaseExpired);
+    }
+    let names: Vec<Vec<u8>> = staged.iter().map(|(_, n)| n.clone()).collect();
+    let bytes: u64 = staged.iter().map(|(s, _)| s.meta.size).sum();
+    let batch: Vec<Staged> = staged.into_iter().map(|(s, _)| s).collect();
+    let paths: Vec<PathBuf> = batch.iter().map(|s| s.path.clone()).collect();
+    let store = task.store.clone();
+    let (worker, epoch) = (task.worker.clone(), task.epoch);
+    let outcomes = tokio::task::spawn_blocking(move || store.commit_batch(&worker, epoch, batch))
+        .await
+        .map_err(|e| CycleError::Store(format!("commit task failed: {e}")))?;
+    let outcomes = match outcomes {
+        Ok(o) => o,
+        Err(e) => {
+            discard(paths);
+            return Err(CycleError::Store(e.to_string()));
+        }
+    };
+    failpoint::hit("after_commit");
+    let committed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Committed { .. }))
+        .count();
+    debug!(client = %task.spec.name, files = names.len(), committed, bytes, "batch durable");
+
+    // The source goes only now that the batch is durable (D2).
+    let targets: Vec<PathBuf> = names.iter().map(|n| mine.join(name_path(n))).collect();
+    let removals: Vec<_> = targets.iter().map(|p| remote.remove(p)).collect();
+    let results: Vec<Result<(), TransportError>> = stream::iter(removals)
+        .buffer_unordered(cfg.in_flight)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    failpoint::hit("after_delete");
+    for n in &names {
+        cursor.claimed.forget(n);
+    }
+    lock(&task.stats).committed_bytes += bytes;
+    refresh_totals(task).await;
+    Ok(more)
+}
+
+/// A remote name as a path component (bytes, never interpreted).
+fn name_path(name: &[u8]) -> &Path {
+    use std::os::unix::ffi::OsStrExt;
+    Path::new(std::ffi::OsStr::from_bytes(name))
+}
+
+async fn claim(
+    remote: &Remote,
+    dir: &Path,
+    mine: &Path,
+    ready: &[&RemoteEntry],
+    in_flight: usize,
+) -> Result<Vec<Work>, TransportError> {
+    let renames: Vec<_> = ready
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let from = dir.join(name_path(&e.name));
+            let to = mine.join(name_path(&e.name));
+            async move { (i, remote.rename(&from, &to).await) }
+        })
+        .collect();
+    let results: Vec<(usize, Result<bool, TransportError>)> = stream::iter(renames)
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let mut claimed = Vec::new();
+    for (i, r) in results {
+        let e = ready[i];
+        match r {
+            Ok(true) => claimed.push(Work {
+                name: e.name.clone(),
+                size: e.size,
+                mtime: e.mtime,
+            }),
+            Ok(false) => {} // gone: someone else claimed it, or the producer removed it
+            Err(err) if err.needs_reconnect() => return Err(err),
+            Err(err) => {
+                // e.g. a leftover of the same name already sits in our claim dir
+                debug!(name = %String::from_utf8_lossy(&e.name), error = %err, "claim skipped");
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+/// Transfers files into staging; `None` for a file that changed during the copy.
+async fn transfer(
+    task: &ClientTask,
+    remote: &Remote,
+    mine: &Path,
+    work: Vec<Work>,
+    cursor: &mut Cursor,
+) -> Vec<(Option<Staged>, Vec<u8>)> {
+    let staging = task.store.staging_dir().to_path_buf();
+    let jobs: Vec<(Work, PathBuf)> = work
+        .into_iter()
+        .map(|w| {
+            cursor.staged_seq += 1;
+            let name = format!(
+                "{}-{}-{}-{}.part",
+                task.spec.name, task.worker, task.epoch, cursor.staged_seq
+            );
+            (w, staging.join(name))
+        })
+        .collect();
+    let fetches: Vec<_> = jobs
+        .into_iter()
+        .map(|(w, local)| async move {
+            let result = fetch_one(task, remote, mine, &w, &local).await;
+            match result {
+                Ok(Some(s)) => (Some(s), w.name),
+                Ok(None) => {
+                    discard(vec![local]);
+                    (None, w.name)
+                }
+                Err(e) => {
+                    discard(vec![local]);
+                    warn!(client = %task.spec.name, name = %String::from_utf8_lossy(&w.name), error = %e, "transfer failed");
+                    set_error(task, Some(e.to_string()));
+                    (None, w.name)
+                }
+            }
+        })
+        .collect();
+    stream::iter(fetches)
+        .buffer_unordered(task.config.in_flight)
+        .collect()
+        .await
+}
+
+async fn fetch_one(
+    task: &ClientTask,
+    remote: &Remote,
+    mine: &Path,
+    w: &Work,
+    local: &Path,
+) -> Result<Option<Staged>, TransportError> {
+    use std::io::Write;
+    let local_err = |e: std::io::Error| TransportError::Sftp {
+        target: remote.target().to_owned(),
+        path: local.display().to_string(),
+        reason: format!("cannot write staging file: {e}"),
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(local)
+        .map_err(local_err)?;
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+    let mut hasher = blake3::Hasher::new();
+    let mut first_chunk = true;
+    let (read, size_after, mtime_after) = remote
+        .read_file(&mine.join(name_path(&w.name)), |chunk| {
+            hasher.update(chunk);
+            out.write_all(chunk)?;
+            if first_chunk {
+                first_chunk = false;
+                failpoint::hit("mid_transfer");
+            }
+            Ok(())
+        })
+        .await?;
+    out.flush().map_err(local_err)?;
+    match lifecycle::verify_copy(w.size, w.mtime, read, size_after, mtime_after) {
+        CopyVerdict::Intact => Ok(Some(Staged {
+            meta: FileMeta {
+                client: task.spec.name.clone(),
+                name: w.name.clone(),
+                size: read,
+                mtime: w.mtime,
+                hash: *hasher.finalize().as_bytes(),
+            },
+            path: local.to_path_buf(),
+        })),
+        CopyVerdict::Changed {
+            listed,
+            after,
+            read,
+        } => {
+            warn!(client = %task.spec.name, name = %String::from_utf8_lossy(&w.name),
+                  listed_size = listed.0, size_after = after.0, read,
+                  "file changed during copy: not committed, not deleted; retried once it settles");
+            Ok(None)
+        }
+    }
+}
+
+fn discard(paths: Vec<PathBuf>) {
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Moves the files of released (or long orphaned) claim dirs into ours, then removes the
+/// emptied dirs (see [`lifecycle::claim_action`]).
+async fn adopt(
+    task: &ClientTask,
+    remote: &Remote,
+    claim_root: &Path,
+    mine: &Path,
+    foreign_seen: &mut HashMap<Vec<u8>, Instant>,
+) -> Result<(), TransportError> {
+    let now = Instant::now();
+    let dirs = remote.list(claim_root).await?;
+    foreign_seen.retain(|name, _| dirs.iter().any(|d| &d.name == name));
+    for dir in dirs {
+        if dir.kind != EntryKind::Dir {
+            continue;
+        }
+        let Some(claim) = lifecycle::parse_claim_dir(&dir.name) else {
+            continue;
+        };
+        let seen = *foreign_seen.entry(dir.name.clone()).or_insert(now);
+        let orphaned = now.duration_since(seen) >= task.config.orphan_after;
+        if lifecycle::claim_action(&claim, &task.worker, task.epoch, orphaned) != ClaimAction::Adopt
+        {
+            continue;
+        }
+        if !claim.released {
+            warn!(client = %task.spec.name, from = %String::from_utf8_lossy(&dir.name),
+                  "adopting claims of a worker that never came back: a file it had committed may be stored twice");
+        }
+        let old = claim_root.join(name_path(&dir.name));
+        let files = match remote.list(&old).await {
+            Ok(f) => f,
+            Err(e) if ssh::is_not_found(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let mut adopted = 0;
+        for f in files.iter().filter(|f| f.kind == EntryKind::File) {
+            match remote
+                .rename(
+                    &old.join(name_path(&f.name)),
+                    &mine.join(name_path(&f.name)),
+                )
+                .await
+            {
+                Ok(true) => adopted += 1,
+                Ok(false) => {}
+                Err(e) if e.needs_reconnect() => return Err(e),
+                // Same name already in ours: adopt it once ours is processed.
+                Err(_) => {}
+            }
+        }
+        if adopted > 0 {
+            info!(client = %task.spec.name, from = %String::from_utf8_lossy(&dir.name), files = adopted, "adopted claims");
+        }
+        remote.remove_dir(&old).await;
+    }
+    Ok(())
+}
+
+/// Resolves what a crash of this worker left in one client's directory: claimed files whose
+/// key is in our catalog were committed, so their source is removed; the others go back to
+/// the directory for whoever serves the client now. Claim dirs of the epoch we serve right
+/// now are left to that task.
+pub async fn resolve_leftovers(
+    worker: &str,
+    spec: &ClientSpec,
+    store: Arc<dyn Sink>,
+    config: &PullConfig,
+    held: &Held,
+) -> Result<(), String> {
+    let params = ssh_params(spec, config)?;
+    let remote = ssh::connect(&params).await.map_err(|e| e.to_string())?;
+    let result = resolve_with(worker, spec, store, &remote, held).await;
+    remote.close();
+    result.map_err(|e| e.to_string())
+}
+
+async fn resolve_with(
+    worker: &str,
+    spec: &ClientSpec,
+    store: Arc<dyn Sink>,
+    remote: &Remote,
+    held: &Held,
+) -> Result<(), TransportError> {
+    let dir = PathBuf::from(&spec.path);
+    let claim_root = dir.join(".sqd").join("claim");
+    let dirs = match remote.list(&claim_root).await {
+        Ok(d) => d,
+        Err(e) if ssh::is_not_found(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let (mut committed, mut returned) = (0, 0);
+    for d in dirs.iter().filter(|d| d.kind == EntryKind::Dir) {
+        let Some(claim) = lifecycle::parse_claim_dir(&d.name) else {
+            continue;
+        };
+        if claim.worker != worker
+            || claim.released
+            || held.running_epoch(&spec.name) == Some(claim.epoch)
+        {
+            continue;
+        }
+        let old = claim_root.join(name_path(&d.name));
+        for f in remote
+            .list(&old)
+            .await?
+            .into_iter()
+            .filter(|f| f.kind == EntryKind::File)
+        {
+            let path = old.join(name_path(&f.name));
+            let mut hasher = blake3::Hasher::new();
+            let (read, size_after, mtime_after) = remote
+                .read_file(&path, |chunk| {
+                    hasher.update(chunk);
+                    Ok(())
+                })
+                .await?;
+            let meta = FileMeta {
+                client: spec.name.clone(),
+                name: f.name.clone(),
+                size: read,
+                mtime: f.mtime,
+                hash: *hasher.finalize().as_bytes(),
+            };
+            let intact = lifecycle::verify_copy(f.size, f.mtime, read, size_after, mtime_after)
+                == CopyVerdict::Intact;
+            let key = meta.key();
+            let store = store.clone();
+            let known = intact
+                && tokio::task::spawn_blocking(move || store.contains(&key))
+                    .await
+                    .map_err(|e| TransportError::Sftp {
+                        target: remote.target().to_owned(),
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?
+                    .unwrap_or(false);
+            if known {
+                remote.remove(&path).await?;
+                committed += 1;
+            } else if remote
+                .rename(&path, &dir.join(name_path(&f.name)))
+                .await
+                .is_ok()
+            {
+                returned += 1;
+            }
+        }
+        if !remote.remove_dir(&old).await {
+            // Something could not go back (a new file took its name): let the owner adopt it.
+            let released = claim_root.join(format!(
+                "{}{}",
+                String::from_utf8_lossy(&d.name),
+                lifecycle::RELEASED_SUFFIX
+            ));
+            let _ = remote.rename(&old, &released).await;
+        }
+    }
+    if committed + returned > 0 {
+        info!(client = %spec.name, committed, returned, "resolved claims left by an earlier crash");
+    }
+    Ok(())
 }

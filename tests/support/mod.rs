@@ -3,6 +3,8 @@
 //! (printing the tail of each log when the test failed).
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -28,6 +30,7 @@ impl Proc {
         let mut cmd = Command::new(SQD);
         cmd.args(args)
             .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -136,13 +139,14 @@ pub fn text(b: &[u8]) -> String {
 
 /// A leader plus workers and agents, in one temporary directory.
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub leader_addr: String,
     pub leader: Option<Proc>,
     pub workers: BTreeMap<String, Proc>,
     pub agents: BTreeMap<String, Proc>,
     pub heartbeat_ms: u64,
     pub lease_ms: u64,
+    /// Declared last so it is removed after the processes (and their logs are printed).
+    pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -229,7 +233,22 @@ impl Cluster {
     }
 
     pub fn spawn_worker(&mut self, id: &str, env: &[(&str, &str)]) -> &mut Proc {
-        let args = self.worker_args(id);
+        self.spawn_worker_with(id, &[], env)
+    }
+
+    pub fn store_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("store-{id}"))
+    }
+
+    /// Starts a worker with extra flags (e.g. `--settle-ms`).
+    pub fn spawn_worker_with(
+        &mut self,
+        id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> &mut Proc {
+        let mut args = self.worker_args(id);
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = Proc::spawn(&format!("worker-{id}"), self.dir.path(), &args, env);
         self.workers.insert(id.to_owned(), proc);

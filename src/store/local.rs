@@ -1,0 +1,574 @@
+//! The embedded store: `<store>/files/<client>/<YYYY-MM-DD>/<name>` plus
+//! `<store>/catalog.sqlite` with one row per committed file, needing no server.
+//!
+//! Group commit, per batch: (1) one `syncfs` makes every staged file durable; (2) one SQLite
+//! transaction inserts the rows (`INSERT OR IGNORE` on the file key) with the staging name and
+//! the final path — **the commit point**; (3) each staged file is linked to its final path
+//! (never overwriting: `link` fails if the name exists, then the next distinct name is taken)
+//! and unlinked from staging; (4) one more `syncfs` and one transaction clear the staging
+//! names. On open, rows whose move was interrupted are finished and staging is emptied.
+
+use std::os::fd::AsFd;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tracing::{info, warn};
+
+use super::{FileMeta, Outcome, Sink, Staged, StoreError, Totals};
+
+const SCHEMA_VERSION: i64 = 1;
+const MAX_LOCAL_NAME: usize = 200;
+
+pub struct LocalStore {
+    root: PathBuf,
+    staging: PathBuf,
+    catalog_path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store at `root` and recovers from an interrupted commit.
+    pub fn open(root: &Path) -> Result<LocalStore, StoreError> {
+        let staging = root.join("staging");
+        for dir in [root.to_path_buf(), root.join("files"), staging.clone()] {
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        }
+        let catalog_path = root.join("catalog.sqlite");
+        let cat = |e| StoreError::catalog(&catalog_path, e);
+        let conn = Connection::open(&catalog_path).map_err(cat)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS files (
+                 id INTEGER PRIMARY KEY,
+                 file_key TEXT NOT NULL UNIQUE,
+                 client TEXT NOT NULL,
+                 name BLOB NOT NULL,
+                 size INTEGER NOT NULL,
+                 mtime INTEGER NOT NULL,
+                 hash TEXT NOT NULL,
+                 path TEXT NOT NULL,
+                 staged_as TEXT,
+                 worker TEXT NOT NULL,
+                 epoch INTEGER NOT NULL,
+                 committed_at_ms INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS files_by_client ON files (client, committed_at_ms);
+             CREATE INDEX IF NOT EXISTS files_staged ON files (staged_as) WHERE staged_as IS NOT NULL;",
+        )
+        .map_err(cat)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?1)",
+            [SCHEMA_VERSION.to_string()],
+        )
+        .map_err(cat)?;
+        let store = LocalStore {
+            root: root.to_path_buf(),
+            staging,
+            catalog_path,
+            conn: Mutex::new(conn),
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cat(&self, e: rusqlite::Error) -> StoreError {
+        StoreError::catalog(&self.catalog_path, e)
+    }
+
+    /// One `syncfs` on the store's filesystem: every dirty page and directory entry there
+    /// becomes durable, for the whole batch at once.
+    fn sync_all(&self) -> Result<(), StoreError> {
+        let dir =
+            std::fs::File::open(&self.staging).map_err(|e| StoreError::io(&self.staging, e))?;
+        nix::unistd::syncfs(dir.as_fd())
+            .map_err(|e| StoreError::io(&self.staging, std::io::Error::from(e)))
+    }
+
+    /// Finishes moves interrupted by a crash and empties staging of never-committed files.
+    fn recover(&self) -> Result<(), StoreError> {
+        let pending: Vec<(i64, String, String)> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("SELECT id, staged_as, path FROM files WHERE staged_as IS NOT NULL")
+                .map_err(|e| self.cat(e))?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| self.cat(e))?
+        };
+        let mut finished = 0;
+        for (id, staged_as, rel) in &pending {
+            let staged = self.staging.join(staged_as);
+            if staged.exists() {
+                let final_path = self.place(&staged, Path::new(rel))?;
+                let rel = self.relative(&final_path)?;
+                self.conn()
+                    .execute("UPDATE files SET path = ?2 WHERE id = ?1", params![id, rel])
+                    .map_err(|e| self.cat(e))?;
+                finished += 1;
+            }
+        }
+        if !pending.is_empty() {
+            self.sync_all()?;
+            self.conn()
+                .execute(
+                    "UPDATE files SET staged_as = NULL WHERE staged_as IS NOT NULL",
+                    [],
+                )
+                .map_err(|e| self.cat(e))?;
+        }
+        let mut discarded = 0;
+        let entries =
+            std::fs::read_dir(&self.staging).map_err(|e| StoreError::io(&self.staging, e))?;
+        for entry in entries.flatten() {
+            if std::fs::remove_file(entry.path()).is_ok() {
+                discarded += 1;
+            }
+        }
+        if finished + discarded > 0 {
+            info!(store = %self.root.display(), finished, discarded, "store recovered from an interrupted commit");
+        }
+        Ok(())
+    }
+
+    fn relative(&self, path: &Path) -> Result<String, StoreError> {
+        path.strip_prefix(&self.root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| StoreError::NotStaged {
+                path: path.to_owned(),
+            })
+    }
+
+    /// Links `staged` to `wanted` (relative to the root) or, if taken, to the next distinct
+    /// name beside it, then unlinks the staged name. Returns the final absolute path.
+    fn place(&self, staged: &Path, wanted: &Path) -> Result<PathBuf, StoreError> {
+        let wanted = self.root.join(wanted);
+        let dir = wanted.parent().ok_or_else(|| StoreError::NotStaged {
+            path: wanted.clone(),
+        })?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        let file_name = wanted
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| StoreError::NotStaged {
+                path: wanted.clone(),
+            })?
+            .to_owned();
+        for n in 0u32.. {
+            let candidate = dir.join(numbered(&file_name, n));
+            match std::fs::hard_link(staged, &candidate) {
+                Ok(()) => {
+                    std::fs::remove_file(staged).map_err(|e| StoreError::io(staged, e))?;
+                    return Ok(candidate);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // Recovery may meet its own earlier link: same inode means done already.
+                    if same_file(staged, &candidate) {
+                        std::fs::remove_file(staged).map_err(|e| StoreError::io(staged, e))?;
+                        return Ok(candidate);
+                    }
+                }
+                Err(e) => return Err(StoreError::io(&candidate, e)),
+            }
+        }
+        Err(StoreError::NotStaged { path: wanted })
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// `name` with `~n` inserted before its extension (n > 0).
+fn numbered(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_owned();
+    }
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}~{n}.{ext}"),
+        _ => format!("{name}~{n}"),
+    }
+}
+
+/// A safe local file name for opaque remote bytes (hazard 8): `[A-Za-z0-9._-]` kept, every
+/// other byte `%XX`; never empty, never starting with '.', at most 200 bytes.
+pub fn local_name(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for &b in name {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() || out.starts_with('.') {
+        out.insert(0, '_');
+    }
+    if out.len() > MAX_LOCAL_NAME {
+        let tag = &blake3::hash(name).to_hex()[..16];
+        out.truncate(180);
+        out.push('~');
+        out.push_str(tag);
+    }
+    out
+}
+
+/// UTC date `YYYY-MM-DD` of a Unix time in milliseconds.
+pub fn utc_date(unix_ms: i64) -> String {
+    let days = unix_ms.div_euclid(86_400_000);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The path a file should get, relative to the store root, checked to stay beneath
+/// `files/<client>/<date>/`.
+fn wanted_path(meta: &FileMeta, date: &str) -> Result<PathBuf, StoreError> {
+    let rel = Path::new("files")
+        .join(&meta.client)
+        .join(date)
+        .join(local_name(&meta.name));
+    let normal = rel.components().all(|c| matches!(c, Component::Normal(_)));
+    if !normal || rel.components().count() != 4 {
+        return Err(StoreError::NotStaged { path: rel });
+    }
+    Ok(rel)
+}
+
+impl Sink for LocalStore {
+    fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
+    fn commit_batch(
+        &self,
+        worker: &str,
+        epoch: u64,
+        batch: Vec<Staged>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        for s in &batch {
+            if s.path.parent() != Some(self.staging.as_path()) {
+                return Err(StoreError::NotStaged {
+                    path: s.path.clone(),
+                });
+            }
+        }
+        // (1) staged data durable.
+        self.sync_all()?;
+        // (2) the commit point.
+        let committed_at = now_ms();
+        let date = utc_date(committed_at);
+        let mut inserted: Vec<Option<(i64, PathBuf)>> = Vec::with_capacity(batch.len());
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(|e| self.cat(e))?;
+            for s in &batch {
+                let wanted = wanted_path(&s.meta, &date)?;
+                let staged_as = s.path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                    StoreError::NotStaged {
+                        path: s.path.clone(),
+                    }
+                })?;
+                let changed = tx
+                    .execute(
+                        "INSERT OR IGNORE INTO files
+                         (file_key, client, name, size, mtime, hash, path, staged_as, worker, epoch, committed_at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                        params![
+                            s.meta.key(),
+                            s.meta.client,
+                            s.meta.name,
+                            s.meta.size as i64,
+                            s.meta.mtime,
+                            blake3::Hash::from(s.meta.hash).to_hex().as_str(),
+                            wanted.to_str().unwrap_or_default(),
+                            staged_as,
+                            worker,
+                            epoch as i64,
+                            committed_at
+                        ],
+                    )
+                    .map_err(|e| self.cat(e))?;
+                inserted.push((changed == 1).then(|| (tx.last_insert_rowid(), wanted)));
+            }
+            tx.commit().map_err(|e| self.cat(e))?;
+        }
+        // (3) move into place, never overwriting.
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut moved = Vec::new();
+        for (s, ins) in batch.iter().zip(inserted) {
+            match ins {
+                Some((id, wanted)) => {
+                    let final_path = self.place(&s.path, &wanted)?;
+                    if final_path != self.root.join(&wanted) {
+                        moved.push((id, self.relative(&final_path)?));
+                    }
+                    outcomes.push(Outcome::Committed { path: final_path });
+                }
+                None => {
+                    let _ = std::fs::remove_file(&s.path);
+                    outcomes.push(Outcome::AlreadyPresent);
+                }
+            }
+        }
+        // (4) entries durable; staging names no longer needed.
+        self.sync_all()?;
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction().map_err(|e| self.cat(e))?;
+            for (id, rel) in &moved {
+                tx.execute("UPDATE files SET path = ?2 WHERE id = ?1", params![id, rel])
+                    .map_err(|e| self.cat(e))?;
+            }
+            tx.execute(
+                "UPDATE files SET staged_as = NULL WHERE staged_as IS NOT NULL",
+                [],
+            )
+            .map_err(|e| self.cat(e))?;
+            tx.commit().map_err(|e| self.cat(e))?;
+        }
+        Ok(outcomes)
+    }
+
+    fn contains(&self, key: &str) -> Result<bool, StoreError> {
+        self.conn()
+            .query_row("SELECT 1 FROM files WHERE file_key = ?1", [key], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.cat(e))
+    }
+
+    fn totals(&self, client: &str) -> Result<Totals, StoreError> {
+        let day_start = now_ms().div_euclid(86_400_000) * 86_400_000;
+        self.conn()
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0),
+                        COALESCE(SUM(committed_at_ms >= ?2), 0),
+                        COALESCE(SUM(CASE WHEN committed_at_ms >= ?2 THEN size ELSE 0 END), 0)
+                 FROM files WHERE client = ?1",
+                params![client, day_start],
+                |r| {
+                    Ok(Totals {
+                        files_total: r.get::<_, i64>(0)?.max(0) as u64,
+                        bytes_total: r.get::<_, i64>(1)?.max(0) as u64,
+                        files_today: r.get::<_, i64>(2)?.max(0) as u64,
+                        bytes_today: r.get::<_, i64>(3)?.max(0) as u64,
+                    })
+                },
+            )
+            .map_err(|e| self.cat(e))
+    }
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.conn().execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            warn!(error = %e, "catalog checkpoint on close failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conformance;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn open(dir: &Path) -> Box<dyn Sink> {
+        Box::new(LocalStore::open(dir).unwrap())
+    }
+
+    #[test]
+    fn local_store_passes_the_sink_conformance_suite() {
+        conformance::run_all(&open);
+    }
+
+    #[test]
+    fn dates_are_utc_civil_dates() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(951_782_400_000), "2000-02-29");
+        assert_eq!(utc_date(1_795_305_600_000), "2026-11-22");
+        assert_eq!(utc_date(1_795_391_999_999), "2026-11-22");
+        assert_eq!(utc_date(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn local_names_are_safe_and_distinct() {
+        assert_eq!(local_name(b"a-b_c.jsonl"), "a-b_c.jsonl");
+        assert_eq!(local_name(b".."), "_..");
+        assert_eq!(local_name(b""), "_");
+        assert_eq!(local_name(b"a\nb"), "a%0Ab");
+        assert_eq!(local_name(b"a/b"), "a%2Fb");
+        assert_eq!(local_name(b"%"), "%25");
+        assert_eq!(local_name(b"\xff"), "%FF");
+        let long = local_name(&[b'x'; 255]);
+        assert!(long.len() <= MAX_LOCAL_NAME + 1, "{}", long.len());
+        assert_ne!(long, local_name(&[b'x'; 254]));
+        assert_eq!(numbered("a.jsonl", 2), "a~2.jsonl");
+        assert_eq!(numbered("noext", 1), "noext~1");
+        assert_eq!(numbered(".x", 1), ".x~1");
+    }
+
+    #[test]
+    fn disk_full_is_recognised() {
+        let e = StoreError::io(
+            Path::new("/s"),
+            std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
+        );
+        assert!(matches!(e, StoreError::DiskFull { .. }));
+        assert!(e.to_string().contains("full"));
+    }
+
+    #[test]
+    fn the_original_name_bytes_are_kept_in_the_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let s = conformance::stage(&store, "c", b"\xff\n", b"x", 1);
+        store.commit_batch("w", 1, vec![s]).unwrap();
+        let name: Vec<u8> = store
+            .conn()
+            .query_row("SELECT name FROM files", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(name, b"\xff\n");
+    }
+
+    #[test]
+    fn a_crash_after_the_commit_point_is_finished_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, content) = {
+            let store = LocalStore::open(dir.path()).unwrap();
+            let s = conformance::stage(&store, "c", b"f.jsonl", b"payload", 7);
+            let key = s.meta.key();
+            // Steps 1-2 only: the row exists with its staging name, the file is still staged.
+            let wanted = wanted_path(&s.meta, &utc_date(now_ms())).unwrap();
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO files (file_key, client, name, size, mtime, hash, path, staged_as, worker, epoch, committed_at_ms)
+                     VALUES (?1, 'c', ?2, 7, 0, 'h', ?3, 'test-7.part', 'w', 1, ?4)",
+                    params![key, b"f.jsonl".to_vec(), wanted.to_str().unwrap(), now_ms()],
+                )
+                .unwrap();
+            // And a stray staged file that was never committed.
+            std::fs::write(store.staging_dir().join("stray.part"), b"junk").unwrap();
+            (key, b"payload".to_vec())
+        };
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert!(store.contains(&key).unwrap());
+        assert_eq!(std::fs::read_dir(store.staging_dir()).unwrap().count(), 0);
+        let rel: String = store
+            .conn()
+            .query_row("SELECT path FROM files", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(std::fs::read(dir.path().join(rel)).unwrap(), content);
+        let staged: Option<String> = store
+            .conn()
+            .query_row("SELECT staged_as FROM files", [], |r| r.get(0))
+            .unwrap();
+        assert!(staged.is_none());
+        // Reopening again changes nothing.
+        drop(store);
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(store.totals("c").unwrap().files_total, 1);
+    }
+
+    #[test]
+    fn totals_split_today_from_earlier_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        store
+            .commit_batch(
+                "w",
+                1,
+                vec![conformance::stage(&store, "c", b"a", b"12345", 1)],
+            )
+            .unwrap();
+        store
+            .conn()
+            .execute("UPDATE files SET committed_at_ms = 0", [])
+            .unwrap();
+        store
+            .commit_batch(
+                "w",
+                1,
+                vec![conformance::stage(&store, "c", b"b", b"12", 2)],
+            )
+            .unwrap();
+        let t = store.totals("c").unwrap();
+        assert_eq!(
+            (t.files_total, t.bytes_total, t.files_today, t.bytes_today),
+            (2, 7, 1, 2)
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Rows = distinct keys, files = rows, every file's content matches its row.
+        #[test]
+        fn batches_with_repeats_store_each_key_once(
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0u8..6, 0u8..3), 1..12), 1..5)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalStore::open(dir.path()).unwrap();
+            let mut keys = std::collections::BTreeSet::new();
+            let mut seq = 0;
+            for batch in batches {
+                let staged: Vec<Staged> = batch.iter().map(|(name, content)| {
+                    seq += 1;
+                    let s = conformance::stage(&store, "c", &[b'n', *name], &[*content; 3], seq);
+                    keys.insert(s.meta.key());
+                    s
+                }).collect();
+                store.commit_batch("w", 1, staged).unwrap();
+            }
+            let rows: Vec<(String, String)> = {
+                let conn = store.conn();
+                let mut stmt = conn.prepare("SELECT path, hash FROM files").unwrap();
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+            };
+            prop_assert_eq!(rows.len(), keys.len());
+            let mut files = 0;
+            let mut stack = vec![dir.path().join("files")];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).unwrap().flatten() {
+                    if e.path().is_dir() { stack.push(e.path()); } else { files += 1; }
+                }
+            }
+            prop_assert_eq!(files, rows.len());
+            for (rel, hash) in rows {
+                let content = std::fs::read(dir.path().join(rel)).unwrap();
+                prop_assert_eq!(blake3::hash(&content).to_hex().to_string(), hash);
+            }
+        }
+    }
+}

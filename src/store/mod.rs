@@ -1,0 +1,285 @@
+//! Where committed files go: the [`Sink`] trait every store implements, the file identity
+//! ([`FileMeta::key`]), and one conformance suite every sink must pass. The embedded default
+//! is [`LocalStore`] (a directory plus a SQLite catalog, no server).
+
+pub mod local;
+
+use std::path::{Path, PathBuf};
+
+pub use local::LocalStore;
+
+/// What identifies a pulled file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub client: String,
+    /// Original remote file name: opaque bytes (may be non-UTF-8, hold '\n', be 255 long).
+    pub name: Vec<u8>,
+    pub size: u64,
+    /// Remote mtime, seconds since the epoch.
+    pub mtime: i64,
+    /// blake3 of the content.
+    pub hash: [u8; 32],
+}
+
+impl FileMeta {
+    /// Stable key over client, name, size, mtime and content hash — never the inode
+    /// (hazard 5). Length-prefixed so no two field lists encode alike.
+    pub fn key(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        for field in [self.client.as_bytes(), &self.name] {
+            h.update(&(field.len() as u64).to_le_bytes());
+            h.update(field);
+        }
+        h.update(&self.size.to_le_bytes());
+        h.update(&self.mtime.to_le_bytes());
+        h.update(&self.hash);
+        h.finalize().to_hex().to_string()
+    }
+}
+
+/// A file staged by the puller: fully written (not yet synced) at `path`, inside
+/// [`Sink::staging_dir`].
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub meta: FileMeta,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Newly committed: data and catalog row are durable; `path` is where the data lives.
+    Committed { path: PathBuf },
+    /// The key was committed before (e.g. a crash between commit and source delete); the
+    /// staged file was discarded.
+    AlreadyPresent,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub files_total: u64,
+    pub bytes_total: u64,
+    pub files_today: u64,
+    pub bytes_today: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "store disk is full at {path}; free space there, sqd retries by itself and deletes nothing meanwhile"
+    )]
+    DiskFull { path: PathBuf },
+    #[error("store I/O error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "store catalog {path}: {source}; if it is damaged, move the store's catalog.sqlite away and restart (files stay)"
+    )]
+    Catalog {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("staged file {path} is not inside the staging directory")]
+    NotStaged { path: PathBuf },
+}
+
+impl StoreError {
+    /// Maps an I/O error, recognising a full disk.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        if source.raw_os_error() == Some(nix::libc::ENOSPC)
+            || source.kind() == std::io::ErrorKind::StorageFull
+        {
+            StoreError::DiskFull {
+                path: path.to_owned(),
+            }
+        } else {
+            StoreError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    }
+
+    /// Maps a SQLite error, recognising a full disk.
+    pub fn catalog(path: &Path, source: rusqlite::Error) -> Self {
+        match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull {
+                path: path.to_owned(),
+            },
+            _ => StoreError::Catalog {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
+/// Where committed files go. Blocking API: callers run it on a blocking thread.
+pub trait Sink: Send + Sync {
+    /// Directory the puller writes temp files into (same filesystem as the final files).
+    fn staging_dir(&self) -> &Path;
+    /// Commits a batch durably with one group commit; idempotent on [`FileMeta::key`]. One
+    /// outcome per input, same order. After an error, retrying the batch is safe.
+    fn commit_batch(
+        &self,
+        worker: &str,
+        epoch: u64,
+        batch: Vec<Staged>,
+    ) -> Result<Vec<Outcome>, StoreError>;
+    /// Whether a key is already committed.
+    fn contains(&self, key: &str) -> Result<bool, StoreError>;
+    /// Per-client totals; "today" is the current UTC day.
+    fn totals(&self, client: &str) -> Result<Totals, StoreError>;
+}
+
+/// The checks every [`Sink`] must pass. `make` opens the sink in a directory; calling it
+/// again on the same directory must reopen the same store.
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+
+    pub type Make<'a> = &'a dyn Fn(&Path) -> Box<dyn Sink>;
+
+    pub fn stage(sink: &dyn Sink, client: &str, name: &[u8], content: &[u8], seq: u64) -> Staged {
+        let path = sink.staging_dir().join(format!("test-{seq}.part"));
+        std::fs::write(&path, content).unwrap();
+        Staged {
+            meta: FileMeta {
+                client: client.into(),
+                name: name.to_vec(),
+                size: content.len() as u64,
+                mtime: 1_700_000_000,
+                hash: *blake3::hash(content).as_bytes(),
+            },
+            path,
+        }
+    }
+
+    fn committed_path(o: &Outcome) -> PathBuf {
+        match o {
+            Outcome::Committed { path } => path.clone(),
+            Outcome::AlreadyPresent => panic!("expected Committed, got {o:?}"),
+        }
+    }
+
+    pub fn run_all(make: Make<'_>) {
+        commit_is_durable_and_counted(make);
+        same_key_twice_is_stored_once(make);
+        same_name_new_content_is_a_new_file(make);
+        hostile_names_stay_beneath_the_client_dir(make);
+        staging_is_emptied_by_commits(make);
+    }
+
+    fn commit_is_durable_and_counted(make: Make<'_>) {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = make(dir.path());
+        let s = stage(sink.as_ref(), "c", b"a.jsonl", b"hello", 1);
+        let key = s.meta.key();
+        let out = sink.commit_batch("w", 1, vec![s]).unwrap();
+        assert_eq!(std::fs::read(committed_path(&out[0])).unwrap(), b"hello");
+        let t = sink.totals("c").unwrap();
+        assert_eq!((t.files_total, t.bytes_total, t.files_today), (1, 5, 1));
+        drop(sink);
+        let again = make(dir.path());
+        assert!(again.contains(&key).unwrap());
+        assert_eq!(again.totals("c").unwrap().files_total, 1);
+        assert_eq!(again.totals("other").unwrap(), Totals::default());
+    }
+
+    fn same_key_twice_is_stored_once(make: Make<'_>) {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = make(dir.path());
+        let first = sink
+            .commit_batch("w", 1, vec![stage(sink.as_ref(), "c", b"x", b"same", 1)])
+            .unwrap();
+        committed_path(&first[0]);
+        let again = sink
+            .commit_batch("w", 2, vec![stage(sink.as_ref(), "c", b"x", b"same", 2)])
+            .unwrap();
+        assert_eq!(again, vec![Outcome::AlreadyPresent]);
+        let batch = vec![
+            stage(sink.as_ref(), "c", b"y", b"dup", 3),
+            stage(sink.as_ref(), "c", b"y", b"dup", 4),
+        ];
+        let out = sink.commit_batch("w", 2, batch).unwrap();
+        committed_path(&out[0]);
+        assert_eq!(out[1], Outcome::AlreadyPresent);
+        assert_eq!(sink.totals("c").unwrap().files_total, 2);
+    }
+
+    fn same_name_new_content_is_a_new_file(make: Make<'_>) {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = make(dir.path());
+        let a = sink
+            .commit_batch(
+                "w",
+                1,
+                vec![stage(sink.as_ref(), "c", b"n.jsonl", b"one", 1)],
+            )
+            .unwrap();
+        let b = sink
+            .commit_batch(
+                "w",
+                1,
+                vec![stage(sink.as_ref(), "c", b"n.jsonl", b"two", 2)],
+            )
+            .unwrap();
+        let (pa, pb) = (committed_path(&a[0]), committed_path(&b[0]));
+        assert_ne!(pa, pb);
+        assert_eq!(std::fs::read(pa).unwrap(), b"one");
+        assert_eq!(std::fs::read(pb).unwrap(), b"two");
+    }
+
+    fn hostile_names_stay_beneath_the_client_dir(make: Make<'_>) {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = make(dir.path());
+        let long = vec![b'x'; 255];
+        let names: Vec<&[u8]> = vec![
+            b"..",
+            b".hidden",
+            b"a\nb",
+            b"\xff\xfe",
+            &long,
+            b"%",
+            b"",
+            b"a/../../b",
+        ];
+        for (i, name) in names.iter().enumerate() {
+            let out = sink
+                .commit_batch(
+                    "w",
+                    1,
+                    vec![stage(
+                        sink.as_ref(),
+                        "c",
+                        name,
+                        format!("{i}").as_bytes(),
+                        i as u64,
+                    )],
+                )
+                .unwrap();
+            let path = committed_path(&out[0]);
+            let rel = path.strip_prefix(dir.path()).expect("inside the store");
+            let parts: Vec<_> = rel.components().collect();
+            assert_eq!(parts.len(), 4, "files/<client>/<date>/<name>: {rel:?}");
+            assert!(rel.starts_with("files/c"), "{rel:?}");
+            assert!(
+                parts
+                    .iter()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+                "{rel:?}"
+            );
+        }
+    }
+
+    fn staging_is_emptied_by_commits(make: Make<'_>) {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = make(dir.path());
+        let batch = (0..20)
+            .map(|i| stage(sink.as_ref(), "c", format!("f{i}").as_bytes(), b"z", i))
+            .collect();
+        sink.commit_batch("w", 1, batch).unwrap();
+        assert_eq!(std::fs::read_dir(sink.staging_dir()).unwrap().count(), 0);
+    }
+}

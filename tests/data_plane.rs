@@ -1,0 +1,431 @@
+//! End-to-end data plane: real sshd on 127.0.0.1, real leader and workers, real files.
+//!
+//! The oracle of every test is the multiset of content hashes produced on the "producing
+//! hosts" compared with what landed in the union of all store shards (files and catalogs).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::sshd::Sshd;
+use support::*;
+
+const FAST: &[&str] = &["--settle-ms", "300", "--poll-ms", "100"];
+
+fn hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// Writes `n` files of varied sizes into `dir`; returns their content hashes.
+fn produce(dir: &Path, prefix: &str, n: usize) -> Vec<String> {
+    std::fs::create_dir_all(dir).expect("create source dir");
+    (0..n)
+        .map(|i| {
+            let mut content = format!("{prefix} file {i}\n").into_bytes();
+            // Deterministic pseudo-random body, 0-8 KiB.
+            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for _ in 0..(i * 37 % 8192) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                content.push(x as u8);
+            }
+            std::fs::write(dir.join(format!("{prefix}-{i:05}.jsonl")), &content)
+                .expect("write source file");
+            hash(&content)
+        })
+        .collect()
+}
+
+/// Content hashes of every file under `<store>/files`, and the catalog's (client, hash) rows.
+fn store_contents(store: &Path) -> (Vec<String>, Vec<(String, String)>) {
+    let mut files = Vec::new();
+    let mut stack = vec![store.join("files")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(hash(&std::fs::read(&p).expect("read stored file")));
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    let catalog = store.join("catalog.sqlite");
+    if catalog.exists() {
+        let conn = rusqlite::Connection::open(&catalog).expect("open catalog");
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        // A worker that just started may not have created the table yet: nothing stored.
+        let mut stmt = match conn.prepare("SELECT client, hash FROM files") {
+            Ok(stmt) => stmt,
+            Err(e) if e.to_string().contains("no such table") => return (files, rows),
+            Err(e) => panic!("query catalog {}: {e}", catalog.display()),
+        };
+        rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("read catalog")
+            .collect::<Result<_, _>>()
+            .expect("catalog rows");
+    }
+    (files, rows)
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Regular files left directly in `dir` and anywhere in its claim dirs.
+fn leftovers(dir: &Path) -> (usize, usize) {
+    let count = |d: &Path| {
+        std::fs::read_dir(d)
+            .map(|it| {
+                it.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let claims: usize = std::fs::read_dir(dir.join(".sqd/claim"))
+        .map(|it| it.flatten().map(|e| count(&e.path())).sum())
+        .unwrap_or(0);
+    (count(dir), claims)
+}
+
+struct Setup {
+    sshd: Sshd,
+    cluster: Cluster,
+    sources: BTreeMap<String, PathBuf>,
+}
+
+impl Setup {
+    fn new(workers: &[&str], env: &[(&str, &str)]) -> Setup {
+        let sshd = Sshd::start();
+        let mut cluster = Cluster::start(500, 1500);
+        for w in workers {
+            cluster.spawn_worker_with(w, FAST, env);
+        }
+        cluster.wait_status(Duration::from_secs(20), "workers alive", |s| {
+            workers_in(s, "alive").len() == workers.len()
+        });
+        Setup {
+            sshd,
+            cluster,
+            sources: BTreeMap::new(),
+        }
+    }
+
+    fn add_client(&mut self, name: &str, known_hosts: &Path) -> PathBuf {
+        let dir = self.cluster.dir.path().join(format!("src-{name}"));
+        std::fs::create_dir_all(&dir).expect("create source dir");
+        let out = self.cluster.ctl(&[
+            "add-client",
+            name,
+            "--ssh",
+            &self.sshd.target(),
+            "--path",
+            dir.to_str().expect("utf-8"),
+            "--key",
+            self.sshd.client_key.to_str().expect("utf-8"),
+            "--known-hosts",
+            known_hosts.to_str().expect("utf-8"),
+        ]);
+        assert!(out.status.success(), "add-client: {}", text(&out.stderr));
+        self.sources.insert(name.to_owned(), dir.clone());
+        dir
+    }
+
+    fn all_stores(&self) -> (Vec<String>, Vec<(String, String)>) {
+        let mut files = Vec::new();
+        let mut rows = Vec::new();
+        for id in self.cluster.workers.keys() {
+            let (f, r) = store_contents(&self.cluster.store_dir(id));
+            files.extend(f);
+            rows.extend(r);
+        }
+        (files, rows)
+    }
+
+    /// Waits until every source dir and claim dir is empty and the stores hold `expected`.
+    fn wait_drained(&self, expected: &[String], timeout: Duration) {
+        wait_until(timeout, "all files committed and sources removed", || {
+            let empty = self.sources.values().all(|d| leftovers(d) == (0, 0));
+            (empty && self.all_stores().0.len() >= expected.len()).then_some(())
+        });
+    }
+
+    fn assert_exactly_once(&self, expected: &[String]) {
+        let (files, rows) = self.all_stores();
+        assert_eq!(files.len(), expected.len(), "stored file count");
+        assert_eq!(
+            sorted(files),
+            sorted(expected.to_vec()),
+            "stored contents differ from produced"
+        );
+        let row_hashes: Vec<String> = rows.into_iter().map(|(_, h)| h).collect();
+        assert_eq!(
+            sorted(row_hashes),
+            sorted(expected.to_vec()),
+            "catalog differs from produced"
+        );
+        for (name, dir) in &self.sources {
+            assert_eq!(
+                leftovers(dir),
+                (0, 0),
+                "{name}: files left at the source or in claim dirs"
+            );
+        }
+    }
+}
+
+#[test]
+fn two_thousand_files_from_three_clients_are_committed_exactly_once() {
+    let mut s = Setup::new(&["w1", "w2"], &[]);
+    let kh = s.sshd.known_hosts.clone();
+    let mut expected = Vec::new();
+    for (i, name) in ["alpha", "beta", "gamma"].iter().enumerate() {
+        let dir = s.add_client(name, &kh);
+        let n = if i == 0 { 668 } else { 666 };
+        expected.extend(produce(&dir, name, n));
+    }
+    assert_eq!(expected.len(), 2000);
+    s.wait_drained(&expected, Duration::from_secs(90));
+    s.assert_exactly_once(&expected);
+    let status = s
+        .cluster
+        .wait_status(Duration::from_secs(5), "totals reported", |st| {
+            st["clients"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .map(|c| c["files_total"].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+                    == 2000
+            })
+        });
+    for c in status["clients"].as_array().expect("clients") {
+        assert_eq!(c["last_error"], serde_json::Value::Null, "{c}");
+        assert!(c["bytes_total"].as_u64().unwrap_or(0) > 0, "{c}");
+        assert_eq!(c["files_today"], c["files_total"], "{c}");
+    }
+}
+
+#[test]
+fn unknown_and_changed_host_keys_are_refused_and_nothing_is_pulled() {
+    let mut s = Setup::new(&["w1"], &[]);
+    let (empty, wrong) = (
+        s.sshd.empty_known_hosts.clone(),
+        s.sshd.wrong_known_hosts.clone(),
+    );
+    let unknown_dir = s.add_client("unknown", &empty);
+    let changed_dir = s.add_client("changed", &wrong);
+    produce(&unknown_dir, "u", 3);
+    produce(&changed_dir, "c", 3);
+    let status =
+        s.cluster
+            .wait_status(Duration::from_secs(20), "host key errors in status", |st| {
+                st["clients"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().all(|c| c["last_error"].is_string()))
+            });
+    for c in status["clients"].as_array().expect("clients") {
+        let err = c["last_error"].as_str().unwrap_or_default();
+        if c["name"] == "unknown" {
+            assert!(err.contains("is not in"), "{err}");
+        } else {
+            assert!(err.contains("CHANGED"), "{err}");
+        }
+    }
+    assert_eq!(leftovers(&unknown_dir).0, 3);
+    assert_eq!(leftovers(&changed_dir).0, 3);
+    assert!(s.all_stores().0.is_empty());
+}
+
+#[test]
+fn a_file_written_slowly_is_pulled_only_once_complete() {
+    let mut s = Setup::new(&["w1"], &[]);
+    let kh = s.sshd.known_hosts.clone();
+    let dir = s.add_client("slow", &kh);
+    let path = dir.join("slow.jsonl");
+    let mut content = Vec::new();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&path).expect("create");
+        // 12 appends, 150 ms apart: longer than the 300 ms settle time in total, never idle
+        // for that long.
+        for i in 0..12 {
+            let line = format!("{{\"i\":{i},\"pad\":\"{}\"}}\n", "x".repeat(100));
+            f.write_all(line.as_bytes()).expect("append");
+            f.flush().expect("flush");
+            content.extend_from_slice(line.as_bytes());
+            std::thread::sleep(Duration::from_millis(150));
+            assert!(
+                s.all_stores().0.is_empty(),
+                "pulled while still being written (after {i} appends)"
+            );
+        }
+    }
+    let expected = vec![hash(&content)];
+    s.wait_drained(&expected, Duration::from_secs(20));
+    s.assert_exactly_once(&expected);
+}
+
+#[test]
+fn only_regular_files_in_the_directory_are_read_and_hostile_names_stay_inside_the_store() {
+    let mut s = Setup::new(&["w1"], &[]);
+    let kh = s.sshd.known_hosts.clone();
+    let dir = s.add_client("hostile", &kh);
+    let outside = s.cluster.dir.path().join("secret.txt");
+    std::fs::write(&outside, b"do not read").expect("write outside file");
+    std::os::unix::fs::symlink(&outside, dir.join("link.jsonl")).expect("symlink");
+    nix::unistd::mkfifo(
+        &dir.join("fifo.jsonl"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .expect("mkfifo");
+    std::fs::create_dir(dir.join("subdir")).expect("subdir");
+    std::fs::write(dir.join("subdir/nested.jsonl"), b"nested").expect("nested");
+    std::fs::write(dir.join(".hidden"), b"hidden").expect("hidden");
+    std::fs::write(dir.join("partial.tmp"), b"partial").expect("tmp");
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::write(dir.join("..dots"), b"hidden too").expect("dot-dot file");
+    let names: Vec<&[u8]> = vec![
+        b"new\nline.jsonl",
+        b"a..b",
+        b"\xff\xfebin",
+        b"%41.jsonl",
+        &[b'y'; 250],
+    ];
+    let mut expected = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let content = format!("hostile {i}");
+        std::fs::write(dir.join(std::ffi::OsStr::from_bytes(name)), &content)
+            .expect("write hostile name");
+        expected.push(hash(content.as_bytes()));
+    }
+    wait_until(Duration::from_secs(20), "regular files pulled", || {
+        (s.all_stores().0.len() >= expected.len()).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let (files, _) = s.all_stores();
+    assert_eq!(
+        sorted(files),
+        sorted(expected.clone()),
+        "exactly the regular files, nothing else"
+    );
+    // Everything else is untouched where it was.
+    assert!(
+        std::fs::symlink_metadata(dir.join("link.jsonl")).is_ok_and(|m| m.file_type().is_symlink())
+    );
+    assert_eq!(std::fs::read(&outside).expect("outside"), b"do not read");
+    assert!(dir.join("fifo.jsonl").exists());
+    assert!(dir.join("subdir/nested.jsonl").exists());
+    assert!(
+        dir.join(".hidden").exists()
+            && dir.join("partial.tmp").exists()
+            && dir.join("..dots").exists()
+    );
+    // Nothing was written outside the store's files dir.
+    let store = s.cluster.store_dir("w1");
+    let mut stack = vec![store.join("files")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read store dir").flatten() {
+            let p = e.path();
+            assert!(
+                p.starts_with(store.join("files/hostile")),
+                "{p:?} outside the client's dir"
+            );
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+}
+
+#[test]
+fn files_flow_again_after_sshd_comes_back() {
+    let mut s = Setup::new(&["w1"], &[]);
+    let kh = s.sshd.known_hosts.clone();
+    let dir = s.add_client("flaky", &kh);
+    let mut expected = produce(&dir, "before", 20);
+    s.wait_drained(&expected, Duration::from_secs(30));
+    s.sshd.stop();
+    expected.extend(produce(&dir.clone(), "during", 20));
+    s.cluster
+        .wait_status(Duration::from_secs(30), "an SSH error in status", |st| {
+            st["clients"][0]["last_error"].is_string()
+        });
+    assert_eq!(leftovers(&dir).0, 20, "nothing may move while sshd is down");
+    s.sshd.restart();
+    s.wait_drained(&expected, Duration::from_secs(60));
+    s.assert_exactly_once(&expected);
+    s.cluster
+        .wait_status(Duration::from_secs(10), "error cleared", |st| {
+            st["clients"][0]["last_error"].is_null()
+        });
+}
+
+/// `kill -9` (an abort at a named point) of the worker at each step of a file's life: another
+/// worker takes over, the crashed one restarts without crash loop, exactly once holds.
+#[test]
+fn crash_at_every_step_keeps_exactly_once() {
+    for point in [
+        "after_claim",
+        "mid_transfer",
+        "after_stage",
+        "after_commit",
+        "after_delete",
+    ] {
+        let mut s = Setup::new(&[], &[]);
+        let kh = s.sshd.known_hosts.clone();
+        s.cluster
+            .spawn_worker_with("crashy", FAST, &[("SQD_FAILPOINT", point)]);
+        s.cluster
+            .wait_status(Duration::from_secs(20), "crashy alive", |st| {
+                workers_in(st, "alive").len() == 1
+            });
+        let dir = s.add_client("victim", &kh);
+        let expected = produce(&dir, point, 50);
+        let crashy = s.cluster.workers.get_mut("crashy").expect("crashy");
+        let exit = crashy.wait_exit(Duration::from_secs(30));
+        assert!(
+            exit.is_some_and(|e| !e.success()),
+            "{point}: the failpoint did not fire"
+        );
+        // Another worker takes the client over after the lease; the crashed one comes back
+        // without the failpoint and resolves what it left (commits it knew, claims it did not).
+        s.cluster.spawn_worker_with("rescuer", FAST, &[]);
+        s.cluster.spawn_worker_with("crashy", FAST, &[]);
+        s.wait_drained(&expected, Duration::from_secs(60));
+        s.cluster
+            .wait_status(Duration::from_secs(20), "both alive", |st| {
+                workers_in(st, "alive").len() == 2
+            });
+        std::thread::sleep(Duration::from_millis(500));
+        let crashy = s.cluster.workers.get_mut("crashy").expect("crashy");
+        assert!(
+            crashy.wait_exit(Duration::from_millis(10)).is_none(),
+            "{point}: crashed again on restart"
+        );
+        // Catalog rows are the oracle; the crashed worker's store may keep a committed copy
+        // only if its catalog says so.
+        let (files, rows) = s.all_stores();
+        let row_hashes: Vec<String> = rows.into_iter().map(|(_, h)| h).collect();
+        assert_eq!(
+            sorted(row_hashes),
+            sorted(expected.clone()),
+            "{point}: catalog differs from produced"
+        );
+        assert_eq!(
+            sorted(files),
+            sorted(expected.clone()),
+            "{point}: stored files differ from produced"
+        );
+        assert_eq!(leftovers(&dir), (0, 0), "{point}: source or claims left");
+    }
+}

@@ -57,8 +57,6 @@ pub trait Handler {
     fn lease(&mut self, valid: bool, out: Option<&NodeOutbox>);
     /// A new session was accepted by the leader.
     fn session_started(&mut self) {}
-    /// The leader's lease length, known once registered.
-    fn registered(&mut self, _lease: Duration) {}
     /// Stop all work before `Leaving` is sent.
     fn shutdown(&mut self) -> impl std::future::Future<Output = ()> + Send;
 }
@@ -253,7 +251,6 @@ async fn session<H: Handler>(
     lease.renew(register_sent, lease_len);
     info!(leader = %endpoint.uri(), cluster = %registered.cluster, leader_version = %registered.leader_version,
           heartbeat_ms = registered.heartbeat_ms, lease_ms = registered.lease_ms, "registered with the leader");
-    handler.registered(lease_len);
     handler.session_started();
 
     let mut seq = 0u64;

@@ -429,3 +429,68 @@ fn crash_at_every_step_keeps_exactly_once() {
         assert_eq!(leftovers(&dir), (0, 0), "{point}: source or claims left");
     }
 }
+
+#[test]
+fn a_missing_directory_and_a_wrong_key_are_reported_and_recover_by_themselves() {
+    let mut s = Setup::new(&["w1"], &[]);
+    let kh = s.sshd.known_hosts.clone();
+    let dir = s.add_client("late-dir", &kh);
+    std::fs::remove_dir(&dir).expect("remove the source dir again");
+    let status = s
+        .cluster
+        .wait_status(Duration::from_secs(20), "missing dir reported", |st| {
+            st["clients"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("does not exist"))
+        });
+    let err = status["clients"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(err.contains(dir.to_str().expect("utf-8")), "{err}");
+    let expected = produce(&dir, "late", 5);
+    s.wait_drained(&expected, Duration::from_secs(30));
+    s.assert_exactly_once(&expected);
+
+    // A key the host does not know: an authentication error naming the key.
+    let stranger = s.cluster.dir.path().join("stranger_key");
+    let out = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            stranger.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success());
+    let other = s.cluster.dir.path().join("src-stranger");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    let out = s.cluster.ctl(&[
+        "add-client",
+        "stranger",
+        "--ssh",
+        &s.sshd.target(),
+        "--path",
+        other.to_str().expect("utf-8"),
+        "--key",
+        stranger.to_str().expect("utf-8"),
+        "--known-hosts",
+        kh.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    s.cluster
+        .wait_status(Duration::from_secs(20), "auth error reported", |st| {
+            st["clients"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["name"] == "stranger"
+                        && c["last_error"].as_str().is_some_and(|e| {
+                            e.contains("authentication") && e.contains("stranger_key")
+                        })
+                })
+            })
+        });
+}

@@ -1148,6 +1148,55 @@ mod tests {
         assert_eq!(reg.client("c").unwrap().agent.as_str(), "down");
     }
 
+    #[test]
+    fn a_complaining_client_moves_to_a_clearly_less_loaded_worker_once() {
+        let mut reg = Registry::new(timing(), V, 1);
+        let mut fleet = Fleet::default();
+        for (s, id) in [(1, "busy"), (2, "idle")] {
+            let r = reg.register_worker(hello(id, &[]), s, 0).unwrap();
+            fleet.held.insert(s, BTreeMap::new());
+            fleet.apply(&mut reg, r.effects, 0);
+        }
+        let fx = reg.add_client(spec("c"), 0).unwrap();
+        fleet.apply(&mut reg, fx, 0);
+        let owner = reg.client("c").unwrap().worker.clone().unwrap();
+        let (owner_s, other_s) = if owner == "busy" { (1, 2) } else { (2, 1) };
+        reg.register_agent("c", V, 9, 0).unwrap();
+        let behind = Progress {
+            backlog_files: 10,
+            oldest_backlog_s: 120,
+            behind: true,
+            ..Progress::default()
+        };
+        // Loads too close: no move.
+        reg.heartbeat(owner_s, 0.5, 10);
+        reg.heartbeat(other_s, 0.4, 10);
+        assert!(reg.heartbeat_with_progress(9, 0.0, vec![("c".into(), behind.clone())], 10));
+        let fx = reg.tick(10);
+        fleet.apply(&mut reg, fx, 10);
+        assert_eq!(
+            reg.client("c").unwrap().worker.as_deref(),
+            Some(owner.as_str())
+        );
+        // The owner is clearly busier: the client moves by handoff, with a larger epoch.
+        let epoch = reg.client("c").unwrap().epoch;
+        reg.heartbeat(owner_s, 0.9, 20);
+        reg.heartbeat(other_s, 0.1, 20);
+        let fx = reg.tick(20);
+        fleet.apply(&mut reg, fx, 20);
+        let c = reg.client("c").unwrap();
+        assert_ne!(c.worker.as_deref(), Some(owner.as_str()));
+        assert!(c.epoch > epoch);
+        // Still complaining right after: hysteresis keeps it where it is now.
+        let moved_to = c.worker.clone();
+        reg.heartbeat(owner_s, 0.0, 30);
+        reg.heartbeat(other_s, 0.9, 30);
+        reg.heartbeat_with_progress(9, 0.0, vec![("c".into(), behind)], 30);
+        let fx = reg.tick(30);
+        fleet.apply(&mut reg, fx, 30);
+        assert_eq!(reg.client("c").unwrap().worker, moved_to);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         AddWorker,

@@ -265,6 +265,18 @@ async fn cycle(
     let dir = PathBuf::from(&task.spec.path);
     let claim_root = dir.join(".sqd").join("claim");
     let mine = claim_root.join(lifecycle::claim_dir_name(&task.worker, task.epoch));
+    // Listed first, so a missing or unreadable directory is reported by its own name.
+    let pattern = if task.spec.pattern.is_empty() {
+        None
+    } else {
+        glob::Pattern::new(&task.spec.pattern).ok()
+    };
+    let listing: Vec<RemoteEntry> = remote
+        .list(&dir)
+        .await?
+        .into_iter()
+        .filter(|e| lifecycle::is_candidate(e, pattern.as_ref()))
+        .collect();
     remote.mkdir(&dir.join(".sqd")).await?;
     remote.mkdir(&claim_root).await?;
     remote.mkdir(&mine).await?;
@@ -291,17 +303,6 @@ async fn cycle(
         })
         .collect();
 
-    let pattern = if task.spec.pattern.is_empty() {
-        None
-    } else {
-        glob::Pattern::new(&task.spec.pattern).ok()
-    };
-    let listing: Vec<RemoteEntry> = remote
-        .list(&dir)
-        .await?
-        .into_iter()
-        .filter(|e| lifecycle::is_candidate(e, pattern.as_ref()))
-        .collect();
     let ready = cursor.fresh.observe(&listing, now, cfg.settle);
     {
         let mut stats = lock(&task.stats);

@@ -36,6 +36,8 @@ pub struct LogConfig {
 pub struct LeaderConfig {
     /// Key `listen`, default 127.0.0.1:7070.
     pub listen: SocketAddr,
+    /// Key `metrics`, optional: where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics: Option<SocketAddr>,
     /// Key `state_dir`, default `sqd-state`.
     pub state_dir: PathBuf,
     /// Key `cluster`, default `sqd`; 1-64 characters of `[A-Za-z0-9_.-]`.
@@ -62,6 +64,8 @@ pub struct WorkerConfig {
     pub store: PathBuf,
     /// Key `listen`, optional.
     pub listen: Option<SocketAddr>,
+    /// Key `metrics`, optional: where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics: Option<SocketAddr>,
     /// Key `capacity`, default 1000; 1..=1000000.
     pub capacity: u32,
     /// Key `ssh_key`: private key for clients added without `--key`.
@@ -101,6 +105,7 @@ pub struct ClientConfig {
 #[derive(Debug, Clone, Default)]
 pub struct LeaderFlags {
     pub listen: Option<String>,
+    pub metrics: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub cluster: Option<String>,
     pub heartbeat_ms: Option<u64>,
@@ -117,6 +122,7 @@ pub struct WorkerFlags {
     pub leader: Option<String>,
     pub store: Option<PathBuf>,
     pub listen: Option<String>,
+    pub metrics: Option<String>,
     pub capacity: Option<u32>,
     pub ssh_key: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
@@ -196,6 +202,7 @@ const CAPACITY: (i128, i128) = (1, 1_000_000);
 
 const LEADER_KEYS: &[&str] = &[
     "listen",
+    "metrics",
     "state_dir",
     "cluster",
     "heartbeat_ms",
@@ -210,6 +217,7 @@ const WORKER_KEYS: &[&str] = &[
     "leader",
     "store",
     "listen",
+    "metrics",
     "capacity",
     "cluster",
     "ssh_key",
@@ -236,6 +244,7 @@ impl LeaderConfig {
     pub fn load(file: Option<&Path>, flags: &LeaderFlags) -> Result<Self, ConfigError> {
         let mut l = Loader::open(file)?;
         let listen = l.string("listen");
+        let metrics = l.string("metrics");
         let state_dir = l.string("state_dir");
         let cluster = l.string("cluster");
         let heartbeat = l.integer("heartbeat_ms");
@@ -247,6 +256,11 @@ impl LeaderConfig {
 
         let listen = merge(flags.listen.clone(), listen).or_default(DEFAULT_ADDR.into());
         let listen = l.check("listen", listen, socket_addr);
+        let metrics = l.check(
+            "metrics",
+            merge(flags.metrics.clone(), metrics),
+            socket_addr,
+        );
         let state_dir = merge(flags.state_dir.clone(), state_dir.map(PathBuf::from))
             .or_default(PathBuf::from("sqd-state"));
         let state_dir = l.check("state_dir", state_dir, non_empty_path);
@@ -320,6 +334,7 @@ impl LeaderConfig {
                 Some(log),
             ) if l.problems.is_empty() => Ok(LeaderConfig {
                 listen: listen.value,
+                metrics: metrics.map(|v| v.value),
                 state_dir: state_dir.value,
                 cluster: cluster.value,
                 heartbeat_ms: heartbeat.value,
@@ -341,6 +356,7 @@ impl WorkerConfig {
         let leader = l.string("leader");
         let store = l.string("store");
         let listen = l.string("listen");
+        let metrics = l.string("metrics");
         let capacity = l.integer("capacity");
         let cluster = l.string("cluster");
         let ssh_key = l.string("ssh_key");
@@ -361,6 +377,11 @@ impl WorkerConfig {
         let store = l.require("store", "--store DIR", store);
         let store = l.check("store", store, non_empty_path);
         let listen = l.check("listen", merge(flags.listen.clone(), listen), socket_addr);
+        let metrics = l.check(
+            "metrics",
+            merge(flags.metrics.clone(), metrics),
+            socket_addr,
+        );
         let capacity = merge(flags.capacity.map(i128::from), capacity).or_default(1000);
         let capacity = l.check("capacity", capacity, |v| ranged::<u32>(v, CAPACITY));
         let cluster = merge(flags.cluster.clone(), cluster);
@@ -403,6 +424,7 @@ impl WorkerConfig {
                 leader: leader.value,
                 store: store.value,
                 listen: listen.map(|v| v.value),
+                metrics: metrics.map(|v| v.value),
                 capacity: capacity.value,
                 cluster: cluster.map(|v| v.value),
                 ssh_key: ssh_key.map(|v| v.value),
@@ -901,6 +923,7 @@ mod tests {
     fn default_leader() -> LeaderConfig {
         LeaderConfig {
             listen: "127.0.0.1:7070".parse().expect("addr"),
+            metrics: None,
             state_dir: "sqd-state".into(),
             cluster: "sqd".into(),
             heartbeat_ms: 1000,
@@ -948,6 +971,7 @@ mod tests {
                 leader: "127.0.0.1:7070".into(),
                 store: "/var/lib/sqd/store".into(),
                 listen: None,
+                metrics: None,
                 capacity: 1000,
                 cluster: None,
                 ssh_key: None,
@@ -994,7 +1018,7 @@ mod tests {
             "{shown}: key `heartbeat_ms`: expected an integer, found string \"fast\""
         )));
         assert!(p.iter().any(|l| l.starts_with(&format!(
-            "{shown}: key `colour`: unknown key (valid keys: listen, state_dir,"
+            "{shown}: key `colour`: unknown key (valid keys: listen, metrics, state_dir,"
         ))));
         assert!(p.iter().any(|l| l.starts_with(&format!(
             "{shown}: key `max_moves_per_tick`: 0 is out of range"

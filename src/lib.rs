@@ -10,15 +10,19 @@
 //! - [`node`]: the node side of a leader session, shared by workers and agents.
 //! - [`worker`]: assignment set, self-fencing lease, and the seam where pull loops run.
 //! - [`agent`]: the optional client agent on a producing host.
+//! - [`cli`]: the `sqd` command line (flags of every mode).
 //! - [`ctl`]: the `sqdctl` commands and their output.
 //! - [`daemon`]: pid/lock files, signals, logging setup shared by the daemons.
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod failpoint;
 pub mod leader;
+pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod services;

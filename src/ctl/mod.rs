@@ -62,12 +62,47 @@ pub enum Command {
     DrainWorker { id: String },
     /// Let a drained worker take clients again.
     UndrainWorker { id: String },
-    /// Show workers and clients.
+    /// Show workers and their clients: progress, lag, backlog, rate, last commit, errors.
     Status {
         /// One JSON object instead of tables (stable keys, for scripts).
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        /// Refresh in place until interrupted (Ctrl-C).
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+    },
+    /// Show one client's state and the history of its assignments, with why each move happened.
+    Explain {
+        client: String,
+        /// Most history entries shown (the newest are kept).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        limit: u32,
+        /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script: `sqdctl completions bash > /etc/bash_completion.d/sqdctl`.
+    Completions {
+        shell: clap_complete::Shell,
+        /// Which program the script completes.
+        #[arg(long, value_enum, default_value = "sqdctl")]
+        program: Program,
+    },
+    /// Write man pages of sqd and sqdctl (and their subcommands) into a directory.
+    Man {
+        /// Directory to write the .1 files into (created if missing).
+        #[arg(long, default_value = ".")]
+        out_dir: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Program {
+    Sqd,
+    Sqdctl,
 }
 
 /// A failure with the exit code it maps to.
@@ -114,6 +149,12 @@ async fn connect(cli: &Cli) -> Result<AdminServiceClient<Channel>, CtlError> {
     Ok(AdminServiceClient::new(channel))
 }
 
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
@@ -135,8 +176,57 @@ fn from_status(cli: &Cli, s: tonic::Status) -> CtlError {
     }
 }
 
+/// Commands that need no leader.
+fn run_local(command: &Command) -> Option<Result<(), CtlError>> {
+    use clap::CommandFactory;
+    match command {
+        Command::Completions { shell, program } => {
+            let (mut cmd, name) = match program {
+                Program::Sqd => (crate::cli::Cli::command(), "sqd"),
+                Program::Sqdctl => (Cli::command(), "sqdctl"),
+            };
+            clap_complete::generate(*shell, &mut cmd, name, &mut std::io::stdout());
+            Some(Ok(()))
+        }
+        Command::Man { out_dir } => Some(write_man_pages(out_dir)),
+        _ => None,
+    }
+}
+
+fn write_man_pages(dir: &std::path::Path) -> Result<(), CtlError> {
+    use clap::CommandFactory;
+    let fail = |e: std::io::Error| {
+        CtlError::Refused(format!(
+            "cannot write man pages into {}: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let mut written = Vec::new();
+    for cmd in [crate::cli::Cli::command(), Cli::command()] {
+        let name = cmd.get_name().to_owned();
+        let mut pages = vec![(name.clone(), cmd.clone())];
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let full = format!("{name}-{}", sub.get_name());
+            pages.push((full.clone(), sub.clone().name(full)));
+        }
+        for (page, cmd) in pages {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut buf).map_err(fail)?;
+            let path = dir.join(format!("{page}.1"));
+            std::fs::write(&path, buf).map_err(fail)?;
+            written.push(path.display().to_string());
+        }
+    }
+    println!("wrote {}", written.join(" "));
+    Ok(())
+}
+
 /// Runs one command, printing its result on stdout.
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
+    if let Some(result) = run_local(&cli.command) {
+        return result;
+    }
     // Validate locally first: a bad argument needs no leader to be explained.
     if let Command::AddClient {
         name,
@@ -228,21 +318,67 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 .map_err(|s| from_status(&cli, s))?;
             println!("worker {id} takes clients again");
         }
-        Command::Status { json } => {
-            let status = admin
-                .status(proto::StatusRequest {})
+        Command::Status {
+            json,
+            watch,
+            interval,
+        } => {
+            let style = output::Style::detect();
+            loop {
+                let status = admin
+                    .status(proto::StatusRequest {})
+                    .await
+                    .map_err(|s| from_status(&cli, s))?
+                    .into_inner();
+                let view = output::StatusView::from(status);
+                if *json {
+                    let text = serde_json::to_string_pretty(&view)
+                        .map_err(|e| CtlError::Refused(e.to_string()))?;
+                    println!("{text}");
+                } else if *watch && style.tty {
+                    // Home + clear, then the frame: refreshes in place on a terminal.
+                    print!("\x1b[H\x1b[2J{}", view.human(&style, now_unix_ms()));
+                    println!("\nevery {interval}s; Ctrl-C to stop");
+                } else {
+                    print!("{}", view.human(&style, now_unix_ms()));
+                }
+                if !*watch {
+                    break;
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(*interval)) => {}
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+                if !style.tty {
+                    println!();
+                }
+            }
+        }
+        Command::Explain {
+            client,
+            limit,
+            json,
+        } => {
+            let resp = admin
+                .explain(proto::ExplainRequest {
+                    client: client.clone(),
+                    limit: *limit,
+                })
                 .await
                 .map_err(|s| from_status(&cli, s))?
                 .into_inner();
-            let view = output::StatusView::from(status);
+            let view = output::ExplainView::from(resp);
             if *json {
                 let text = serde_json::to_string_pretty(&view)
                     .map_err(|e| CtlError::Refused(e.to_string()))?;
                 println!("{text}");
             } else {
-                print!("{}", view.human());
+                print!("{}", view.human(&output::Style::detect(), now_unix_ms()));
             }
         }
+        Command::Completions { .. } | Command::Man { .. } => {}
     }
     Ok(())
 }

@@ -47,7 +47,37 @@ pub struct ClientView {
     pub backlog_bytes: u64,
     pub oldest_backlog_s: u64,
     pub rate_bps: u64,
+    /// Newest commit by any worker, ms since the Unix epoch; null when none yet.
+    pub last_commit_unix_ms: Option<i64>,
     pub last_error: Option<String>,
+}
+
+fn client_view(c: proto::ClientStatus) -> ClientView {
+    let spec = c.spec.unwrap_or_default();
+    let worker = non_empty(c.worker);
+    ClientView {
+        name: spec.name,
+        ssh: spec.ssh,
+        path: spec.path,
+        state: if worker.is_some() {
+            "assigned"
+        } else {
+            "unassigned"
+        },
+        worker,
+        epoch: c.epoch,
+        agent: c.agent,
+        files_total: c.files_total,
+        bytes_total: c.bytes_total,
+        files_today: c.files_today,
+        bytes_today: c.bytes_today,
+        backlog_files: c.backlog_files,
+        backlog_bytes: c.backlog_bytes,
+        oldest_backlog_s: c.oldest_backlog_s,
+        rate_bps: c.rate_bps,
+        last_commit_unix_ms: (c.last_commit_unix_ms > 0).then_some(c.last_commit_unix_ms),
+        last_error: non_empty(c.last_error),
+    }
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -76,36 +106,7 @@ impl From<proto::StatusResponse> for StatusView {
                     reason: non_empty(w.reason),
                 })
                 .collect(),
-            clients: s
-                .clients
-                .into_iter()
-                .map(|c| {
-                    let spec = c.spec.unwrap_or_default();
-                    let worker = non_empty(c.worker);
-                    ClientView {
-                        name: spec.name,
-                        ssh: spec.ssh,
-                        path: spec.path,
-                        state: if worker.is_some() {
-                            "assigned"
-                        } else {
-                            "unassigned"
-                        },
-                        worker,
-                        epoch: c.epoch,
-                        agent: c.agent,
-                        files_total: c.files_total,
-                        bytes_total: c.bytes_total,
-                        files_today: c.files_today,
-                        bytes_today: c.bytes_today,
-                        backlog_files: c.backlog_files,
-                        backlog_bytes: c.backlog_bytes,
-                        oldest_backlog_s: c.oldest_backlog_s,
-                        rate_bps: c.rate_bps,
-                        last_error: non_empty(c.last_error),
-                    }
-                })
-                .collect(),
+            clients: s.clients.into_iter().map(client_view).collect(),
         }
     }
 }
@@ -167,84 +168,286 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// How text is decorated: colour only on a terminal, and never with `NO_COLOR` set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Style {
+    pub tty: bool,
+    pub colour: bool,
+}
+
+impl Style {
+    pub fn detect() -> Self {
+        use std::io::IsTerminal;
+        let tty = std::io::stdout().is_terminal();
+        let colour = tty
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            && std::env::var("TERM").map_or(true, |t| t != "dumb");
+        Style { tty, colour }
+    }
+
+    fn paint(&self, text: &str, code: &str) -> String {
+        if self.colour && !text.is_empty() {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn state(&self, state: &str) -> String {
+        let code = match state {
+            "alive" | "up" | "assigned" => "32",
+            "suspect" | "draining" | "down" => "33",
+            "dead" | "refused" | "unassigned" => "31",
+            _ => return state.to_owned(),
+        };
+        self.paint(state, code)
+    }
+
+    fn error(&self, text: &str) -> String {
+        self.paint(text, "31")
+    }
+
+    fn bold(&self, text: &str) -> String {
+        self.paint(text, "1")
+    }
+}
+
+/// "3s ago", "5m ago", "2h ago", "4d ago", or "never".
+pub fn ago(now_ms: i64, then_ms: i64) -> String {
+    if then_ms <= 0 {
+        return "never".into();
+    }
+    let s = now_ms.saturating_sub(then_ms).max(0) / 1000;
+    match s {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 172_800 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn duration_s(s: u64) -> String {
+    match s {
+        0 => "0s".into(),
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` in UTC.
+pub fn utc_time(unix_ms: i64) -> String {
+    let date = crate::store::local::utc_date(unix_ms);
+    let ms = unix_ms.rem_euclid(86_400_000);
+    format!(
+        "{date} {:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+const CLIENT_HEADERS: [&str; 10] = [
+    "CLIENT",
+    "EPOCH",
+    "AGENT",
+    "FILES TODAY",
+    "TOTAL",
+    "RATE",
+    "BACKLOG",
+    "LAG",
+    "LAST COMMIT",
+    "LAST ERROR",
+];
+
+impl ClientView {
+    fn row(&self, style: &Style, now_ms: i64) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.epoch.to_string(),
+            self.agent.clone(),
+            format!("{} ({})", self.files_today, bytes(self.bytes_today)),
+            format!("{} ({})", self.files_total, bytes(self.bytes_total)),
+            format!("{}/s", bytes(self.rate_bps)),
+            format!("{} ({})", self.backlog_files, bytes(self.backlog_bytes)),
+            duration_s(self.oldest_backlog_s),
+            ago(now_ms, self.last_commit_unix_ms.unwrap_or(0)),
+            style.error(self.last_error.as_deref().unwrap_or("")),
+        ]
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
 impl StatusView {
-    pub fn human(&self) -> String {
+    /// Workers one by one with their clients beneath them, then the unassigned clients.
+    pub fn human(&self, style: &Style, now_ms: i64) -> String {
+        let count = |state: &str| self.workers.iter().filter(|w| w.state == state).count();
+        let unassigned: Vec<&ClientView> =
+            self.clients.iter().filter(|c| c.worker.is_none()).collect();
         let mut out = format!(
-            "cluster {}   leader {} (v{})   {} workers, {} clients\n\n",
+            "cluster {}   leader {} (v{})   workers: {} alive of {}   clients: {} ({} unassigned)\n",
             self.cluster,
             self.leader.addr,
             self.leader.version,
+            count("alive"),
             self.workers.len(),
-            self.clients.len()
+            self.clients.len(),
+            unassigned.len(),
         );
         if self.workers.is_empty() {
-            out.push_str("no workers registered\n");
-        } else {
-            let rows: Vec<Vec<String>> = self
-                .workers
-                .iter()
-                .map(|w| {
-                    vec![
-                        w.id.clone(),
-                        w.state.clone(),
-                        w.clients.len().to_string(),
-                        format!("{:.2}", w.load),
-                        age(w.last_heartbeat_ms),
-                        w.version.clone(),
-                        w.addr.clone(),
-                        w.reason.clone().unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            out.push_str(&table(
-                &[
-                    "WORKER", "STATE", "CLIENTS", "LOAD", "LAST HB", "VERSION", "ADDR", "REASON",
-                ],
-                &rows,
-            ));
+            out.push_str("\nno workers registered; start one with `sqd --mode worker start`\n");
         }
-        out.push('\n');
-        if self.clients.is_empty() {
-            out.push_str(
-                "no clients; add one with `sqdctl add-client NAME --ssh USER@HOST --path DIR`\n",
+        for w in &self.workers {
+            out.push('\n');
+            let mut head = format!(
+                "{} {}  load {:.2}  heartbeat {}  v{}  {}",
+                style.bold(&format!("worker {}", w.id)),
+                style.state(&w.state),
+                w.load,
+                age(w.last_heartbeat_ms),
+                w.version,
+                if w.addr.is_empty() { "-" } else { &w.addr },
             );
-        } else {
+            if let Some(reason) = &w.reason {
+                head.push_str(&format!("  {}", style.error(reason)));
+            }
+            out.push_str(&head);
+            out.push('\n');
             let rows: Vec<Vec<String>> = self
                 .clients
                 .iter()
-                .map(|c| {
-                    vec![
-                        c.name.clone(),
-                        c.worker.clone().unwrap_or_else(|| "-".into()),
-                        c.epoch.to_string(),
-                        c.state.to_owned(),
-                        c.agent.clone(),
-                        c.files_total.to_string(),
-                        bytes(c.bytes_total),
-                        format!("{} / {}", c.backlog_files, bytes(c.backlog_bytes)),
-                        format!("{}/s", bytes(c.rate_bps)),
-                        c.ssh.clone(),
-                        c.path.clone(),
-                        c.last_error.clone().unwrap_or_default(),
-                    ]
-                })
+                .filter(|c| c.worker.as_deref() == Some(w.id.as_str()))
+                .map(|c| c.row(style, now_ms))
                 .collect();
-            out.push_str(&table(
-                &[
-                    "CLIENT",
-                    "WORKER",
-                    "EPOCH",
-                    "STATE",
-                    "AGENT",
-                    "FILES",
-                    "BYTES",
-                    "SSH",
-                    "PATH",
-                    "LAST ERROR",
-                ],
-                &rows,
-            ));
+            if rows.is_empty() {
+                out.push_str("  no clients\n");
+            } else {
+                out.push_str(&indent(&table(&CLIENT_HEADERS, &rows)));
+            }
         }
+        if !unassigned.is_empty() {
+            out.push('\n');
+            out.push_str(&style.bold("unassigned"));
+            out.push_str(" (waiting for an alive worker)\n");
+            let rows: Vec<Vec<String>> = unassigned.iter().map(|c| c.row(style, now_ms)).collect();
+            out.push_str(&indent(&table(&CLIENT_HEADERS, &rows)));
+        }
+        if self.clients.is_empty() {
+            out.push_str(
+                "\nno clients; add one with `sqdctl add-client NAME --ssh USER@HOST --path DIR`\n",
+            );
+        }
+        out
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExplainView {
+    /// Null when the client was removed (its history remains).
+    pub client: Option<ClientView>,
+    pub history: Vec<HistoryView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryView {
+    pub at_unix_ms: i64,
+    pub kind: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub epoch: u64,
+    pub reason: String,
+    pub detail: String,
+}
+
+impl From<proto::ExplainResponse> for ExplainView {
+    fn from(r: proto::ExplainResponse) -> Self {
+        ExplainView {
+            client: r.client.map(client_view),
+            history: r
+                .history
+                .into_iter()
+                .map(|e| HistoryView {
+                    at_unix_ms: e.at_unix_ms,
+                    kind: e.kind,
+                    from: non_empty(e.from_worker),
+                    to: non_empty(e.to_worker),
+                    epoch: e.epoch,
+                    reason: e.reason,
+                    detail: e.detail,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl ExplainView {
+    pub fn human(&self, style: &Style, now_ms: i64) -> String {
+        let mut out = String::new();
+        match &self.client {
+            Some(c) => {
+                out.push_str(&format!(
+                    "{}  {}  on {}  epoch {}  agent {}\n",
+                    style.bold(&format!("client {}", c.name)),
+                    style.state(c.state),
+                    c.worker.as_deref().unwrap_or("-"),
+                    c.epoch,
+                    c.agent,
+                ));
+                out.push_str(&format!(
+                    "  ssh {}  path {}\n  committed {} files ({}), today {} ({}); last commit {}\n  backlog {} files ({}), oldest {}; rate {}/s\n  last error: {}\n",
+                    c.ssh,
+                    c.path,
+                    c.files_total,
+                    bytes(c.bytes_total),
+                    c.files_today,
+                    bytes(c.bytes_today),
+                    ago(now_ms, c.last_commit_unix_ms.unwrap_or(0)),
+                    c.backlog_files,
+                    bytes(c.backlog_bytes),
+                    duration_s(c.oldest_backlog_s),
+                    bytes(c.rate_bps),
+                    c.last_error.as_deref().map_or_else(|| "none".to_owned(), |e| style.error(e)),
+                ));
+            }
+            None => out.push_str("this client is no longer registered; its history follows\n"),
+        }
+        out.push_str("\nhistory (oldest first, UTC):\n");
+        if self.history.is_empty() {
+            out.push_str("  nothing recorded\n");
+            return out;
+        }
+        let rows: Vec<Vec<String>> = self
+            .history
+            .iter()
+            .map(|h| {
+                let what = match (h.kind.as_str(), &h.from, &h.to) {
+                    ("moved", None, Some(to)) => format!("assigned to {to}"),
+                    ("moved", Some(from), Some(to)) => format!("moved {from} -> {to}"),
+                    ("moved", _, None) => "unassigned".to_owned(),
+                    ("release_requested", Some(from), _) => format!("release asked of {from}"),
+                    (kind, _, _) => kind.to_owned(),
+                };
+                vec![
+                    utc_time(h.at_unix_ms),
+                    what,
+                    if h.epoch == 0 {
+                        "-".into()
+                    } else {
+                        h.epoch.to_string()
+                    },
+                    h.reason.clone(),
+                    h.detail.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&table(
+            &["TIME", "WHAT", "EPOCH", "REASON", "DETAIL"],
+            &rows,
+        )));
         out
     }
 }
@@ -293,6 +496,6 @@ mod tests {
         assert_eq!(v["clients"][0]["worker"], "w");
         assert_eq!(v["clients"][0]["last_error"], serde_json::Value::Null);
         let keys: Vec<&String> = v["clients"][0].as_object().unwrap().keys().collect();
-        assert_eq!(keys.len(), 16);
+        assert_eq!(keys.len(), 17);
     }
 }

@@ -14,10 +14,11 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::registry::{
-    Agent, ClientSpec, Effects, Event, Liveness, Millis, Outbound, Progress, Registry,
-    RegistryError, SessionId, WorkerHello,
+    Agent, Client, ClientSpec, Effects, Event, Liveness, Millis, Outbound, Progress, Registry,
+    RegistryError, SessionId, Worker, WorkerHello,
 };
-use super::state::{State, StateError};
+use super::state::{AuditEntry, State, StateError};
+use crate::metrics::{LeaderMetrics, ReasonLabel, RoleLabel, StateLabel};
 use crate::proto::{self, LeaderMessage, leader_message::Body};
 
 /// Where a session's outbound messages go; dropping it ends the session's response stream.
@@ -62,6 +63,11 @@ pub enum Command {
     },
     Status {
         reply: oneshot::Sender<proto::StatusResponse>,
+    },
+    Explain {
+        client: String,
+        limit: usize,
+        reply: oneshot::Sender<Result<proto::ExplainResponse, CoreError>>,
     },
 }
 
@@ -114,7 +120,11 @@ struct Core {
     sessions: HashMap<SessionId, Outbox>,
     started: Instant,
     info: LeaderInfo,
+    metrics: LeaderMetrics,
 }
+
+/// How often the gauges derived from the registry are refreshed.
+const GAUGE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Starts the core thread. It ends when every handle is dropped, or with an error when the
 /// state could not be persisted.
@@ -123,6 +133,7 @@ pub fn spawn(
     state: State,
     info: LeaderInfo,
     started: Instant,
+    metrics: LeaderMetrics,
 ) -> std::io::Result<(CoreHandle, std::thread::JoinHandle<Result<(), StateError>>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let core = Core {
@@ -131,6 +142,7 @@ pub fn spawn(
         sessions: HashMap::new(),
         started,
         info,
+        metrics,
     };
     let join = std::thread::Builder::new()
         .name("sqd-leader-core".into())
@@ -147,6 +159,7 @@ impl Core {
         let timing = self.registry.timing();
         let period = Duration::from_millis((timing.heartbeat_ms / 5).clamp(10, 200));
         let mut next_tick = Instant::now() + period;
+        let mut next_gauges = Instant::now();
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
@@ -159,6 +172,10 @@ impl Core {
                 let fx = self.registry.tick(self.now());
                 self.carry_out(fx)?;
                 next_tick = Instant::now() + period;
+            }
+            if Instant::now() >= next_gauges {
+                self.refresh_gauges();
+                next_gauges = Instant::now() + GAUGE_PERIOD;
             }
         }
     }
@@ -178,6 +195,7 @@ impl Core {
                 load,
                 progress,
             } => {
+                self.metrics.heartbeats.inc();
                 let progress = progress.into_iter().map(progress_from_proto).collect();
                 if self
                     .registry
@@ -211,6 +229,13 @@ impl Core {
             Command::Status { reply } => {
                 let _ = reply.send(self.status(now));
             }
+            Command::Explain {
+                client,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.explain(&client, limit, now));
+            }
         }
         Ok(())
     }
@@ -225,6 +250,7 @@ impl Core {
     ) -> Result<(), StateError> {
         let role = proto::NodeRole::try_from(reg.role).unwrap_or(proto::NodeRole::Unspecified);
         let refuse = |reason: String, retryable: bool| {
+            self.metrics.refused_registrations.inc();
             let _ = outbox.send(Ok(message(Body::Registered(proto::Registered {
                 accepted: false,
                 reason,
@@ -339,8 +365,20 @@ impl Core {
         self.registry.check_new_client(&spec.name)?;
         self.state.insert_client(&spec)?;
         let name = spec.name.clone();
+        let added = self.audit_entry(
+            &name,
+            "added",
+            None,
+            None,
+            0,
+            "admin",
+            format!(
+                "added by sqdctl add-client (ssh {}, path {})",
+                spec.ssh, spec.path
+            ),
+        );
         let fx = self.registry.add_client(spec, now)?;
-        self.carry_out(fx)?;
+        self.carry_out_with(fx, vec![added])?;
         let client = self
             .registry
             .client(&name)
@@ -357,8 +395,20 @@ impl Core {
             return Err(RegistryError::UnknownClient(name.to_owned()).into());
         }
         self.state.delete_client(name)?;
+        let epoch = self.registry.client(name).map_or(0, |c| c.epoch);
+        let from = self.registry.client(name).and_then(|c| c.worker.clone());
+        let removed = self.audit_entry(
+            name,
+            "removed",
+            from,
+            None,
+            epoch,
+            "admin",
+            "removed by sqdctl remove-client; its files stay in the stores".to_owned(),
+        );
         let fx = self.registry.remove_client(name)?;
-        self.carry_out(fx)?;
+        self.metrics.forget_client(name);
+        self.carry_out_with(fx, vec![removed])?;
         info!(client = %name, "client removed");
         Ok(())
     }
@@ -394,9 +444,24 @@ impl Core {
 
     /// Persists, logs, then sends: the only way effects leave the core.
     fn carry_out(&mut self, fx: Effects) -> Result<(), StateError> {
-        self.state.apply(&fx.durable)?;
+        self.carry_out_with(fx, Vec::new())
+    }
+
+    /// [`Self::carry_out`] with audit entries the caller adds to those of the events.
+    fn carry_out_with(
+        &mut self,
+        fx: Effects,
+        mut audit: Vec<AuditEntry>,
+    ) -> Result<(), StateError> {
+        for event in &fx.events {
+            if let Some(entry) = self.audit_of_event(event) {
+                audit.push(entry);
+            }
+        }
+        self.state.apply_with_audit(&fx.durable, &audit)?;
         for event in &fx.events {
             log_event(event);
+            self.count_event(event);
         }
         for (session, msg) in fx.messages {
             match msg {
@@ -426,18 +491,223 @@ impl Core {
         }
     }
 
+    fn explain(
+        &self,
+        name: &str,
+        limit: usize,
+        _now: Millis,
+    ) -> Result<proto::ExplainResponse, CoreError> {
+        let client = self.registry.client(name).map(client_status);
+        let history = self.state.audit_of(name, limit)?;
+        if client.is_none() && history.is_empty() {
+            return Err(RegistryError::UnknownClient(name.to_owned()).into());
+        }
+        Ok(proto::ExplainResponse {
+            client,
+            history: history
+                .into_iter()
+                .map(|e| proto::AuditEntry {
+                    at_unix_ms: e.at_unix_ms,
+                    kind: e.kind,
+                    from_worker: e.from.unwrap_or_default(),
+                    to_worker: e.to.unwrap_or_default(),
+                    epoch: e.epoch,
+                    reason: e.reason,
+                    detail: e.detail,
+                })
+                .collect(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit_entry(
+        &self,
+        client: &str,
+        kind: &str,
+        from: Option<String>,
+        to: Option<String>,
+        epoch: u64,
+        reason: &str,
+        detail: String,
+    ) -> AuditEntry {
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        AuditEntry {
+            at_unix_ms,
+            client: client.to_owned(),
+            kind: kind.to_owned(),
+            from,
+            to,
+            epoch,
+            reason: reason.to_owned(),
+            detail,
+        }
+    }
+
+    /// The audit line of an event that changes (or starts changing) a client's assignment.
+    fn audit_of_event(&self, event: &Event) -> Option<AuditEntry> {
+        match event {
+            Event::Moved {
+                client,
+                from,
+                to,
+                epoch,
+                reason,
+            } => {
+                let detail = self.move_detail(from.as_deref(), to.as_deref(), reason);
+                Some(self.audit_entry(
+                    client,
+                    "moved",
+                    from.clone(),
+                    to.clone(),
+                    *epoch,
+                    reason,
+                    detail,
+                ))
+            }
+            Event::ReleaseRequested {
+                client,
+                worker,
+                reason,
+            } => {
+                let epoch = self.registry.client(client).map_or(0, |c| c.epoch);
+                let why = match *reason {
+                    "backlog" => {
+                        "the client's agent reports its backlog growing while a less loaded worker exists"
+                    }
+                    "rebalance" => "the worker holds more than its share of clients",
+                    "drain" => "the worker is being drained",
+                    other => other,
+                };
+                let detail = format!("asked {worker} to release the client: {why}");
+                Some(self.audit_entry(
+                    client,
+                    "release_requested",
+                    Some(worker.clone()),
+                    None,
+                    epoch,
+                    reason,
+                    detail,
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    fn move_detail(&self, from: Option<&str>, to: Option<&str>, reason: &str) -> String {
+        let from_name = from.unwrap_or("-");
+        let to_name = to.unwrap_or("-");
+        match reason {
+            "new" => format!("new client placed on the least loaded alive worker, {to_name}"),
+            "placed" => {
+                format!("the client had no worker; {to_name} was the least loaded alive one")
+            }
+            "unassigned" => {
+                format!("no alive worker could take the client (it was on {from_name})")
+            }
+            "failover" => {
+                let gone = from.and_then(|id| self.registry.workers().find(|w| w.id == id));
+                match gone {
+                    Some(w) if w.left => format!(
+                        "failover: {from_name} stopped (it said it was leaving); moved to {to_name}"
+                    ),
+                    Some(w) => {
+                        let silent = w
+                            .last_heartbeat
+                            .map(|t| self.now().saturating_sub(t))
+                            .map_or_else(
+                                || "never heard from".to_owned(),
+                                |ms| format!("no heartbeat for {:.1} s", ms as f64 / 1000.0),
+                            );
+                        format!(
+                            "failover: {from_name} was declared dead ({silent}, lease {} ms + grace {} ms); moved to {to_name}",
+                            self.registry.timing().lease_ms,
+                            self.registry.timing().grace_ms
+                        )
+                    }
+                    None => format!("failover: {from_name} is gone; moved to {to_name}"),
+                }
+            }
+            "drain" => {
+                format!("{from_name} is draining; moved to {to_name} after {from_name} released it")
+            }
+            "rebalance" => format!(
+                "rebalance: {from_name} held more than its share; moved to {to_name} after it released the client"
+            ),
+            "backlog" => format!(
+                "the agent reported a growing backlog on {from_name}; moved to the less loaded {to_name}"
+            ),
+            other => format!("{other}: {from_name} -> {to_name}"),
+        }
+    }
+
+    fn count_event(&self, event: &Event) {
+        if let Event::Moved { from, reason, .. } = event {
+            self.metrics
+                .assignments
+                .get_or_create(&ReasonLabel { reason })
+                .inc();
+            if *reason == "failover"
+                && let Some(last) = from
+                    .as_deref()
+                    .and_then(|id| self.registry.workers().find(|w| w.id == id))
+                    .and_then(|w| w.last_heartbeat)
+            {
+                let secs = self.now().saturating_sub(last) as f64 / 1000.0;
+                self.metrics.failover_seconds.observe(secs);
+            }
+        }
+    }
+
+    /// Gauges derived from the registry, refreshed on a timer rather than on every change.
+    fn refresh_gauges(&self) {
+        let mut states: HashMap<&'static str, i64> =
+            ["alive", "suspect", "dead", "draining", "refused"]
+                .into_iter()
+                .map(|s| (s, 0))
+                .collect();
+        let mut worker_sessions = 0;
+        for w in self.registry.workers() {
+            *states.entry(worker_state(w)).or_default() += 1;
+            worker_sessions += i64::from(w.session.is_some());
+        }
+        for (state, n) in states {
+            self.metrics
+                .workers
+                .get_or_create(&StateLabel { state })
+                .set(n);
+        }
+        let mut agents = 0;
+        let mut unassigned = 0;
+        for c in self.registry.clients() {
+            agents += i64::from(matches!(c.agent, Agent::Up { .. }));
+            unassigned += i64::from(c.worker.is_none());
+            let s = client_status(c);
+            self.metrics.set_client(
+                &c.spec.name,
+                s.files_total,
+                s.bytes_total,
+                (s.backlog_files, s.backlog_bytes),
+            );
+        }
+        self.metrics
+            .sessions
+            .get_or_create(&RoleLabel { role: "worker" })
+            .set(worker_sessions);
+        self.metrics
+            .sessions
+            .get_or_create(&RoleLabel { role: "agent" })
+            .set(agents);
+        self.metrics.clients_unassigned.set(unassigned);
+    }
+
     fn status(&self, now: Millis) -> proto::StatusResponse {
         let mut workers: Vec<proto::WorkerStatus> = self
             .registry
             .workers()
             .map(|w| {
-                let state = match (w.liveness, w.draining, &w.refused) {
-                    (Liveness::Dead, _, Some(_)) => "refused",
-                    (Liveness::Dead, _, None) => "dead",
-                    (_, true, _) => "draining",
-                    (Liveness::Suspect, _, _) => "suspect",
-                    (Liveness::Alive, _, _) => "alive",
-                };
+                let state = worker_state(w);
                 proto::WorkerStatus {
                     id: w.id.clone(),
                     addr: w.addr.clone(),
@@ -468,33 +738,7 @@ impl Core {
                 {
                     w.clients.push(c.spec.name.clone());
                 }
-                let sum = |f: fn(&Progress) -> u64| c.reports.values().map(f).sum::<u64>();
-                // Backlog: the owner's last listing, else what the agent sees on the host.
-                let live = c
-                    .worker
-                    .as_deref()
-                    .and_then(|w| c.reports.get(w))
-                    .or(c.agent_report.as_ref());
-                proto::ClientStatus {
-                    files_today: sum(|p| p.files_today),
-                    bytes_today: sum(|p| p.bytes_today),
-                    backlog_files: live.map_or(0, |p| p.backlog_files),
-                    backlog_bytes: live.map_or(0, |p| p.backlog_bytes),
-                    oldest_backlog_s: live.map_or(0, |p| p.oldest_backlog_s),
-                    rate_bps: live.map_or(0, |p| p.rate_bps),
-                    spec: Some(c.spec.clone().into()),
-                    worker: c.worker.clone().unwrap_or_default(),
-                    epoch: c.epoch,
-                    agent: match c.agent {
-                        Agent::None => "none",
-                        Agent::Up { .. } => "up",
-                        Agent::Down => "down",
-                    }
-                    .to_owned(),
-                    files_total: sum(|p| p.files_total),
-                    bytes_total: sum(|p| p.bytes_total),
-                    last_error: live.and_then(|p| p.last_error.clone()).unwrap_or_default(),
-                }
+                client_status(c)
             })
             .collect();
         proto::StatusResponse {
@@ -504,6 +748,52 @@ impl Core {
             workers,
             clients,
         }
+    }
+}
+
+fn worker_state(w: &Worker) -> &'static str {
+    match (w.liveness, w.draining, &w.refused) {
+        (Liveness::Dead, _, Some(_)) => "refused",
+        (Liveness::Dead, _, None) => "dead",
+        (_, true, _) => "draining",
+        (Liveness::Suspect, _, _) => "suspect",
+        (Liveness::Alive, _, _) => "alive",
+    }
+}
+
+fn client_status(c: &Client) -> proto::ClientStatus {
+    let sum = |f: fn(&Progress) -> u64| c.reports.values().map(f).sum::<u64>();
+    // Backlog: the owner's last listing, else what the agent sees on the host.
+    let live = c
+        .worker
+        .as_deref()
+        .and_then(|w| c.reports.get(w))
+        .or(c.agent_report.as_ref());
+    proto::ClientStatus {
+        files_today: sum(|p| p.files_today),
+        bytes_today: sum(|p| p.bytes_today),
+        backlog_files: live.map_or(0, |p| p.backlog_files),
+        backlog_bytes: live.map_or(0, |p| p.backlog_bytes),
+        oldest_backlog_s: live.map_or(0, |p| p.oldest_backlog_s),
+        rate_bps: live.map_or(0, |p| p.rate_bps),
+        last_commit_unix_ms: c
+            .reports
+            .values()
+            .map(|p| p.last_commit_unix_ms)
+            .max()
+            .unwrap_or(0),
+        spec: Some(c.spec.clone().into()),
+        worker: c.worker.clone().unwrap_or_default(),
+        epoch: c.epoch,
+        agent: match c.agent {
+            Agent::None => "none",
+            Agent::Up { .. } => "up",
+            Agent::Down => "down",
+        }
+        .to_owned(),
+        files_total: sum(|p| p.files_total),
+        bytes_total: sum(|p| p.bytes_total),
+        last_error: live.and_then(|p| p.last_error.clone()).unwrap_or_default(),
     }
 }
 
@@ -541,6 +831,7 @@ fn progress_from_proto(p: proto::ClientProgress) -> (String, Progress) {
             rate_bps: p.rate_bps,
             last_error: (!p.last_error.is_empty()).then_some(p.last_error),
             behind: p.behind,
+            last_commit_unix_ms: p.last_commit_unix_ms,
         },
     )
 }

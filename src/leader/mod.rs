@@ -49,6 +49,8 @@ pub enum LeaderError {
     },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("the leader core stopped unexpectedly")]
     CoreGone,
 }
@@ -98,8 +100,18 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: cfg.cluster.clone(),
         version: VERSION.to_owned(),
     };
+    let mut prometheus = prometheus_client::registry::Registry::default();
+    let metrics = crate::metrics::LeaderMetrics::new(&mut prometheus);
+    if let Some(addr) = cfg.metrics {
+        // The state is loaded and the gRPC port bound by now: the leader is ready.
+        let ready: crate::metrics::Readiness = std::sync::Arc::new(|| Ok(()));
+        let (_, serve) =
+            crate::metrics::bind(addr, prometheus, ready, daemon::wait_for(shutdown.clone()))
+                .await?;
+        tokio::spawn(serve);
+    }
     let (handle, core_thread) =
-        core::spawn(registry, state, info, started).map_err(|source| LeaderError::Io {
+        core::spawn(registry, state, info, started, metrics).map_err(|source| LeaderError::Io {
             path: cfg.state_dir.clone(),
             source,
         })?;

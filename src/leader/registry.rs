@@ -68,6 +68,8 @@ pub struct Worker {
     pub refused: Option<String>,
     pub last_heartbeat: Option<Millis>,
     pub session: Option<SessionId>,
+    /// It said it was leaving (graceful stop) rather than falling silent.
+    pub left: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,8 @@ pub struct Progress {
     pub last_error: Option<String>,
     /// An agent's complaint: its backlog aged past its threshold.
     pub behind: bool,
+    /// Newest commit, ms since the Unix epoch; 0 = never.
+    pub last_commit_unix_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +114,9 @@ pub struct Client {
     /// Last move because of an agent's complaint (hysteresis).
     pub backlog_move_at: Option<Millis>,
     pub agent: Agent,
+    /// The owner that was asked to release this client, and why; the next placement is
+    /// reported as a move from it for that reason.
+    pub handoff: Option<(String, &'static str)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +289,7 @@ impl Registry {
                 refused: None,
                 last_heartbeat: Some(now),
                 session: None,
+                left: false,
             },
         );
     }
@@ -301,6 +309,7 @@ impl Registry {
                 avoid: None,
                 backlog_move_at: None,
                 agent: Agent::None,
+                handoff: None,
             },
         );
     }
@@ -343,6 +352,7 @@ impl Registry {
                 avoid: None,
                 backlog_move_at: None,
                 agent: Agent::None,
+                handoff: None,
             },
         );
         Ok(self.schedule(now))
@@ -441,6 +451,7 @@ impl Registry {
             refused: None,
             last_heartbeat: Some(now),
             session: Some(session),
+            left: false,
         };
         fx.durable.push(Durable::Worker {
             id: worker.id.clone(),
@@ -504,6 +515,7 @@ impl Registry {
                 refused: None,
                 last_heartbeat: None,
                 session: None,
+                left: false,
             });
         entry.version = hello.version.to_owned();
         entry.addr = hello.addr.to_owned();
@@ -633,6 +645,7 @@ impl Registry {
         c.releasing_since = Some(now);
         c.backlog_move_at = Some(now);
         c.avoid = Some(owner.clone());
+        c.handoff = Some((owner.clone(), "backlog"));
         if let Some(session) = self.workers.get(&owner).and_then(|w| w.session) {
             fx.messages.push((
                 session,
@@ -688,6 +701,7 @@ impl Registry {
         {
             w.session = None;
             w.liveness = Liveness::Dead;
+            w.left = true;
             fx.events.push(Event::WorkerDead {
                 worker: w.id.clone(),
             });
@@ -854,6 +868,7 @@ impl Registry {
                 } else {
                     "drain"
                 };
+                client.handoff = Some((from.clone(), reason));
                 fx.events.push(Event::ReleaseRequested {
                     client: d.client.clone(),
                     worker: from,
@@ -861,6 +876,7 @@ impl Registry {
                 });
                 continue;
             }
+            let first_placement = client.epoch == 0;
             let epoch = match d.to {
                 Some(_) => {
                     let e = self.next_epoch;
@@ -893,14 +909,18 @@ impl Registry {
                     },
                 ));
             }
-            let reason = match (&d.from, d.reason) {
-                (None, _) => "new",
-                (Some(_), MoveReason::Place) => "failover",
-                (Some(_), MoveReason::Rebalance) => "rebalance",
+            let handoff = client.handoff.take();
+            let (from, reason) = match (d.from, d.reason, handoff, &d.to) {
+                (from, _, _, None) => (from, "unassigned"),
+                (None, _, Some((from, why)), _) => (Some(from), why),
+                (None, _, None, _) if first_placement => (None, "new"),
+                (None, _, None, _) => (None, "placed"),
+                (Some(from), MoveReason::Place, _, _) => (Some(from), "failover"),
+                (Some(from), MoveReason::Rebalance, _, _) => (Some(from), "rebalance"),
             };
             fx.events.push(Event::Moved {
                 client: d.client,
-                from: d.from,
+                from,
                 to: d.to,
                 epoch,
                 reason,

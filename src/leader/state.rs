@@ -1,6 +1,9 @@
 //! The leader's durable registry in SQLite under `--state-dir`: clients with their settings,
 //! owners and epochs, known workers (with their drain flag) and the epoch counter (C5).
 //!
+//! It also keeps the audit log of assignment changes (`sqdctl explain`), bounded to the most
+//! recent [`AUDIT_KEEP`] entries.
+//!
 //! Every change is one transaction with `synchronous=FULL`, so a change acknowledged to anyone
 //! survives `kill -9` and power loss.
 
@@ -11,6 +14,26 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::registry::{ClientSpec, Durable};
 
 const SCHEMA_VERSION: i64 = 1;
+
+/// Audit entries kept; older ones are dropped as new ones arrive.
+pub const AUDIT_KEEP: i64 = 200_000;
+
+/// One line of a client's history: what happened to its assignment and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_unix_ms: i64,
+    pub client: String,
+    /// added | removed | moved | release_requested
+    pub kind: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub epoch: u64,
+    /// Short code: new, placed, failover, drain, rebalance, backlog, unassigned, admin.
+    pub reason: String,
+    /// The reason spelled out for an operator.
+    pub detail: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -98,7 +121,19 @@ impl State {
                  addr TEXT NOT NULL,
                  version TEXT NOT NULL,
                  draining INTEGER NOT NULL DEFAULT 0
-             );",
+             );
+             CREATE TABLE IF NOT EXISTS audit (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 at_ms INTEGER NOT NULL,
+                 client TEXT NOT NULL,
+                 kind TEXT NOT NULL,
+                 from_worker TEXT,
+                 to_worker TEXT,
+                 epoch INTEGER NOT NULL,
+                 reason TEXT NOT NULL,
+                 detail TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS audit_by_client ON audit (client, seq);",
         )
         .map_err(wrap)?;
         let mut state = State { conn, path };
@@ -227,7 +262,46 @@ impl State {
 
     /// Applies a batch of changes in one transaction.
     pub fn apply(&mut self, changes: &[Durable]) -> Result<(), StateError> {
-        if changes.is_empty() {
+        self.apply_with_audit(changes, &[])
+    }
+
+    /// The most recent `limit` audit entries of `client`, oldest first.
+    pub fn audit_of(&self, client: &str, limit: usize) -> Result<Vec<AuditEntry>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT at_ms, client, kind, from_worker, to_worker, epoch, reason, detail
+                 FROM audit WHERE client = ?1 ORDER BY seq DESC LIMIT ?2",
+            )
+            .map_err(|e| self.wrap(e))?;
+        let rows = stmt
+            .query_map(params![client, limit as i64], |r| {
+                Ok(AuditEntry {
+                    at_unix_ms: r.get(0)?,
+                    client: r.get(1)?,
+                    kind: r.get(2)?,
+                    from: r.get(3)?,
+                    to: r.get(4)?,
+                    epoch: r.get::<_, i64>(5)? as u64,
+                    reason: r.get(6)?,
+                    detail: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.wrap(e))?;
+        let mut entries = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.wrap(e))?;
+        entries.reverse();
+        Ok(entries)
+    }
+
+    /// Applies a batch of changes and their audit entries in one transaction.
+    pub fn apply_with_audit(
+        &mut self,
+        changes: &[Durable],
+        audit: &[AuditEntry],
+    ) -> Result<(), StateError> {
+        if changes.is_empty() && audit.is_empty() {
             return Ok(());
         }
         let path = self.path.clone();
@@ -271,6 +345,30 @@ impl State {
                     .map_err(wrap)?;
                 }
             }
+        }
+        for e in audit {
+            tx.execute(
+                "INSERT INTO audit (at_ms, client, kind, from_worker, to_worker, epoch, reason, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    e.at_unix_ms,
+                    e.client,
+                    e.kind,
+                    e.from,
+                    e.to,
+                    e.epoch as i64,
+                    e.reason,
+                    e.detail
+                ],
+            )
+            .map_err(wrap)?;
+        }
+        if !audit.is_empty() {
+            tx.execute(
+                "DELETE FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit) - ?1",
+                [AUDIT_KEEP],
+            )
+            .map_err(wrap)?;
         }
         tx.commit().map_err(wrap)
     }
@@ -320,6 +418,34 @@ mod tests {
         assert_eq!(loaded.next_epoch, 8);
         assert_eq!(loaded.clients, vec![(spec("a"), Some("w".into()), 7)]);
         assert!(loaded.workers[0].draining);
+    }
+
+    #[test]
+    fn audit_entries_survive_reopen_in_order_per_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |client: &str, epoch: u64| AuditEntry {
+            at_unix_ms: 1_700_000_000_000 + epoch as i64,
+            client: client.into(),
+            kind: "moved".into(),
+            from: Some("w1".into()),
+            to: Some("w2".into()),
+            epoch,
+            reason: "failover".into(),
+            detail: "w1 went silent".into(),
+        };
+        {
+            let (mut st, _) = State::open(dir.path(), "c1").unwrap();
+            st.apply_with_audit(&[], &[entry("a", 1), entry("b", 2)])
+                .unwrap();
+            st.apply_with_audit(&[], &[entry("a", 3)]).unwrap();
+        }
+        let (st, _) = State::open(dir.path(), "c1").unwrap();
+        assert_eq!(
+            st.audit_of("a", 10).unwrap(),
+            vec![entry("a", 1), entry("a", 3)]
+        );
+        assert_eq!(st.audit_of("a", 1).unwrap(), vec![entry("a", 3)]);
+        assert!(st.audit_of("zzz", 10).unwrap().is_empty());
     }
 
     #[test]

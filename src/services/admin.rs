@@ -79,4 +79,24 @@ impl AdminService for AdminApi {
         let status = self.core.ask(|reply| Command::Status { reply }).await?;
         Ok(Response::new(status))
     }
+
+    async fn explain(
+        &self,
+        request: Request<proto::ExplainRequest>,
+    ) -> Result<Response<proto::ExplainResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        let result = self
+            .core
+            .ask(|reply| Command::Explain {
+                client: request.client,
+                limit,
+                reply,
+            })
+            .await??;
+        Ok(Response::new(result))
+    }
 }

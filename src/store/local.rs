@@ -373,7 +373,8 @@ impl Sink for LocalStore {
             .query_row(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0),
                         COALESCE(SUM(committed_at_ms >= ?2), 0),
-                        COALESCE(SUM(CASE WHEN committed_at_ms >= ?2 THEN size ELSE 0 END), 0)
+                        COALESCE(SUM(CASE WHEN committed_at_ms >= ?2 THEN size ELSE 0 END), 0),
+                        COALESCE(MAX(committed_at_ms), 0)
                  FROM files WHERE client = ?1",
                 params![client, day_start],
                 |r| {
@@ -382,9 +383,19 @@ impl Sink for LocalStore {
                         bytes_total: r.get::<_, i64>(1)?.max(0) as u64,
                         files_today: r.get::<_, i64>(2)?.max(0) as u64,
                         bytes_today: r.get::<_, i64>(3)?.max(0) as u64,
+                        last_commit_unix_ms: r.get::<_, i64>(4)?.max(0),
                     })
                 },
             )
+            .map_err(|e| self.cat(e))
+    }
+
+    fn bytes_stored(&self) -> Result<u64, StoreError> {
+        self.conn()
+            .query_row("SELECT COALESCE(SUM(size), 0) FROM files", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|b| b.max(0) as u64)
             .map_err(|e| self.cat(e))
     }
 }

@@ -60,6 +60,8 @@ pub struct Totals {
     pub bytes_total: u64,
     pub files_today: u64,
     pub bytes_today: u64,
+    /// Commit time of the newest file, ms since the Unix epoch; 0 when none.
+    pub last_commit_unix_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,8 @@ pub trait Sink: Send + Sync {
     fn contains(&self, key: &str) -> Result<bool, StoreError>;
     /// Per-client totals; "today" is the current UTC day.
     fn totals(&self, client: &str) -> Result<Totals, StoreError>;
+    /// Bytes of every committed file, all clients together.
+    fn bytes_stored(&self) -> Result<u64, StoreError>;
 }
 
 /// The checks every [`Sink`] must pass. `make` opens the sink in a directory; calling it
@@ -185,6 +189,7 @@ pub(crate) mod conformance {
         assert!(again.contains(&key).unwrap());
         assert_eq!(again.totals("c").unwrap().files_total, 1);
         assert_eq!(again.totals("other").unwrap(), Totals::default());
+        assert_eq!(again.bytes_stored().unwrap(), 5);
     }
 
     fn same_key_twice_is_stored_once(make: Make<'_>) {

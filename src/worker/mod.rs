@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::WorkerConfig;
-use crate::daemon::{DaemonError, PidLock};
+use crate::daemon::{self, DaemonError, PidLock};
+use crate::metrics::WorkerMetrics;
 use crate::node::{self, Handler, NodeError, NodeOutbox};
 use crate::proto::{self, leader_message::Body, node_message};
 use crate::spec::ClientSpec;
@@ -37,6 +38,8 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     Open(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Version this worker advertises; tests set `SQD_ADVERTISE_VERSION` to exercise the
@@ -84,7 +87,31 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         );
     }
     let lease = node::Lease::default();
-    let mut worker = WorkerNode::new(cfg.id.clone(), store, pull, lease.clone(), held);
+    let mut prometheus = prometheus_client::registry::Registry::default();
+    let metrics = WorkerMetrics::new(&mut prometheus);
+    match store.bytes_stored() {
+        Ok(bytes) => {
+            metrics
+                .store_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+        Err(e) => warn!(error = %e, "cannot read the store size for metrics"),
+    }
+    if let Some(addr) = cfg.metrics {
+        let ready_lease = lease.clone();
+        let ready: crate::metrics::Readiness = Arc::new(move || {
+            if ready_lease.valid_now() {
+                Ok(())
+            } else {
+                Err("not registered with the leader, or its lease ran out".to_owned())
+            }
+        });
+        let (_, serve) =
+            crate::metrics::bind(addr, prometheus, ready, daemon::wait_for(shutdown.clone()))
+                .await?;
+        tokio::spawn(serve);
+    }
+    let mut worker = WorkerNode::new(cfg.id.clone(), store, pull, lease.clone(), held, metrics);
     node::run(&ident, &cfg.leader, &mut worker, lease, shutdown).await?;
     info!(worker = %cfg.id, "worker stopped");
     Ok(())
@@ -141,6 +168,7 @@ struct WorkerNode {
     fenced: bool,
     /// Whether the current session delivered its assignment set yet.
     have_set: bool,
+    metrics: WorkerMetrics,
 }
 
 impl WorkerNode {
@@ -150,6 +178,7 @@ impl WorkerNode {
         pull: pull::PullConfig,
         lease: node::Lease,
         held: held::Held,
+        metrics: WorkerMetrics,
     ) -> Self {
         WorkerNode {
             id,
@@ -163,6 +192,7 @@ impl WorkerNode {
             running: HashMap::new(),
             fenced: false,
             have_set: false,
+            metrics,
         }
     }
 
@@ -181,6 +211,7 @@ impl WorkerNode {
                 config: self.pull.clone(),
                 busy_ns: self.busy_ns.clone(),
                 held: self.held.clone(),
+                metrics: self.metrics.clone(),
             },
             stop_rx,
         ));
@@ -198,6 +229,7 @@ impl WorkerNode {
     /// Stops a client's task; tells the leader `Released` once the task really ended.
     fn stop(&mut self, client: &str, epoch: u64, out: Option<&NodeOutbox>) {
         let running = self.running.remove(client);
+        self.metrics.forget_client(client);
         let out = out.cloned();
         let client = client.to_owned();
         tokio::spawn(async move {
@@ -281,6 +313,7 @@ impl Handler for WorkerNode {
                     rate_bps: rate,
                     last_error: s.last_error.clone().unwrap_or_default(),
                     behind: false,
+                    last_commit_unix_ms: s.totals.last_commit_unix_ms,
                 }
             })
             .collect()
@@ -341,6 +374,8 @@ impl Handler for WorkerNode {
     }
 
     fn lease(&mut self, valid: bool, _out: Option<&NodeOutbox>) {
+        self.metrics.lease_valid.set(i64::from(valid));
+        self.metrics.clients.set(self.running.len() as i64);
         if !valid && !self.fenced && !self.running.is_empty() {
             warn!(worker = %self.id, clients = self.running.len(), "lease expired: stopped all work until the leader confirms the assignments");
             self.fenced = true;

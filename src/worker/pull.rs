@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use super::held::Held;
 use super::lifecycle::{self, ClaimAction, CopyVerdict, SettleTracker};
 use crate::failpoint;
+use crate::metrics::WorkerMetrics;
 use crate::node::{Backoff, Lease};
 use crate::spec::{ClientSpec, SshTarget};
 use crate::store::{FileMeta, Outcome, Sink, Staged, Totals};
@@ -70,6 +71,7 @@ pub struct ClientTask {
     /// Nanoseconds spent working, summed over all tasks (the load index reads it).
     pub busy_ns: Arc<AtomicU64>,
     pub held: Held,
+    pub metrics: WorkerMetrics,
 }
 
 /// Why a cycle stopped early.
@@ -81,6 +83,17 @@ enum CycleError {
     Store(String),
     #[error("lease expired; waiting for the leader")]
     LeaseExpired,
+}
+
+impl CycleError {
+    /// A short, stable kind for metrics.
+    fn kind(&self) -> &'static str {
+        match self {
+            CycleError::Transport(t) => t.kind(),
+            CycleError::Store(_) => "store",
+            CycleError::LeaseExpired => "lease_expired",
+        }
+    }
 }
 
 /// Per-task state that survives between cycles.
@@ -108,6 +121,7 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
         Ok(p) => p,
         Err(e) => {
             set_error(&task, Some(e.clone()));
+            task.metrics.error("config");
             warn!(client = %task.spec.name, error = %e, "client settings unusable");
             let _ = stop.wait_for(|s| *s).await;
             return;
@@ -115,6 +129,7 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
     };
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut remote: Option<Remote> = None;
+    let mut connected_before = false;
     let mut cursor = Cursor {
         fresh: SettleTracker::default(),
         claimed: SettleTracker::default(),
@@ -145,6 +160,7 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
                 Err(e) => {
                     let reconnect = matches!(&e, CycleError::Transport(t) if t.needs_reconnect());
                     warn!(client = %task.spec.name, error = %e, "pull cycle failed");
+                    task.metrics.error(e.kind());
                     set_error(&task, Some(e.to_string()));
                     if reconnect && let Some(r) = remote.take() {
                         r.close();
@@ -156,11 +172,18 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
             match ssh::connect(&params).await {
                 Ok(r) => {
                     info!(client = %task.spec.name, target = %r.target(), "connected");
+                    task.metrics.ssh_connects.inc();
+                    if connected_before {
+                        task.metrics.ssh_reconnects.inc();
+                    }
+                    connected_before = true;
                     remote = Some(r);
                     Duration::ZERO
                 }
                 Err(e) => {
                     warn!(client = %task.spec.name, error = %e, "cannot connect");
+                    task.metrics.error(e.kind());
+                    connected_before = true;
                     set_error(&task, Some(e.to_string()));
                     backoff.next_delay()
                 }
@@ -308,6 +331,8 @@ async fn cycle(
         let mut stats = lock(&task.stats);
         stats.backlog_files = (listing.len() + leftovers.len()) as u64;
         stats.backlog_bytes = listing.iter().chain(&leftovers).map(|e| e.size).sum();
+        task.metrics
+            .backlog(&task.spec.name, stats.backlog_files, stats.backlog_bytes);
         stats.oldest_backlog = if listing.is_empty() && leftovers.is_empty() {
             None
         } else {
@@ -380,8 +405,10 @@ async fn cycle(
     let bytes: u64 = staged.iter().map(|(s, _)| s.meta.size).sum();
     let batch: Vec<Staged> = staged.into_iter().map(|(s, _)| s).collect();
     let paths: Vec<PathBuf> = batch.iter().map(|s| s.path.clone()).collect();
+    let sizes: Vec<u64> = batch.iter().map(|s| s.meta.size).collect();
     let store = task.store.clone();
     let (worker, epoch) = (task.worker.clone(), task.epoch);
+    let commit_began = Instant::now();
     let outcomes = tokio::task::spawn_blocking(move || store.commit_batch(&worker, epoch, batch))
         .await
         .map_err(|e| CycleError::Store(format!("commit task failed: {e}")))?;
@@ -393,10 +420,16 @@ async fn cycle(
         }
     };
     failpoint::hit("after_commit");
-    let committed = outcomes
+    task.metrics
+        .commit_seconds
+        .observe(commit_began.elapsed().as_secs_f64());
+    let (committed, committed_bytes) = outcomes
         .iter()
-        .filter(|o| matches!(o, Outcome::Committed { .. }))
-        .count();
+        .zip(&sizes)
+        .filter(|(o, _)| matches!(o, Outcome::Committed { .. }))
+        .fold((0u64, 0u64), |(n, b), (_, size)| (n + 1, b + size));
+    task.metrics
+        .committed(&task.spec.name, committed, committed_bytes);
     debug!(client = %task.spec.name, files = names.len(), committed, bytes, "batch durable");
 
     // The source goes only now that the batch is durable (D2).

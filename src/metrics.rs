@@ -1,0 +1,392 @@
+//! Prometheus metrics of the leader and the worker, and the small HTTP endpoint that serves
+//! them (`/metrics`) beside liveness (`/healthz`) and readiness (`/readyz`).
+//!
+//! The metric handles are cheap clones of shared atomics: the code that observes an event
+//! updates them directly, and a scrape only encodes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabel {
+    pub client: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    pub role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+fn client(name: &str) -> ClientLabel {
+    ClientLabel {
+        client: name.to_owned(),
+    }
+}
+
+/// What the leader counts.
+#[derive(Clone)]
+pub struct LeaderMetrics {
+    pub heartbeats: Counter,
+    pub sessions: Family<RoleLabel, Gauge>,
+    pub workers: Family<StateLabel, Gauge>,
+    pub clients_unassigned: Gauge,
+    /// Assignment changes by reason (new, failover, drain, rebalance, backlog, unassigned).
+    pub assignments: Family<ReasonLabel, Counter>,
+    pub refused_registrations: Counter,
+    /// From a dead worker's last heartbeat to one of its clients being given to another.
+    pub failover_seconds: Histogram,
+    pub client_files: Family<ClientLabel, Gauge>,
+    pub client_bytes: Family<ClientLabel, Gauge>,
+    pub client_backlog_files: Family<ClientLabel, Gauge>,
+    pub client_backlog_bytes: Family<ClientLabel, Gauge>,
+}
+
+impl LeaderMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = LeaderMetrics {
+            heartbeats: Counter::default(),
+            sessions: Family::default(),
+            workers: Family::default(),
+            clients_unassigned: Gauge::default(),
+            assignments: Family::default(),
+            refused_registrations: Counter::default(),
+            failover_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
+            client_files: Family::default(),
+            client_bytes: Family::default(),
+            client_backlog_files: Family::default(),
+            client_backlog_bytes: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("sqd_leader");
+        r.register(
+            "heartbeats_received",
+            "Heartbeats received from workers and agents",
+            m.heartbeats.clone(),
+        );
+        r.register("sessions", "Open node sessions by role", m.sessions.clone());
+        r.register(
+            "workers",
+            "Known workers by state (alive, suspect, dead, draining, refused)",
+            m.workers.clone(),
+        );
+        r.register(
+            "clients_unassigned",
+            "Clients without a worker",
+            m.clients_unassigned.clone(),
+        );
+        r.register(
+            "assignment_changes",
+            "Assignment changes by reason",
+            m.assignments.clone(),
+        );
+        r.register(
+            "registrations_refused",
+            "Registrations refused (version, cluster, duplicate id)",
+            m.refused_registrations.clone(),
+        );
+        r.register(
+            "failover_seconds",
+            "Time from a dead worker's last heartbeat to its client being reassigned",
+            m.failover_seconds.clone(),
+        );
+        r.register(
+            "client_files_committed",
+            "Files committed per client, as reported by workers",
+            m.client_files.clone(),
+        );
+        r.register(
+            "client_bytes_committed",
+            "Bytes committed per client, as reported by workers",
+            m.client_bytes.clone(),
+        );
+        r.register(
+            "client_backlog_files",
+            "Files waiting at the client at its owner's last listing",
+            m.client_backlog_files.clone(),
+        );
+        r.register(
+            "client_backlog_bytes",
+            "Bytes waiting at the client at its owner's last listing",
+            m.client_backlog_bytes.clone(),
+        );
+        m
+    }
+
+    pub fn set_client(&self, name: &str, files: u64, bytes: u64, backlog: (u64, u64)) {
+        let label = client(name);
+        self.client_files.get_or_create(&label).set(clamp(files));
+        self.client_bytes.get_or_create(&label).set(clamp(bytes));
+        self.client_backlog_files
+            .get_or_create(&label)
+            .set(clamp(backlog.0));
+        self.client_backlog_bytes
+            .get_or_create(&label)
+            .set(clamp(backlog.1));
+    }
+
+    pub fn forget_client(&self, name: &str) {
+        let label = client(name);
+        self.client_files.remove(&label);
+        self.client_bytes.remove(&label);
+        self.client_backlog_files.remove(&label);
+        self.client_backlog_bytes.remove(&label);
+    }
+}
+
+/// What a worker counts.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    pub files_committed: Family<ClientLabel, Counter>,
+    pub bytes_committed: Family<ClientLabel, Counter>,
+    pub backlog_files: Family<ClientLabel, Gauge>,
+    pub backlog_bytes: Family<ClientLabel, Gauge>,
+    /// Pull errors by kind (connect, auth, host_key_unknown, dir_missing, store, ...).
+    pub pull_errors: Family<KindLabel, Counter>,
+    pub ssh_connects: Counter,
+    pub ssh_reconnects: Counter,
+    /// Duration of one group commit (stage → durable), per batch.
+    pub commit_seconds: Histogram,
+    pub store_bytes: Gauge,
+    pub clients: Gauge,
+    pub lease_valid: Gauge,
+}
+
+impl WorkerMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = WorkerMetrics {
+            files_committed: Family::default(),
+            bytes_committed: Family::default(),
+            backlog_files: Family::default(),
+            backlog_bytes: Family::default(),
+            pull_errors: Family::default(),
+            ssh_connects: Counter::default(),
+            ssh_reconnects: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            store_bytes: Gauge::default(),
+            clients: Gauge::default(),
+            lease_valid: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("sqd_worker");
+        r.register(
+            "files_committed",
+            "Files committed into the store by this worker",
+            m.files_committed.clone(),
+        );
+        r.register(
+            "bytes_committed",
+            "Bytes committed into the store by this worker",
+            m.bytes_committed.clone(),
+        );
+        r.register(
+            "backlog_files",
+            "Complete files waiting at the client at the last listing",
+            m.backlog_files.clone(),
+        );
+        r.register(
+            "backlog_bytes",
+            "Bytes of complete files waiting at the client at the last listing",
+            m.backlog_bytes.clone(),
+        );
+        r.register(
+            "pull_errors",
+            "Failed connects and pull cycles by kind",
+            m.pull_errors.clone(),
+        );
+        r.register(
+            "ssh_connects",
+            "SSH sessions established",
+            m.ssh_connects.clone(),
+        );
+        r.register(
+            "ssh_reconnects",
+            "SSH sessions established again after one was lost or failed",
+            m.ssh_reconnects.clone(),
+        );
+        r.register(
+            "commit_seconds",
+            "Duration of one group commit into the store",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "store_bytes",
+            "Bytes in the store's catalog",
+            m.store_bytes.clone(),
+        );
+        r.register("clients", "Clients being served", m.clients.clone());
+        r.register(
+            "lease_valid",
+            "1 while the worker holds a valid lease from the leader",
+            m.lease_valid.clone(),
+        );
+        m
+    }
+
+    pub fn committed(&self, name: &str, files: u64, bytes: u64) {
+        let label = client(name);
+        self.files_committed.get_or_create(&label).inc_by(files);
+        self.bytes_committed.get_or_create(&label).inc_by(bytes);
+        self.store_bytes.inc_by(clamp(bytes));
+    }
+
+    pub fn backlog(&self, name: &str, files: u64, bytes: u64) {
+        let label = client(name);
+        self.backlog_files.get_or_create(&label).set(clamp(files));
+        self.backlog_bytes.get_or_create(&label).set(clamp(bytes));
+    }
+
+    pub fn error(&self, kind: &'static str) {
+        self.pull_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The client left this worker: its gauges would only mislead.
+    pub fn forget_client(&self, name: &str) {
+        let label = client(name);
+        self.backlog_files.remove(&label);
+        self.backlog_bytes.remove(&label);
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Tells `/readyz` whether this process should receive work; `Err` carries the reason.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone)]
+struct Endpoint {
+    registry: Arc<Registry>,
+    ready: Readiness,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot serve metrics on {addr}: {source}; is another process using the port? pick another with --metrics"
+)]
+pub struct MetricsError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// Binds the metrics address now (so a taken port fails the start) and returns the server
+/// future, which runs until `shutdown` completes.
+pub async fn bind(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, impl Future<Output = ()> + Send), MetricsError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| MetricsError { addr, source })?;
+    let endpoint = Endpoint {
+        registry: Arc::new(registry),
+        ready,
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(endpoint);
+    info!(addr = %local, "serving metrics on /metrics, /healthz, /readyz");
+    let serve = async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            warn!(error = %e, "metrics endpoint stopped");
+        }
+    };
+    Ok((local, serve))
+}
+
+async fn metrics(State(endpoint): State<Endpoint>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &endpoint.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn readyz(State(endpoint): State<Endpoint>) -> Response {
+    match (endpoint.ready)() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_families_are_encoded_with_their_names() {
+        let mut registry = Registry::default();
+        let leader = LeaderMetrics::new(&mut registry);
+        let worker = WorkerMetrics::new(&mut registry);
+        leader.heartbeats.inc();
+        leader
+            .assignments
+            .get_or_create(&ReasonLabel { reason: "failover" })
+            .inc();
+        leader.set_client("c1", 3, 300, (1, 10));
+        worker.committed("c1", 2, 200);
+        worker.error("auth");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            "sqd_leader_heartbeats_received_total 1",
+            "sqd_leader_assignment_changes_total{reason=\"failover\"} 1",
+            "sqd_leader_client_files_committed{client=\"c1\"} 3",
+            "sqd_worker_files_committed_total{client=\"c1\"} 2",
+            "sqd_worker_bytes_committed_total{client=\"c1\"} 200",
+            "sqd_worker_pull_errors_total{kind=\"auth\"} 1",
+            "sqd_worker_store_bytes 200",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        leader.forget_client("c1");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(!text.contains("client_files_committed{client=\"c1\"}"));
+    }
+}

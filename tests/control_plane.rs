@@ -287,3 +287,79 @@ fn stop_shuts_a_worker_down_gracefully_and_its_clients_move_at_once() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn explain_shows_each_move_of_a_client_with_its_reason() {
+    let mut c = Cluster::start(500, 1500);
+    c.spawn_worker("a", &[]);
+    c.wait_status(Duration::from_secs(10), "a alive", |s| {
+        workers_in(s, "alive").len() == 1
+    });
+    c.add_client("x");
+    c.spawn_worker("b", &[]);
+    c.wait_status(Duration::from_secs(10), "b alive", |s| {
+        workers_in(s, "alive").len() == 2
+    });
+    c.workers.get_mut("a").expect("a").kill9();
+    c.wait_status(Duration::from_secs(6), "x on b", |s| {
+        s["clients"][0]["worker"] == "b"
+    });
+
+    let out = c.ctl(&["explain", "x", "--json"]);
+    assert!(out.status.success(), "explain: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("explain JSON");
+    assert_eq!(v["client"]["worker"], "b");
+    let history = v["history"].as_array().expect("history");
+    let kinds: Vec<(&str, &str)> = history
+        .iter()
+        .map(|h| {
+            (
+                h["kind"].as_str().unwrap_or_default(),
+                h["reason"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("added", "admin"), ("moved", "new"), ("moved", "failover")],
+        "{history:#?}"
+    );
+    let failover = &history[2];
+    assert_eq!(failover["from"], "a");
+    assert_eq!(failover["to"], "b");
+    assert!(
+        failover["epoch"].as_u64() > history[1]["epoch"].as_u64(),
+        "{history:#?}"
+    );
+    assert!(
+        failover["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("a was declared dead")),
+        "{failover:#}"
+    );
+
+    // The human view says the same in words, and survives a leader restart (audit is durable).
+    c.leader.as_mut().expect("leader").kill9();
+    let addr = c.leader_addr.clone();
+    c.start_leader(&addr);
+    let out = c.ctl(&["explain", "x"]);
+    assert!(out.status.success(), "explain: {}", text(&out.stderr));
+    let human = text(&out.stdout);
+    for needle in [
+        "client x",
+        "assigned to a",
+        "moved a -> b",
+        "failover",
+        "declared dead",
+    ] {
+        assert!(human.contains(needle), "missing {needle:?} in\n{human}");
+    }
+
+    let out = c.ctl(&["explain", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown client \"nope\""),
+        "{}",
+        text(&out.stderr)
+    );
+}

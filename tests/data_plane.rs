@@ -494,3 +494,172 @@ fn a_missing_directory_and_a_wrong_key_are_reported_and_recover_by_themselves() 
             })
         });
 }
+
+/// INSTALL.md's lock-down of a producing host: the worker's key is `restrict`ed and its user
+/// may only run `internal-sftp`. Shell commands are refused; sqd pulls anyway (SFTP only).
+#[test]
+fn a_worker_pulls_through_a_restricted_sftp_only_key() {
+    let user = support::sshd::current_user();
+    let sshd = Sshd::start_with(&format!(
+        "Match User {user}\n    ForceCommand internal-sftp\n    AllowTcpForwarding no\n    X11Forwarding no\n    PermitTTY no\n"
+    ));
+    sshd.set_client_key_options("restrict");
+    let shell = sshd.ssh("echo shell-ran");
+    assert!(
+        !text(&shell.stdout).contains("shell-ran"),
+        "a shell command ran through the restricted key"
+    );
+    let mut s = Setup {
+        sshd,
+        cluster: Cluster::start(500, 1500),
+        sources: BTreeMap::new(),
+    };
+    s.cluster.spawn_worker_with("w1", FAST, &[]);
+    s.cluster
+        .wait_status(Duration::from_secs(20), "w1 alive", |st| {
+            workers_in(st, "alive").len() == 1
+        });
+    let kh = s.sshd.known_hosts.clone();
+    let dir = s.add_client("locked", &kh);
+    let expected = produce(&dir, "locked", 100);
+    s.wait_drained(&expected, Duration::from_secs(60));
+    s.assert_exactly_once(&expected);
+}
+
+/// Counters on `/metrics` of the leader and the workers move when files flow and when a
+/// worker is killed; `/healthz` and `/readyz` answer.
+#[test]
+fn metrics_move_when_files_flow_and_when_a_worker_dies() {
+    let sshd = Sshd::start();
+    let mut s = Setup {
+        sshd,
+        cluster: Cluster::start_with(500, 1500, &["--metrics", "127.0.0.1:0"]),
+        sources: BTreeMap::new(),
+    };
+    let with_metrics: Vec<&str> = FAST
+        .iter()
+        .copied()
+        .chain(["--metrics", "127.0.0.1:0"])
+        .collect();
+    for w in ["w1", "w2"] {
+        s.cluster.spawn_worker_with(w, &with_metrics, &[]);
+    }
+    s.cluster
+        .wait_status(Duration::from_secs(20), "2 workers alive", |st| {
+            workers_in(st, "alive").len() == 2
+        });
+    let addr_of = |dir: PathBuf| {
+        wait_until(Duration::from_secs(10), "a metrics.addr file", || {
+            std::fs::read_to_string(dir.join("metrics.addr"))
+                .ok()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+        })
+    };
+    let leader = addr_of(s.cluster.state_dir());
+    let workers: BTreeMap<String, String> = ["w1", "w2"]
+        .iter()
+        .map(|w| (w.to_string(), addr_of(s.cluster.store_dir(w))))
+        .collect();
+    for addr in std::iter::once(&leader).chain(workers.values()) {
+        assert_eq!(http_get(addr, "/healthz").map(|r| r.0), Some(200));
+        assert_eq!(http_get(addr, "/readyz").map(|r| r.0), Some(200));
+        assert_eq!(http_get(addr, "/nope").map(|r| r.0), Some(404));
+    }
+    let scrape = |addr: &str| {
+        let (code, page) = http_get(addr, "/metrics").expect("scrape");
+        assert_eq!(code, 200);
+        page
+    };
+    // Gauges derived from the registry refresh every second.
+    let page = wait_until(Duration::from_secs(5), "2 alive workers on /metrics", || {
+        let page = scrape(&leader);
+        (metric(&page, "sqd_leader_workers{state=\"alive\"}") == Some(2.0)).then_some(page)
+    });
+    assert!(metric(&page, "sqd_leader_heartbeats_received_total").unwrap_or(0.0) > 0.0);
+    assert_eq!(metric(&page, "sqd_leader_sessions{role=\"worker\"}"), Some(2.0));
+
+    let kh = s.sshd.known_hosts.clone();
+    let dir = s.add_client("counted", &kh);
+    let expected = produce(&dir, "counted", 200);
+    let bytes: u64 = std::fs::read_dir(&dir)
+        .expect("source dir")
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    s.wait_drained(&expected, Duration::from_secs(60));
+    let files_series = "sqd_worker_files_committed_total{client=\"counted\"}";
+    let bytes_series = "sqd_worker_bytes_committed_total{client=\"counted\"}";
+    let sum_over_workers = |series: &str| -> f64 {
+        workers
+            .values()
+            .filter_map(|a| metric(&scrape(a), series))
+            .sum()
+    };
+    assert_eq!(sum_over_workers(files_series), 200.0);
+    assert_eq!(sum_over_workers(bytes_series), bytes as f64);
+    let owner = s
+        .cluster
+        .status()
+        .and_then(|st| st["clients"][0]["worker"].as_str().map(str::to_owned))
+        .expect("owner");
+    let owner_page = scrape(&workers[&owner]);
+    assert!(
+        metric_sum(&owner_page, "sqd_worker_commit_seconds_count") >= 1.0,
+        "{owner_page}"
+    );
+    assert_eq!(
+        metric(&owner_page, "sqd_worker_store_bytes"),
+        Some(bytes as f64)
+    );
+    assert!(metric(&owner_page, "sqd_worker_ssh_connects_total").unwrap_or(0.0) >= 1.0);
+    assert_eq!(metric(&owner_page, "sqd_worker_lease_valid"), Some(1.0));
+    // The leader mirrors what the workers report (gauges refresh every second).
+    wait_until(Duration::from_secs(10), "leader per-client gauge", || {
+        (metric(
+            &scrape(&leader),
+            "sqd_leader_client_files_committed{client=\"counted\"}",
+        ) == Some(200.0))
+        .then_some(())
+    });
+
+    // kill -9 the owner: the leader counts a death and a failover with its duration.
+    let failovers_before = metric(
+        &scrape(&leader),
+        "sqd_leader_assignment_changes_total{reason=\"failover\"}",
+    )
+    .unwrap_or(0.0);
+    s.cluster.workers.get_mut(&owner).expect("owner").kill9();
+    let page = wait_until(Duration::from_secs(10), "failover counted", || {
+        let page = scrape(&leader);
+        (metric(
+            &page,
+            "sqd_leader_assignment_changes_total{reason=\"failover\"}",
+        )
+        .unwrap_or(0.0)
+            > failovers_before
+            && metric(&page, "sqd_leader_workers{state=\"dead\"}") == Some(1.0))
+        .then_some(page)
+    });
+    assert!(
+        metric(&page, "sqd_leader_failover_seconds_count").unwrap_or(0.0) >= 1.0,
+        "{page}"
+    );
+    assert!(metric(&page, "sqd_leader_failover_seconds_sum").unwrap_or(0.0) > 0.0);
+
+    // Files keep flowing on the survivor, and its counters move.
+    let survivor = workers
+        .iter()
+        .find(|(id, _)| **id != owner)
+        .map(|(_, a)| a.clone())
+        .expect("survivor");
+    let before = metric(&scrape(&survivor), files_series).unwrap_or(0.0);
+    let mut all = expected;
+    all.extend(produce(&dir, "after", 20));
+    s.sources.insert("counted".into(), dir);
+    wait_until(Duration::from_secs(30), "survivor counts new files", || {
+        (metric(&scrape(&survivor), files_series).unwrap_or(0.0) >= before + 20.0).then_some(())
+    });
+}

@@ -55,6 +55,13 @@ pub enum LeaderError {
     CoreGone,
 }
 
+fn write_addr_file(path: &std::path::Path, addr: std::net::SocketAddr) -> Result<(), LeaderError> {
+    std::fs::write(path, format!("{addr}\n")).map_err(|source| LeaderError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Runs the leader until `shutdown` turns true.
 pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(), LeaderError> {
     let _lock = PidLock::acquire(&cfg.state_dir, "leader")?;
@@ -89,11 +96,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
             source,
         })?;
     // Lets scripts and tests that asked for port 0 find the leader.
-    let addr_file = cfg.state_dir.join("leader.addr");
-    std::fs::write(&addr_file, format!("{local}\n")).map_err(|source| LeaderError::Io {
-        path: addr_file.clone(),
-        source,
-    })?;
+    write_addr_file(&cfg.state_dir.join("leader.addr"), local)?;
 
     let info = core::LeaderInfo {
         addr: local.to_string(),
@@ -105,9 +108,10 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     if let Some(addr) = cfg.metrics {
         // The state is loaded and the gRPC port bound by now: the leader is ready.
         let ready: crate::metrics::Readiness = std::sync::Arc::new(|| Ok(()));
-        let (_, serve) =
+        let (bound, serve) =
             crate::metrics::bind(addr, prometheus, ready, daemon::wait_for(shutdown.clone()))
                 .await?;
+        write_addr_file(&cfg.state_dir.join("metrics.addr"), bound)?;
         tokio::spawn(serve);
     }
     let (handle, core_thread) =

@@ -31,7 +31,7 @@ pub enum WorkerError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     Node(#[from] NodeError),
-    #[error("cannot create store directory {path}: {source}")]
+    #[error("cannot write in the store directory {path}: {source}")]
     Store {
         path: PathBuf,
         source: std::io::Error,
@@ -106,9 +106,15 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
                 Err("not registered with the leader, or its lease ran out".to_owned())
             }
         });
-        let (_, serve) =
+        let (bound, serve) =
             crate::metrics::bind(addr, prometheus, ready, daemon::wait_for(shutdown.clone()))
                 .await?;
+        // Lets scripts and tests that asked for port 0 find the endpoint.
+        let addr_file = cfg.store.join("metrics.addr");
+        std::fs::write(&addr_file, format!("{bound}\n")).map_err(|source| WorkerError::Store {
+            path: addr_file,
+            source,
+        })?;
         tokio::spawn(serve);
     }
     let mut worker = WorkerNode::new(cfg.id.clone(), store, pull, lease.clone(), held, metrics);

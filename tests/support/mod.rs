@@ -145,6 +145,8 @@ pub struct Cluster {
     pub agents: BTreeMap<String, Proc>,
     pub heartbeat_ms: u64,
     pub lease_ms: u64,
+    /// Extra flags every (re)start of the leader gets, e.g. `--metrics`.
+    pub leader_extra: Vec<String>,
     /// Declared last so it is removed after the processes (and their logs are printed).
     pub dir: tempfile::TempDir,
 }
@@ -161,6 +163,24 @@ impl Cluster {
             agents: BTreeMap::new(),
             heartbeat_ms,
             lease_ms,
+            leader_extra: Vec::new(),
+        };
+        c.start_leader("127.0.0.1:0");
+        c
+    }
+
+    /// Like [`Cluster::start`], with extra leader flags.
+    pub fn start_with(heartbeat_ms: u64, lease_ms: u64, leader_extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Cluster {
+            dir,
+            leader_addr: String::new(),
+            leader: None,
+            workers: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            heartbeat_ms,
+            lease_ms,
+            leader_extra: leader_extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         c.start_leader("127.0.0.1:0");
         c
@@ -177,26 +197,23 @@ impl Cluster {
         let _ = std::fs::remove_file(&addr_file);
         let hb = self.heartbeat_ms.to_string();
         let lease = self.lease_ms.to_string();
-        let proc = Proc::spawn(
+        let mut args: Vec<&str> = vec![
+            "--mode",
             "leader",
-            self.dir.path(),
-            &[
-                "--mode",
-                "leader",
-                "start",
-                "--listen",
-                listen,
-                "--state-dir",
-                state.to_str().expect("utf-8 path"),
-                "--cluster",
-                "test",
-                "--heartbeat-ms",
-                &hb,
-                "--lease-ms",
-                &lease,
-            ],
-            &[],
-        );
+            "start",
+            "--listen",
+            listen,
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
+            "--cluster",
+            "test",
+            "--heartbeat-ms",
+            &hb,
+            "--lease-ms",
+            &lease,
+        ];
+        args.extend(self.leader_extra.iter().map(String::as_str));
+        let proc = Proc::spawn("leader", self.dir.path(), &args, &[]);
         self.leader = Some(proc);
         self.leader_addr = wait_until(Duration::from_secs(20), "the leader's address file", || {
             std::fs::read_to_string(&addr_file)
@@ -354,4 +371,66 @@ pub fn all_on_alive(status: &Value, expected_clients: usize) -> bool {
     a.len() == expected_clients
         && a.values()
             .all(|(w, _)| w.as_ref().is_some_and(|w| alive.contains(w)))
+}
+
+/// `GET path` over plain HTTP/1.1 on loopback: (status code, body), or None when unreachable.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of the sample whose name and labels are exactly `series` (e.g.
+/// `sqd_worker_files_committed_total{client="a"}`) in a Prometheus text page.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Sum of every sample of `name` whatever its labels.
+pub fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -181,6 +181,17 @@ impl Sshd {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Prefixes the client key in authorized_keys with `options` (e.g. `restrict`), as an
+    /// operator locks a puller's key down; sshd reads the file at every login.
+    pub fn set_client_key_options(&self, options: &str) {
+        let path = self.dir.join("authorized_keys");
+        fs::write(
+            &path,
+            format!("{options} {}\n", public_key(&self.client_key)),
+        )
+        .expect("rewrite authorized_keys");
+    }
+
     /// `USER@127.0.0.1:PORT`
     pub fn target(&self) -> String {
         format!("{}@127.0.0.1:{}", self.user, self.port)

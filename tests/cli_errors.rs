@@ -151,3 +151,35 @@ fn init_writes_a_sample_that_starts() {
             .is_some_and(|s| s.success())
     );
 }
+
+#[test]
+fn completions_and_man_pages_need_no_leader() {
+    for shell in ["bash", "zsh", "fish"] {
+        for program in ["sqd", "sqdctl"] {
+            let out = sqdctl("127.0.0.1:1", &["completions", shell, "--program", program]);
+            assert!(
+                out.status.success(),
+                "{shell}/{program}: {}",
+                text(&out.stderr)
+            );
+            assert!(text(&out.stdout).contains(program), "{shell}/{program}");
+        }
+    }
+    let out = sqdctl("127.0.0.1:1", &["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "unknown shell is a usage error");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let man = dir.path().join("man1");
+    let out = sqdctl(
+        "127.0.0.1:1",
+        &["man", "--out-dir", man.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "man: {}", text(&out.stderr));
+    for page in ["sqd.1", "sqdctl.1", "sqdctl-status.1", "sqdctl-explain.1"] {
+        let body = std::fs::read_to_string(man.join(page)).expect(page);
+        assert!(
+            body.starts_with(".ie") || body.contains(".TH"),
+            "{page} is not roff"
+        );
+    }
+}

@@ -572,12 +572,19 @@ fn metrics_move_when_files_flow_and_when_a_worker_dies() {
         page
     };
     // Gauges derived from the registry refresh every second.
-    let page = wait_until(Duration::from_secs(5), "2 alive workers on /metrics", || {
-        let page = scrape(&leader);
-        (metric(&page, "sqd_leader_workers{state=\"alive\"}") == Some(2.0)).then_some(page)
-    });
+    let page = wait_until(
+        Duration::from_secs(5),
+        "2 alive workers on /metrics",
+        || {
+            let page = scrape(&leader);
+            (metric(&page, "sqd_leader_workers{state=\"alive\"}") == Some(2.0)).then_some(page)
+        },
+    );
     assert!(metric(&page, "sqd_leader_heartbeats_received_total").unwrap_or(0.0) > 0.0);
-    assert_eq!(metric(&page, "sqd_leader_sessions{role=\"worker\"}"), Some(2.0));
+    assert_eq!(
+        metric(&page, "sqd_leader_sessions{role=\"worker\"}"),
+        Some(2.0)
+    );
 
     let kh = s.sshd.known_hosts.clone();
     let dir = s.add_client("counted", &kh);

@@ -16,6 +16,8 @@ repo="$PWD"
 files=20000
 runs=3
 if [ "${1:-}" = "--quick" ]; then files=2000; runs=1; fi
+files="${BENCH_FILES:-$files}"   # overrides, for profiling one contender at another size
+runs="${BENCH_RUNS:-$runs}"
 size=4096
 
 for tool in rsync python3; do
@@ -64,6 +66,7 @@ run_sqd() { # prints seconds
   local addr; addr=$(cat "$state/leader.addr")
   "$sqd" --mode worker start --id bench --leader "$addr" --store "$store" \
     --ssh-key "$SQD_SSHD_KEY" --known-hosts "$SQD_SSHD_KNOWN_HOSTS" --settle-ms 0 --poll-ms 50 \
+    ${BENCH_WORKER_CONFIG:+--config "$BENCH_WORKER_CONFIG"} \
     >"$work/worker.log" 2>&1 &
   pids+=($!)
   until "$sqdctl" --leader "$addr" status --json 2>/dev/null | grep -q '"state": "alive"'; do sleep 0.05; done
@@ -73,6 +76,7 @@ run_sqd() { # prints seconds
   local t1; t1=$(now)
   "$sqd" --mode worker stop --store "$store" >/dev/null
   "$sqd" --mode leader stop --state-dir "$state" >/dev/null
+  if [ -n "${BENCH_LOGS:-}" ]; then mkdir -p "$BENCH_LOGS" && cp "$work/worker.log" "$work/leader.log" "$BENCH_LOGS/"; fi
   local stored; stored=$(find "$store/files" -type f | wc -l)
   [ "$stored" -eq "$files" ] || echo "bench: sqd stored $stored of $files files" >&2
   python3 -c "print(f'{$t1 - $t0:.3f}')"
@@ -94,6 +98,7 @@ run_rsync() { # EXTRA_FLAGS... ; prints seconds
 declare -A results
 contenders=(sqd rsync_remove)
 if rsync --help 2>&1 | grep -q -- '--fsync'; then contenders+=(rsync_fsync); fi
+if [ -n "${BENCH_ONLY:-}" ]; then read -r -a contenders <<<"$BENCH_ONLY"; fi
 for c in "${contenders[@]}"; do
   times=()
   for _ in $(seq 1 "$runs"); do

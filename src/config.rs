@@ -78,7 +78,7 @@ pub struct WorkerConfig {
     pub settle_ms: u64,
     /// Key `batch_files`, default 1000: most files claimed and committed per cycle.
     pub batch_files: usize,
-    /// Key `transfers_in_flight`, default 64: concurrent SFTP file transfers per client.
+    /// Key `transfers_in_flight`, default 256: concurrent SFTP file transfers per client.
     pub transfers_in_flight: usize,
     /// Key `max_file_mb`, default 4096: larger files are left in place with an error.
     pub max_file_bytes: u64,
@@ -397,7 +397,7 @@ impl WorkerConfig {
         let batch_files = l.check("batch_files", batch_files.or_default(1000), |v| {
             ranged::<usize>(v, (1, 100_000))
         });
-        let in_flight = l.check("transfers_in_flight", in_flight.or_default(64), |v| {
+        let in_flight = l.check("transfers_in_flight", in_flight.or_default(256), |v| {
             ranged::<usize>(v, (1, 1024))
         });
         let max_file_mb = l.check("max_file_mb", max_file_mb.or_default(4096), |v| {
@@ -979,7 +979,7 @@ mod tests {
                 poll_ms: 1000,
                 settle_ms: 1000,
                 batch_files: 1000,
-                transfers_in_flight: 64,
+                transfers_in_flight: 256,
                 max_file_bytes: 4096 * 1024 * 1024,
                 log: default_log(),
             }

@@ -84,7 +84,7 @@ async fn listing_sees_entry_kinds_without_following_links_and_keeps_name_bytes()
         assert!(moved, "{n:?}");
         let (read, size, _) = tokio::time::timeout(
             Duration::from_secs(5),
-            remote.read_file(&claim.join(name), |_| Ok(())),
+            remote.read_file(&claim.join(name), 4, |_| Ok(())),
         )
         .await
         .unwrap_or_else(|_| panic!("read of {n:?} hung"))

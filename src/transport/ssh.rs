@@ -161,9 +161,15 @@ pub enum EntryKind {
     Other,
 }
 
-/// An open SFTP session to one client.
+/// SFTP channels opened over one SSH connection. OpenSSH's sftp-server handles one request at
+/// a time per channel, and per-file metadata calls (rename, unlink) wait on the disk; a few
+/// channels let the producing host work on several at once (see docs/ARCHITECTURE.md).
+pub const SFTP_LANES: usize = 4;
+
+/// An open SSH connection to one client with [`SFTP_LANES`] SFTP channels on it.
 pub struct Remote {
-    sftp: Sftp,
+    lanes: Vec<Sftp>,
+    next: std::sync::atomic::AtomicUsize,
     target: String,
 }
 
@@ -210,13 +216,22 @@ pub async fn connect(params: &SshParams) -> Result<Remote, TransportError> {
         .map_err(|e| classify_connect_error(params, &error_text(&e)))?;
     let options = SftpOptions::new()
         .max_pending_requests(std::num::NonZeroU16::new(1024).unwrap_or(std::num::NonZeroU16::MIN));
-    let sftp = Sftp::from_session(session, options)
-        .await
-        .map_err(|e| TransportError::Connect {
-            target: target.clone(),
-            reason: format!("sftp subsystem failed: {e}"),
-        })?;
-    Ok(Remote { sftp, target })
+    let session = std::sync::Arc::new(session);
+    let mut lanes = Vec::with_capacity(SFTP_LANES);
+    for _ in 0..SFTP_LANES {
+        let sftp = Sftp::from_clonable_session(session.clone(), options)
+            .await
+            .map_err(|e| TransportError::Connect {
+                target: target.clone(),
+                reason: format!("sftp subsystem failed: {e}"),
+            })?;
+        lanes.push(sftp);
+    }
+    Ok(Remote {
+        lanes,
+        next: std::sync::atomic::AtomicUsize::new(0),
+        target,
+    })
 }
 
 fn error_text(e: &dyn std::error::Error) -> String {
@@ -261,13 +276,19 @@ pub fn is_not_found(e: &TransportError) -> bool {
 }
 
 impl Remote {
+    /// The channel for the next request, round robin.
+    fn lane(&self) -> &Sftp {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.lanes[i % self.lanes.len()]
+    }
+
     pub fn target(&self) -> &str {
         &self.target
     }
 
     /// Lists a directory with lstat semantics.
     pub async fn list(&self, dir: &Path) -> Result<Vec<RemoteEntry>, TransportError> {
-        let mut fs = self.sftp.fs();
+        let mut fs = self.lane().fs();
         let handle = fs
             .open_dir(dir)
             .await
@@ -298,7 +319,7 @@ impl Remote {
 
     /// Creates a directory; an existing one is fine.
     pub async fn mkdir(&self, path: &Path) -> Result<(), TransportError> {
-        let mut fs = self.sftp.fs();
+        let mut fs = self.lane().fs();
         match fs.create_dir(path).await {
             Ok(()) => Ok(()),
             Err(e) => match fs.metadata(path).await {
@@ -311,7 +332,7 @@ impl Remote {
     /// Renames without replacing (OpenSSH's SFTP rename fails if `to` exists): the atomic
     /// claim. Returns false when `from` vanished (someone else claimed it).
     pub async fn rename(&self, from: &Path, to: &Path) -> Result<bool, TransportError> {
-        let mut fs = self.sftp.fs();
+        let mut fs = self.lane().fs();
         match fs.rename(from, to).await {
             Ok(()) => Ok(true),
             Err(e) => {
@@ -327,7 +348,7 @@ impl Remote {
 
     /// Removes a file; one already gone is fine.
     pub async fn remove(&self, path: &Path) -> Result<(), TransportError> {
-        let mut fs = self.sftp.fs();
+        let mut fs = self.lane().fs();
         match fs.remove_file(path).await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -339,18 +360,21 @@ impl Remote {
 
     /// Removes an empty directory; a missing or non-empty one is left alone.
     pub async fn remove_dir(&self, path: &Path) -> bool {
-        self.sftp.fs().remove_dir(path).await.is_ok()
+        self.lane().fs().remove_dir(path).await.is_ok()
     }
 
     /// Streams a file's content to `consume` and returns (bytes read, size, mtime) where size
     /// and mtime come from an fstat after the last read, so a change during the copy shows.
+    /// Reading stops at end of file, or once `expected` bytes arrived: the fstat then tells
+    /// whether that was all (it saves a round trip per small file).
     pub async fn read_file(
         &self,
         path: &Path,
+        expected: u64,
         mut consume: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(u64, u64, i64), TransportError> {
-        let mut file = self
-            .sftp
+        let lane = self.lane();
+        let mut file = lane
             .open(path)
             .await
             .map_err(|e| sftp_error(&self.target, path, e))?;
@@ -358,7 +382,7 @@ impl Remote {
         let chunk: u32 = 256 * 1024;
         let mut read = 0u64;
         let mut buf = BytesMut::with_capacity(chunk as usize);
-        loop {
+        while read < expected || expected == 0 {
             buf.clear();
             match file
                 .read(chunk, buf)
@@ -392,7 +416,7 @@ impl Remote {
     /// Ends the session. Dropping is deliberate: `Sftp::close` in openssh-sftp-client 0.15
     /// unwraps internally and panics when the connection had already failed.
     pub fn close(self) {
-        drop(self.sftp);
+        drop(self.lanes);
     }
 }
 

@@ -103,7 +103,22 @@ struct Cursor {
     /// When each unreleased claim dir of another worker was first seen.
     foreign_seen: HashMap<Vec<u8>, Instant>,
     staged_seq: u64,
+    /// Complete files of the last listing not claimed yet (oldest first): later batches take
+    /// from here instead of listing a large directory again for every batch.
+    queue: std::collections::VecDeque<RemoteEntry>,
+    listed_at: Instant,
+    /// (files, bytes) the last listing showed waiting, minus those claimed since.
+    backlog: (usize, u64),
+    /// (files, bytes) in our claim dir at the last listing.
+    leftovers: (usize, u64),
+    /// Names in our claim dir whose batch is durable, to remove at the source while the next
+    /// batch is claimed and transferred.
+    committed_unremoved: Vec<Vec<u8>>,
 }
+
+/// How long a listing's complete files may be worked through before the directory is listed
+/// again (new files wait at most this long behind a large backlog).
+const REUSE_LISTING_FOR: Duration = Duration::from_secs(10);
 
 fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, ClientStats> {
     stats
@@ -135,6 +150,11 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
         claimed: SettleTracker::default(),
         foreign_seen: HashMap::new(),
         staged_seq: 0,
+        queue: std::collections::VecDeque::new(),
+        listed_at: Instant::now(),
+        backlog: (0, 0),
+        leftovers: (0, 0),
+        committed_unremoved: Vec::new(),
     };
     loop {
         if *stop.borrow() {
@@ -196,9 +216,21 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+    // Durable files still at the source must go before the claim dir is handed over, or the
+    // next owner would store them again.
+    let flushed = match &remote {
+        Some(r) => match flush_removals(&task, r, &mut cursor).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(client = %task.spec.name, error = %e, "cannot remove committed sources; keeping the claims to resolve later");
+                false
+            }
+        },
+        None => cursor.committed_unremoved.is_empty(),
+    };
     let released = match &remote {
-        Some(r) => release(&task, r).await,
-        None => false,
+        Some(r) if flushed => release(&task, r).await,
+        _ => false,
     };
     if released {
         task.held.stopped(&task.spec.name, task.epoch);
@@ -276,100 +308,174 @@ struct Work {
     mtime: i64,
 }
 
-/// Runs one list → claim → transfer → commit → delete cycle. Returns whether more work is
-/// already waiting (so the caller does not sleep).
+/// Runs one cycle: claim → transfer → commit of a batch (listing the directory first when
+/// the last listing is used up or old), while the sources of the previous durable batch are
+/// removed. Returns whether more work is already waiting (so the caller does not sleep).
 async fn cycle(
     task: &ClientTask,
     remote: &Remote,
     cursor: &mut Cursor,
     stop: &watch::Receiver<bool>,
 ) -> Result<bool, CycleError> {
+    let mine = claim_dir(task);
+    let stopping = *stop.borrow();
+    let began = Instant::now();
+    let relist = cursor.queue.is_empty() || cursor.listed_at.elapsed() >= REUSE_LISTING_FOR;
+    let durable = std::mem::take(&mut cursor.committed_unremoved);
+    let (removed, worked) = if relist {
+        // Our claim dir is listed below: what is durable must be gone from it first.
+        let removed = remove_sources(task, remote, &mine, &durable).await;
+        (
+            removed,
+            work(task, remote, cursor, began, true, stopping).await,
+        )
+    } else {
+        tokio::join!(
+            remove_sources(task, remote, &mine, &durable),
+            work(task, remote, cursor, began, false, stopping)
+        )
+    };
+    if removed.is_ok() {
+        for n in &durable {
+            cursor.claimed.forget(n);
+        }
+    }
+    // A failed removal leaves the file in our claim dir: the next listing finds it, and the
+    // store recognises it as already committed, so it is only removed then.
+    removed?;
+    let (more, committed) = worked?;
+    cursor.committed_unremoved = committed;
+    if !more {
+        flush_removals(task, remote, cursor).await?;
+    }
+    Ok(more)
+}
+
+/// Removes at the source the files of durable batches not removed yet.
+async fn flush_removals(
+    task: &ClientTask,
+    remote: &Remote,
+    cursor: &mut Cursor,
+) -> Result<(), CycleError> {
+    let durable = std::mem::take(&mut cursor.committed_unremoved);
+    if durable.is_empty() {
+        return Ok(());
+    }
+    let mine = claim_dir(task);
+    remove_sources(task, remote, &mine, &durable).await?;
+    for n in &durable {
+        cursor.claimed.forget(n);
+    }
+    Ok(())
+}
+
+fn claim_dir(task: &ClientTask) -> PathBuf {
+    PathBuf::from(&task.spec.path)
+        .join(".sqd")
+        .join("claim")
+        .join(lifecycle::claim_dir_name(&task.worker, task.epoch))
+}
+
+/// The source goes only once its batch is durable (D2).
+async fn remove_sources(
+    task: &ClientTask,
+    remote: &Remote,
+    mine: &Path,
+    names: &[Vec<u8>],
+) -> Result<(), CycleError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let began = Instant::now();
+    let targets: Vec<PathBuf> = names.iter().map(|n| mine.join(name_path(n))).collect();
+    let removals: Vec<_> = targets.iter().map(|p| remote.remove(p)).collect();
+    let results: Vec<Result<(), TransportError>> = stream::iter(removals)
+        .buffer_unordered(task.config.in_flight)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    failpoint::hit("after_delete");
+    debug!(client = %task.spec.name, files = names.len(), ms = began.elapsed().as_millis() as u64, "sources removed");
+    Ok(())
+}
+
+/// Claims, transfers and commits one batch. Returns whether more files are waiting and the
+/// names of the files now durable (their sources still to remove).
+async fn work(
+    task: &ClientTask,
+    remote: &Remote,
+    cursor: &mut Cursor,
+    began: Instant,
+    relist: bool,
+    stopping: bool,
+) -> Result<(bool, Vec<Vec<u8>>), CycleError> {
     let cfg = &task.config;
     let dir = PathBuf::from(&task.spec.path);
     let claim_root = dir.join(".sqd").join("claim");
-    let mine = claim_root.join(lifecycle::claim_dir_name(&task.worker, task.epoch));
-    // Listed first, so a missing or unreadable directory is reported by its own name.
-    let pattern = if task.spec.pattern.is_empty() {
-        None
-    } else {
-        glob::Pattern::new(&task.spec.pattern).ok()
-    };
-    let listing: Vec<RemoteEntry> = remote
-        .list(&dir)
-        .await?
-        .into_iter()
-        .filter(|e| lifecycle::is_candidate(e, pattern.as_ref()))
-        .collect();
-    remote.mkdir(&dir.join(".sqd")).await?;
-    remote.mkdir(&claim_root).await?;
-    remote.mkdir(&mine).await?;
-    // The host answers: earlier errors are over; this cycle reports its own.
-    set_error(task, None);
-    let now = Instant::now();
-    adopt(task, remote, &claim_root, &mine, &mut cursor.foreign_seen).await?;
-
-    // Leftover claims of ours: interrupted, changed during copy, or just adopted.
-    let leftovers: Vec<RemoteEntry> = remote
-        .list(&mine)
-        .await?
-        .into_iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .collect();
-    let ready_leftovers: Vec<Work> = cursor
-        .claimed
-        .observe(&leftovers, now, cfg.settle)
-        .into_iter()
-        .map(|e| Work {
-            name: e.name.clone(),
-            size: e.size,
-            mtime: e.mtime,
-        })
-        .collect();
-
-    let ready = cursor.fresh.observe(&listing, now, cfg.settle);
+    let mine = claim_dir(task);
+    let now = began;
+    let mut ready_leftovers = Vec::new();
+    if relist {
+        let warning = list_ready(task, remote, &dir, cursor, now).await?;
+        remote.mkdir(&dir.join(".sqd")).await?;
+        remote.mkdir(&claim_root).await?;
+        remote.mkdir(&mine).await?;
+        // The host answers: earlier errors are over; this cycle reports its own.
+        set_error(task, warning);
+        adopt(task, remote, &claim_root, &mine, &mut cursor.foreign_seen).await?;
+        // Leftover claims of ours: interrupted, changed during copy, or just adopted.
+        let leftovers: Vec<RemoteEntry> = remote
+            .list(&mine)
+            .await?
+            .into_iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .collect();
+        cursor.leftovers = (leftovers.len(), leftovers.iter().map(|e| e.size).sum());
+        ready_leftovers = cursor
+            .claimed
+            .observe(&leftovers, now, cfg.settle)
+            .into_iter()
+            .map(|e| Work {
+                name: e.name.clone(),
+                size: e.size,
+                mtime: e.mtime,
+            })
+            .collect();
+    }
     {
         let mut stats = lock(&task.stats);
-        stats.backlog_files = (listing.len() + leftovers.len()) as u64;
-        stats.backlog_bytes = listing.iter().chain(&leftovers).map(|e| e.size).sum();
+        stats.backlog_files = (cursor.backlog.0 + cursor.leftovers.0) as u64;
+        stats.backlog_bytes = cursor.backlog.1 + cursor.leftovers.1;
         task.metrics
             .backlog(&task.spec.name, stats.backlog_files, stats.backlog_bytes);
-        stats.oldest_backlog = if listing.is_empty() && leftovers.is_empty() {
+        stats.oldest_backlog = if stats.backlog_files == 0 {
             None
         } else {
             Some(stats.oldest_backlog.unwrap_or(now))
         };
     }
 
-    // Too large files stay where they are, reported.
-    let (ready, too_large): (Vec<&RemoteEntry>, Vec<&RemoteEntry>) = ready
-        .into_iter()
-        .partition(|e| e.size <= cfg.max_file_bytes);
-    if let Some(big) = too_large.first() {
-        set_error(
-            task,
-            Some(format!(
-                "{} file(s) exceed max_file_mb ({} MiB), e.g. {:?} ({} bytes); raise max_file_mb or remove them",
-                too_large.len(),
-                cfg.max_file_bytes / (1024 * 1024),
-                String::from_utf8_lossy(&big.name),
-                big.size
-            )),
-        );
-    }
-
     let room = cfg.batch_files.saturating_sub(ready_leftovers.len());
-    let more = ready.len() > room;
-    let to_claim: Vec<&RemoteEntry> = ready.into_iter().take(room).collect();
+    let take = room.min(cursor.queue.len());
+    let to_claim: Vec<RemoteEntry> = cursor.queue.drain(..take).collect();
+    let more = !cursor.queue.is_empty();
+    let to_claim: Vec<&RemoteEntry> = to_claim.iter().collect();
 
-    if *stop.borrow() {
-        return Ok(false);
+    if stopping {
+        return Ok((false, Vec::new()));
     }
     if !task.lease.valid_now() {
         return Err(CycleError::LeaseExpired);
     }
+    let listed_in = began.elapsed();
     let claimed = claim(remote, &dir, &mine, &to_claim, cfg.in_flight).await?;
+    let claimed_in = began.elapsed();
     for w in &claimed {
         cursor.fresh.forget(&w.name);
+        cursor.backlog.0 = cursor.backlog.0.saturating_sub(1);
+        cursor.backlog.1 = cursor.backlog.1.saturating_sub(w.size);
     }
     if !claimed.is_empty() {
         failpoint::hit("after_claim");
@@ -378,10 +484,11 @@ async fn cycle(
     let mut work = ready_leftovers;
     work.extend(claimed);
     if work.is_empty() {
-        return Ok(more);
+        return Ok((more, Vec::new()));
     }
 
     let staged = transfer(task, remote, &mine, work, cursor).await;
+    let transferred_in = began.elapsed();
     let (staged, changed): (Vec<_>, Vec<_>) = staged.into_iter().partition(|(s, _)| s.is_some());
     for (_, name) in &changed {
         // Watch it again: it must settle before another try.
@@ -392,7 +499,7 @@ async fn cycle(
         .filter_map(|(s, name)| s.map(|s| (s, name)))
         .collect();
     if staged.is_empty() {
-        return Ok(more);
+        return Ok((more, Vec::new()));
     }
     failpoint::hit("after_stage");
 
@@ -423,6 +530,7 @@ async fn cycle(
     task.metrics
         .commit_seconds
         .observe(commit_began.elapsed().as_secs_f64());
+    let committed_in = began.elapsed();
     let (committed, committed_bytes) = outcomes
         .iter()
         .zip(&sizes)
@@ -432,23 +540,57 @@ async fn cycle(
         .committed(&task.spec.name, committed, committed_bytes);
     debug!(client = %task.spec.name, files = names.len(), committed, bytes, "batch durable");
 
-    // The source goes only now that the batch is durable (D2).
-    let targets: Vec<PathBuf> = names.iter().map(|n| mine.join(name_path(n))).collect();
-    let removals: Vec<_> = targets.iter().map(|p| remote.remove(p)).collect();
-    let results: Vec<Result<(), TransportError>> = stream::iter(removals)
-        .buffer_unordered(cfg.in_flight)
-        .collect()
-        .await;
-    for r in results {
-        r?;
-    }
-    failpoint::hit("after_delete");
-    for n in &names {
-        cursor.claimed.forget(n);
-    }
+    debug!(client = %task.spec.name, files = names.len(),
+           list_ms = listed_in.as_millis() as u64,
+           claim_ms = (claimed_in - listed_in).as_millis() as u64,
+           transfer_ms = (transferred_in - claimed_in).as_millis() as u64,
+           commit_ms = (committed_in - transferred_in).as_millis() as u64,
+           "batch timing");
     lock(&task.stats).committed_bytes += bytes;
     refresh_totals(task).await;
-    Ok(more)
+    Ok((more, names))
+}
+
+/// Lists the client directory and queues its complete files (settled, matching, not too
+/// large), oldest first; notes the backlog the listing shows. Returns a warning for status.
+async fn list_ready(
+    task: &ClientTask,
+    remote: &Remote,
+    dir: &Path,
+    cursor: &mut Cursor,
+    now: Instant,
+) -> Result<Option<String>, CycleError> {
+    let cfg = &task.config;
+    let pattern = if task.spec.pattern.is_empty() {
+        None
+    } else {
+        glob::Pattern::new(&task.spec.pattern).ok()
+    };
+    // Listed first, so a missing or unreadable directory is reported by its own name.
+    let listing: Vec<RemoteEntry> = remote
+        .list(dir)
+        .await?
+        .into_iter()
+        .filter(|e| lifecycle::is_candidate(e, pattern.as_ref()))
+        .collect();
+    cursor.backlog = (listing.len(), listing.iter().map(|e| e.size).sum());
+    let ready = cursor.fresh.observe(&listing, now, cfg.settle);
+    // Too large files stay where they are, reported.
+    let (ready, too_large): (Vec<&RemoteEntry>, Vec<&RemoteEntry>) = ready
+        .into_iter()
+        .partition(|e| e.size <= cfg.max_file_bytes);
+    let warning = too_large.first().map(|big| {
+        format!(
+            "{} file(s) exceed max_file_mb ({} MiB), e.g. {:?} ({} bytes); raise max_file_mb or remove them",
+            too_large.len(),
+            cfg.max_file_bytes / (1024 * 1024),
+            String::from_utf8_lossy(&big.name),
+            big.size
+        )
+    });
+    cursor.queue = ready.into_iter().cloned().collect();
+    cursor.listed_at = now;
+    Ok(warning)
 }
 
 /// A remote name as a path component (bytes, never interpreted).
@@ -564,7 +706,7 @@ async fn fetch_one(
     let mut hasher = blake3::Hasher::new();
     let mut first_chunk = true;
     let (read, size_after, mtime_after) = remote
-        .read_file(&mine.join(name_path(&w.name)), |chunk| {
+        .read_file(&mine.join(name_path(&w.name)), w.size, |chunk| {
             hasher.update(chunk);
             out.write_all(chunk)?;
             if first_chunk {
@@ -717,7 +859,7 @@ async fn resolve_with(
             let path = old.join(name_path(&f.name));
             let mut hasher = blake3::Hasher::new();
             let (read, size_after, mtime_after) = remote
-                .read_file(&path, |chunk| {
+                .read_file(&path, f.size, |chunk| {
                     hasher.update(chunk);
                     Ok(())
                 })

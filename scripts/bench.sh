@@ -97,7 +97,8 @@ run_rsync() { # EXTRA_FLAGS... ; prints seconds
 
 declare -A results
 contenders=(sqd rsync_remove)
-if rsync --help 2>&1 | grep -q -- '--fsync'; then contenders+=(rsync_fsync); fi
+# (grep -q would close the pipe early; with pipefail rsync's SIGPIPE would hide the match)
+if rsync --help 2>&1 | grep -c -- '--fsync' >/dev/null; then contenders+=(rsync_fsync); fi
 if [ -n "${BENCH_ONLY:-}" ]; then read -r -a contenders <<<"$BENCH_ONLY"; fi
 for c in "${contenders[@]}"; do
   times=()

@@ -80,6 +80,11 @@ for w in w1 w2; do
     --ssh-key "$SQD_SSHD_KEY" --known-hosts "$SQD_SSHD_KNOWN_HOSTS" --settle-ms 500 --poll-ms 250 \
     >"$root/worker-$w.log" 2>&1 &
 done
+for _ in $(seq 1 100); do
+  alive=$("$sqdctl" --leader "$leader" status --json 2>/dev/null | grep -c '"state": "alive"' || true)
+  [ "$alive" -ge 2 ] && break
+  sleep 0.1
+done
 
 for host in host-a host-b; do
   mkdir -p "$root/producers/$host"

@@ -1,26 +1,40 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark on this machine: sqd against rsync over the same private sshd, key
-# and cipher, on 127.0.0.1. Prints a markdown table and writes bench-results.json.
-# It reports; it checks and fails nothing on speed.
+# Side-by-side benchmark on this machine: sqd against rsync, tar over ssh and raw ssh, all over
+# the same private sshd on 127.0.0.1, the same key and the same cipher (the sshd offers only
+# aes128-gcm@openssh.com, so every contender negotiates it). Prints markdown tables and writes
+# bench-results.json. It reports; it checks and fails nothing on speed.
 #
-#   scripts/bench.sh            small files: 20,000 x 4 KiB, 3 runs each
-#   scripts/bench.sh --quick    2,000 x 4 KiB, 1 run each
+#   scripts/bench.sh            small 20,000 x 4 KiB, medium 2,000 x 256 KiB, large 4 x 256 MiB; 3 runs
+#   scripts/bench.sh --quick    2,000 x 4 KiB, 200 x 256 KiB, 2 x 64 MiB; 1 run (< 3 minutes)
 #
-# Contenders (each: pull, durable at the destination, source removed):
-#   sqd            one client, one worker: claim -> transfer -> group commit (fsync) -> delete
-#   rsync_remove   rsync -a --remove-source-files over an open ControlMaster (no fsync)
-#   rsync_fsync    the same with --fsync (rsync >= 3.2.4), when available
+# Contenders (pull from the producing directory; "remove" ones also delete the sources):
+#   sqd                 one client, one worker: claim -> transfer -> group commit (fsync) -> delete
+#   rsync_remove        rsync -a --remove-source-files over an open ControlMaster (no fsync)
+#   rsync_remove_fsync  the same with --fsync (rsync >= 3.2.4), when available
+#   ssh_tar             ssh 'tar cf - .' | tar xf -   (no removal, no fsync)
+#   ssh_cat             large files only: ssh cat FILE > /dev/null, the transport ceiling
+# CPU: core-seconds of the whole machine during the run (both ends together), and of the
+# producing side alone (everything under the private sshd).
+#
+# Env overrides: BENCH_ONLY="sqd rsync_remove" (contenders), BENCH_SETS="small medium large",
+# BENCH_FILES (small-file count), BENCH_RUNS, BENCH_WORKER_CONFIG (worker TOML), BENCH_LOGS
+# (copy the sqd logs there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
-files=20000
-runs=3
-if [ "${1:-}" = "--quick" ]; then files=2000; runs=1; fi
-files="${BENCH_FILES:-$files}"   # overrides, for profiling one contender at another size
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+if [ $quick = 1 ]; then
+  small_n=2000 medium_n=200 large_n=2 large_size=$((64 << 20)) runs=1
+else
+  small_n=20000 medium_n=2000 large_n=4 large_size=$((256 << 20)) runs=3
+fi
+small_n="${BENCH_FILES:-$small_n}"
 runs="${BENCH_RUNS:-$runs}"
-size=4096
+sets="${BENCH_SETS:-small medium large}"
+cipher=aes128-gcm@openssh.com
 
-for tool in rsync python3; do
+for tool in rsync python3 tar; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is required (apt-get install $tool)" >&2; exit 1; }
 done
 cargo build --release --locked --bins >/dev/null
@@ -28,9 +42,7 @@ sqd="$repo/target/release/sqd"
 sqdctl="$repo/target/release/sqdctl"
 
 work=$(mktemp -d /tmp/sqd-bench.XXXXXX)
-pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -n "${ctl:-}" ] && ssh -S "$ctl" -O exit x 2>/dev/null || true
   sqd_sshd_stop "$work/sshd" 2>/dev/null || true
   rm -rf "$work"
@@ -38,94 +50,196 @@ cleanup() {
 trap cleanup EXIT
 # shellcheck source=scripts/lib/sshd.sh
 source "$repo/scripts/lib/sshd.sh"
-sqd_sshd_start "$work/sshd" >/dev/null
-# Every contender uses OpenSSH's default cipher (chacha20-poly1305 on OpenSSH 9), the same key
-# and the same sshd.
+SQD_SSHD_EXTRA_CONFIG="Ciphers $cipher" sqd_sshd_start "$work/sshd" >/dev/null
+sshd_pid=$(tr -dc '0-9' <"$work/sshd/sshd.pid")
 ssh_opts=(-o BatchMode=yes -o StrictHostKeyChecking=yes -o "UserKnownHostsFile=$SQD_SSHD_KNOWN_HOSTS"
-  -o IdentitiesOnly=yes -i "$SQD_SSHD_KEY" -p "$SQD_SSHD_PORT")
+  -o IdentitiesOnly=yes -i "$SQD_SSHD_KEY" -p "$SQD_SSHD_PORT" -c "$cipher")
+remote="$SQD_SSHD_USER@127.0.0.1"
 
-produce() { # DIR: $files random files of $size bytes
-  python3 - "$1" "$files" "$size" <<'PY'
+produce() { # DIR COUNT SIZE: COUNT files of SIZE random bytes
+  python3 - "$@" <<'PY'
 import os, sys
 d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 os.makedirs(d, exist_ok=True)
 for i in range(n):
     with open(os.path.join(d, f"stats-{i:06d}.jsonl"), "wb") as f:
-        f.write(os.urandom(size))
+        left = size
+        while left:
+            chunk = min(left, 8 << 20)
+            f.write(os.urandom(chunk))
+            left -= chunk
 PY
+  sync
 }
 remaining() { find "$1" -maxdepth 1 -type f | wc -l; }
 now() { date +%s.%N; }
+# Busy seconds of the whole machine (all cores) so far.
+machine_cpu() { awk '/^cpu /{print ($2+$3+$4+$7+$8+$9)/100}' /proc/stat; }
+# CPU seconds used by the private sshd and everything under it (sessions, sftp-server, remote
+# rsync/tar/cat), including children already reaped.
+producer_cpu() {
+  python3 - "$sshd_pid" <<'PY'
+import os, sys
+root = int(sys.argv[1]); tick = os.sysconf("SC_CLK_TCK")
+stats = {}
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            stats[int(p)] = (int(f[1]), sum(int(x) for x in f[11:15]))
+        except (OSError, IndexError):
+            pass
+def under(pid):
+    while pid > 1:
+        if pid == root:
+            return True
+        pid = stats.get(pid, (0, 0))[0]
+    return False
+print(sum(t for pid, (_, t) in stats.items() if under(pid)) / tick)
+PY
+}
+elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
 
-run_sqd() { # prints seconds
-  local dir="$work/sqd-src" state="$work/leader" store="$work/store"
-  rm -rf "$dir" "$state" "$store"; produce "$dir"; sync
+# Each run_* prints "seconds machine_cpu_s producer_cpu_s" of the transfer only.
+measure_start() { t0=$(now); m0=$(machine_cpu); p0=$(producer_cpu); }
+measure_end() {
+  local t1 m1 p1
+  t1=$(now); m1=$(machine_cpu); p1=$(producer_cpu)
+  echo "$(elapsed "$t0" "$t1") $(elapsed "$m0" "$m1") $(elapsed "$p0" "$p1")"
+}
+
+run_sqd() { # COUNT SIZE
+  local dir="$work/src" state="$work/leader" store="$work/store"
+  rm -rf "$dir" "$state" "$store"; produce "$dir" "$1" "$2"
   "$sqd" --mode leader start --listen 127.0.0.1:0 --state-dir "$state" >"$work/leader.log" 2>&1 &
-  pids+=($!)
   until [ -s "$state/leader.addr" ]; do sleep 0.05; done
   local addr; addr=$(cat "$state/leader.addr")
+  # The worker's ssh reads no config that could change the cipher: the sshd offers only one.
   "$sqd" --mode worker start --id bench --leader "$addr" --store "$store" \
     --ssh-key "$SQD_SSHD_KEY" --known-hosts "$SQD_SSHD_KNOWN_HOSTS" --settle-ms 0 --poll-ms 50 \
     ${BENCH_WORKER_CONFIG:+--config "$BENCH_WORKER_CONFIG"} \
     >"$work/worker.log" 2>&1 &
-  pids+=($!)
   until "$sqdctl" --leader "$addr" status --json 2>/dev/null | grep -q '"state": "alive"'; do sleep 0.05; done
-  local t0; t0=$(now)
-  "$sqdctl" --leader "$addr" add-client bench --ssh "$SQD_SSHD_USER@127.0.0.1:$SQD_SSHD_PORT" --path "$dir" >/dev/null
+  measure_start
+  "$sqdctl" --leader "$addr" add-client bench --ssh "$remote:$SQD_SSHD_PORT" --path "$dir" >/dev/null
   until [ "$(remaining "$dir")" -eq 0 ] && [ "$(find "$dir/.sqd/claim" -type f 2>/dev/null | wc -l)" -eq 0 ]; do sleep 0.02; done
-  local t1; t1=$(now)
+  measure_end
   "$sqd" --mode worker stop --store "$store" >/dev/null
   "$sqd" --mode leader stop --state-dir "$state" >/dev/null
   if [ -n "${BENCH_LOGS:-}" ]; then mkdir -p "$BENCH_LOGS" && cp "$work/worker.log" "$work/leader.log" "$BENCH_LOGS/"; fi
   local stored; stored=$(find "$store/files" -type f | wc -l)
-  [ "$stored" -eq "$files" ] || echo "bench: sqd stored $stored of $files files" >&2
-  python3 -c "print(f'{$t1 - $t0:.3f}')"
+  [ "$stored" -eq "$1" ] || echo "bench: sqd stored $stored of $1 files" >&2
 }
 
-run_rsync() { # EXTRA_FLAGS... ; prints seconds
-  local dir="$work/rsync-src" dst="$work/rsync-dst"
-  rm -rf "$dir" "$dst"; produce "$dir"; mkdir -p "$dst"; sync
+open_master() {
   ctl="$work/ctl"
-  ssh "${ssh_opts[@]}" -M -S "$ctl" -f -N "$SQD_SSHD_USER@127.0.0.1"
-  local t0; t0=$(now)
-  rsync -a --remove-source-files "$@" -e "ssh ${ssh_opts[*]} -S $ctl" \
-    "$SQD_SSHD_USER@127.0.0.1:$dir/" "$dst/"
-  local t1; t1=$(now)
-  ssh -S "$ctl" -O exit x 2>/dev/null || true
-  python3 -c "print(f'{$t1 - $t0:.3f}')"
+  ssh "${ssh_opts[@]}" -M -S "$ctl" -f -N "$remote"
+}
+close_master() { ssh -S "$ctl" -O exit x 2>/dev/null || true; ctl=; }
+
+run_rsync() { # COUNT SIZE EXTRA_FLAGS...
+  local n=$1 size=$2 dir="$work/src" dst="$work/dst"; shift 2
+  rm -rf "$dir" "$dst"; produce "$dir" "$n" "$size"; mkdir -p "$dst"
+  open_master
+  measure_start
+  rsync -a --remove-source-files "$@" -e "ssh ${ssh_opts[*]} -S $ctl" "$remote:$dir/" "$dst/"
+  measure_end
+  close_master
 }
 
-declare -A results
-contenders=(sqd rsync_remove)
+run_tar() { # COUNT SIZE
+  local dir="$work/src" dst="$work/dst"
+  rm -rf "$dir" "$dst"; produce "$dir" "$1" "$2"; mkdir -p "$dst"
+  open_master
+  measure_start
+  ssh "${ssh_opts[@]}" -S "$ctl" "$remote" "tar cf - -C '$dir' ." | tar xf - -C "$dst"
+  measure_end
+  close_master
+}
+
+run_cat() { # COUNT SIZE
+  local dir="$work/src"
+  rm -rf "$dir"; produce "$dir" "$1" "$2"
+  open_master
+  measure_start
+  for f in "$dir"/*; do ssh "${ssh_opts[@]}" -S "$ctl" "$remote" "cat '$f'" >/dev/null; done
+  measure_end
+  close_master
+}
+
+fsync_ok=0
 # (grep -q would close the pipe early; with pipefail rsync's SIGPIPE would hide the match)
-if rsync --help 2>&1 | grep -c -- '--fsync' >/dev/null; then contenders+=(rsync_fsync); fi
-if [ -n "${BENCH_ONLY:-}" ]; then read -r -a contenders <<<"$BENCH_ONLY"; fi
-for c in "${contenders[@]}"; do
-  times=()
-  for _ in $(seq 1 "$runs"); do
-    case $c in
-      sqd) times+=("$(run_sqd)") ;;
-      rsync_remove) times+=("$(run_rsync)") ;;
-      rsync_fsync) times+=("$(run_rsync --fsync)") ;;
-    esac
+if rsync --help 2>&1 | grep -c -- '--fsync' >/dev/null; then fsync_ok=1; fi
+
+results="$work/results.txt"
+: >"$results"
+for set in $sets; do
+  case $set in
+    small) n=$small_n size=4096; contenders=(sqd rsync_remove rsync_remove_fsync ssh_tar) ;;
+    medium) n=$medium_n size=262144; contenders=(sqd rsync_remove rsync_remove_fsync ssh_tar) ;;
+    large) n=$large_n size=$large_size; contenders=(sqd ssh_cat rsync_remove) ;;
+    *) echo "bench: unknown set $set (small, medium, large)" >&2; exit 2 ;;
+  esac
+  [ -n "${BENCH_ONLY:-}" ] && read -r -a contenders <<<"$BENCH_ONLY"
+  for c in "${contenders[@]}"; do
+    [ "$c" = rsync_remove_fsync ] && [ $fsync_ok = 0 ] && continue
+    for _ in $(seq 1 "$runs"); do
+      case $c in
+        sqd) out=$(run_sqd "$n" "$size") ;;
+        rsync_remove) out=$(run_rsync "$n" "$size") ;;
+        rsync_remove_fsync) out=$(run_rsync "$n" "$size" --fsync) ;;
+        ssh_tar) out=$(run_tar "$n" "$size") ;;
+        ssh_cat) out=$(run_cat "$n" "$size") ;;
+        *) echo "bench: unknown contender $c" >&2; exit 2 ;;
+      esac
+      echo "$set $c $n $size $out" >>"$results"
+      echo "bench: $set $c: $out (s, machine cpu s, producer cpu s)" >&2
+    done
   done
-  results[$c]="${times[*]}"
 done
 
-python3 - "$files" "$repo/bench-results.json" "${contenders[@]}" <<PY
+python3 - "$results" "$repo/bench-results.json" "$cipher" <<'PY'
 import json, statistics, sys
-files = int(sys.argv[1]); out = sys.argv[2]; names = sys.argv[3:]
-raw = {$(for c in "${contenders[@]}"; do printf '"%s": [%s],' "$c" "$(echo "${results[$c]}" | tr ' ' ',')"; done)}
-small = {}
-for n in names:
-    rates = [files / t for t in raw[n]]
-    small[n] = {"files_per_s": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": len(rates)}
-print(f"| small files ({files} x 4 KiB) | files/s (median) | min | max | sqd / this |")
-print("|---|---|---|---|---|")
-for n in names:
-    r = small[n]
-    ratio = small["sqd"]["files_per_s"] / r["files_per_s"]
-    print(f"| {n} | {r['files_per_s']:.0f} | {r['min']:.0f} | {r['max']:.0f} | {ratio:.2f} |")
-json.dump({"small_files": small}, open(out, "w"), indent=2)
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+out, cipher = sys.argv[2], sys.argv[3]
+data = {}
+for s, c, n, size, secs, mcpu, pcpu in rows:
+    d = data.setdefault(s, {}).setdefault(c, {"n": int(n), "size": int(size), "runs": []})
+    d["runs"].append((float(secs), float(mcpu), float(pcpu)))
+def summary(set_name, d):
+    n, size = d["n"], d["size"]
+    secs = [r[0] for r in d["runs"]]
+    per = lambda f: [f(r) for r in d["runs"]]
+    res = {"runs": len(secs)}
+    if set_name == "small":
+        rates = per(lambda r: n / r[0])
+        res.update(files_per_s=statistics.median(rates), min=min(rates), max=max(rates))
+        res["cpu_core_s"] = statistics.median(per(lambda r: r[1] * 1000 / n))
+        res["producer_cpu_core_s"] = statistics.median(per(lambda r: r[2] * 1000 / n))
+        res["cpu_unit"] = "core-seconds per 1,000 files"
+    else:
+        gb = n * size / 1e9
+        rates = per(lambda r: n * size / 1e6 / r[0])
+        res.update(mb_per_s=statistics.median(rates), min=min(rates), max=max(rates))
+        res["cpu_core_s"] = statistics.median(per(lambda r: r[1] / gb))
+        res["producer_cpu_core_s"] = statistics.median(per(lambda r: r[2] / gb))
+        res["cpu_unit"] = "core-seconds per GB"
+    return res
+report = {"cipher": cipher}
+names = {"small": "small_files", "medium": "medium_files", "large": "large_files"}
+for s, cs in data.items():
+    report[names[s]] = {c: summary(s, d) for c, d in cs.items()}
+for s, cs in data.items():
+    key = "files_per_s" if s == "small" else "mb_per_s"
+    first = next(iter(cs.values()))
+    print(f"\n### {names[s]}: {first['n']} x {first['size'] // 1024} KiB ({cipher})\n")
+    print(f"| contender | {key} (median) | min | max | sqd / this | cpu core-s | producer core-s |")
+    print("|---|---|---|---|---|---|---|")
+    sqd = report[names[s]].get("sqd")
+    for c, r in report[names[s]].items():
+        ratio = f"{sqd[key] / r[key]:.2f}" if sqd else "-"
+        print(f"| {c} | {r[key]:.0f} | {r['min']:.0f} | {r['max']:.0f} | {ratio} | {r['cpu_core_s']:.2f} | {r['producer_cpu_core_s']:.2f} |")
+    print(f"\ncpu: {first and summary(s, first)['cpu_unit']}")
+json.dump(report, open(out, "w"), indent=2)
 print(f"\nwrote {out}")
 PY

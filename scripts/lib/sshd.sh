@@ -6,6 +6,9 @@
 #                        # SQD_SSHD_KEY (client private key), SQD_SSHD_KNOWN_HOSTS
 #   sqd_sshd_stop DIR
 #
+# SQD_SSHD_EXTRA_CONFIG, when set, is appended to sshd_config (e.g. "Ciphers ..." so every
+# client of a benchmark negotiates the same cipher).
+#
 # Keys already in DIR are reused, and so is the previous port when it is still free, so re-running
 # keeps the same known_hosts. Installs nothing: sshd, ssh, ssh-keygen and python3 must be present.
 # Safe under `set -euo pipefail`; changes no shell options. Works as root (sshd then needs
@@ -123,6 +126,7 @@ PrintMotd no
 PrintLastLog no
 X11Forwarding no
 LogLevel VERBOSE
+${SQD_SSHD_EXTRA_CONFIG:-}
 EOF
     # OpenSSH >= 9.8 would penalise 127.0.0.1 after failed logins; older sshd rejects the option.
     if [ "$penalties" = 1 ]; then

@@ -176,6 +176,15 @@ pub async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Writes the address a daemon actually bound (`ADDR\n`), so scripts and tests that asked
+/// for port 0 can find it.
+pub fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> Result<(), DaemonError> {
+    std::fs::write(path, format!("{addr}\n")).map_err(|source| DaemonError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Sets up `tracing`: `RUST_LOG` wins over the configured level; text or JSON lines on stderr.
 pub fn init_logging(log: &LogConfig) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;

@@ -10,6 +10,7 @@
 //! - [`node`]: the node side of a leader session, shared by workers and agents.
 //! - [`worker`]: assignment set, self-fencing lease, and the seam where pull loops run.
 //! - [`agent`]: the optional client agent on a producing host.
+//! - [`clock`]: wall-clock milliseconds shared by the catalog, the audit log and sqdctl.
 //! - [`cli`]: the `sqd` command line (flags of every mode).
 //! - [`ctl`]: the `sqdctl` commands and their output.
 //! - [`daemon`]: pid/lock files, signals, logging setup shared by the daemons.
@@ -17,6 +18,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

@@ -14,6 +14,21 @@ pub struct ClientSpec {
     pub pattern: String,
 }
 
+#[cfg(test)]
+impl ClientSpec {
+    /// A minimal valid client for unit tests.
+    pub(crate) fn example(name: &str) -> Self {
+        ClientSpec {
+            name: name.into(),
+            ssh: "u@h".into(),
+            path: "/p".into(),
+            key_file: String::new(),
+            known_hosts: String::new(),
+            pattern: String::new(),
+        }
+    }
+}
+
 /// A parsed USER@HOST[:PORT].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshTarget {

@@ -131,11 +131,7 @@ fn init_writes_a_sample_that_starts() {
         ],
         &[],
     );
-    let addr = wait_until(Duration::from_secs(20), "leader address", || {
-        std::fs::read_to_string(state.join("leader.addr"))
-            .ok()
-            .filter(|s| !s.is_empty())
-    });
+    let addr = wait_addr_file(&state.join("leader.addr"));
     assert!(addr.starts_with("127.0.0.1:"));
     let out = sqd_output(&[
         "--mode",

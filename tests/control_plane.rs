@@ -28,9 +28,7 @@ fn failover_restart_and_drain_with_30_clients() {
     for id in ["w1", "w2", "w3"] {
         c.spawn_worker(id, &[]);
     }
-    c.wait_status(Duration::from_secs(20), "3 alive workers", |s| {
-        workers_in(s, "alive").len() == 3
-    });
+    c.wait_alive(3);
     for i in 0..30 {
         c.add_client(&format!("client-{i:02}"));
     }
@@ -234,18 +232,19 @@ fn clients_wait_unassigned_until_a_worker_registers_and_agents_show_presence() {
     assert!(log.contains("sqdctl add-client"), "{log}");
 }
 
+/// Worker a takes client x alone; then b joins (x stays on a: assignment is sticky).
+fn client_x_on_a_then_b_joins(c: &mut Cluster) {
+    c.spawn_worker("a", &[]);
+    c.wait_alive(1);
+    c.add_client("x");
+    c.spawn_worker("b", &[]);
+    c.wait_alive(2);
+}
+
 #[test]
 fn stop_shuts_a_worker_down_gracefully_and_its_clients_move_at_once() {
     let mut c = Cluster::start(1000, 10_000);
-    c.spawn_worker("a", &[]);
-    c.wait_status(Duration::from_secs(10), "a alive", |s| {
-        workers_in(s, "alive").len() == 1
-    });
-    c.add_client("x");
-    c.spawn_worker("b", &[]);
-    c.wait_status(Duration::from_secs(10), "b alive", |s| {
-        workers_in(s, "alive").len() == 2
-    });
+    client_x_on_a_then_b_joins(&mut c);
     let owner = c
         .status()
         .and_then(|s| s["clients"][0]["worker"].as_str().map(str::to_owned))
@@ -291,15 +290,7 @@ fn stop_shuts_a_worker_down_gracefully_and_its_clients_move_at_once() {
 #[test]
 fn explain_shows_each_move_of_a_client_with_its_reason() {
     let mut c = Cluster::start(500, 1500);
-    c.spawn_worker("a", &[]);
-    c.wait_status(Duration::from_secs(10), "a alive", |s| {
-        workers_in(s, "alive").len() == 1
-    });
-    c.add_client("x");
-    c.spawn_worker("b", &[]);
-    c.wait_status(Duration::from_secs(10), "b alive", |s| {
-        workers_in(s, "alive").len() == 2
-    });
+    client_x_on_a_then_b_joins(&mut c);
     c.workers.get_mut("a").expect("a").kill9();
     c.wait_status(Duration::from_secs(6), "x on b", |s| {
         s["clients"][0]["worker"] == "b"

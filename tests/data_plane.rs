@@ -112,9 +112,7 @@ impl Setup {
         for w in workers {
             cluster.spawn_worker_with(w, FAST, env);
         }
-        cluster.wait_status(Duration::from_secs(20), "workers alive", |s| {
-            workers_in(s, "alive").len() == workers.len()
-        });
+        cluster.wait_alive(workers.len());
         Setup {
             sshd,
             cluster,
@@ -385,10 +383,7 @@ fn crash_at_every_step_keeps_exactly_once() {
         let kh = s.sshd.known_hosts.clone();
         s.cluster
             .spawn_worker_with("crashy", FAST, &[("SQD_FAILPOINT", point)]);
-        s.cluster
-            .wait_status(Duration::from_secs(20), "crashy alive", |st| {
-                workers_in(st, "alive").len() == 1
-            });
+        s.cluster.wait_alive(1);
         let dir = s.add_client("victim", &kh);
         let expected = produce(&dir, point, 50);
         let crashy = s.cluster.workers.get_mut("crashy").expect("crashy");
@@ -402,10 +397,7 @@ fn crash_at_every_step_keeps_exactly_once() {
         s.cluster.spawn_worker_with("rescuer", FAST, &[]);
         s.cluster.spawn_worker_with("crashy", FAST, &[]);
         s.wait_drained(&expected, Duration::from_secs(60));
-        s.cluster
-            .wait_status(Duration::from_secs(20), "both alive", |st| {
-                workers_in(st, "alive").len() == 2
-            });
+        s.cluster.wait_alive(2);
         std::thread::sleep(Duration::from_millis(500));
         let crashy = s.cluster.workers.get_mut("crashy").expect("crashy");
         assert!(
@@ -515,10 +507,7 @@ fn a_worker_pulls_through_a_restricted_sftp_only_key() {
         sources: BTreeMap::new(),
     };
     s.cluster.spawn_worker_with("w1", FAST, &[]);
-    s.cluster
-        .wait_status(Duration::from_secs(20), "w1 alive", |st| {
-            workers_in(st, "alive").len() == 1
-        });
+    s.cluster.wait_alive(1);
     let kh = s.sshd.known_hosts.clone();
     let dir = s.add_client("locked", &kh);
     let expected = produce(&dir, "locked", 100);
@@ -544,18 +533,8 @@ fn metrics_move_when_files_flow_and_when_a_worker_dies() {
     for w in ["w1", "w2"] {
         s.cluster.spawn_worker_with(w, &with_metrics, &[]);
     }
-    s.cluster
-        .wait_status(Duration::from_secs(20), "2 workers alive", |st| {
-            workers_in(st, "alive").len() == 2
-        });
-    let addr_of = |dir: PathBuf| {
-        wait_until(Duration::from_secs(10), "a metrics.addr file", || {
-            std::fs::read_to_string(dir.join("metrics.addr"))
-                .ok()
-                .map(|a| a.trim().to_owned())
-                .filter(|a| !a.is_empty())
-        })
-    };
+    s.cluster.wait_alive(2);
+    let addr_of = |dir: PathBuf| wait_addr_file(&dir.join("metrics.addr"));
     let leader = addr_of(s.cluster.state_dir());
     let workers: BTreeMap<String, String> = ["w1", "w2"]
         .iter()
@@ -563,7 +542,11 @@ fn metrics_move_when_files_flow_and_when_a_worker_dies() {
         .collect();
     for addr in std::iter::once(&leader).chain(workers.values()) {
         assert_eq!(http_get(addr, "/healthz").map(|r| r.0), Some(200));
-        assert_eq!(http_get(addr, "/readyz").map(|r| r.0), Some(200));
+        // A worker is ready once its first heartbeat is acknowledged (lease granted), which
+        // may come just after status already lists it alive.
+        wait_until(Duration::from_secs(5), "/readyz 200", || {
+            (http_get(addr, "/readyz").map(|r| r.0) == Some(200)).then_some(())
+        });
         assert_eq!(http_get(addr, "/nope").map(|r| r.0), Some(404));
     }
     let scrape = |addr: &str| {

@@ -149,10 +149,11 @@ async fn connect(cli: &Cli) -> Result<AdminServiceClient<Channel>, CtlError> {
     Ok(AdminServiceClient::new(channel))
 }
 
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+/// The `--json` form of a view: one pretty-printed object on stdout.
+fn print_json(view: &impl serde::Serialize) -> Result<(), CtlError> {
+    let text = serde_json::to_string_pretty(view).map_err(|e| CtlError::Refused(e.to_string()))?;
+    println!("{text}");
+    Ok(())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -332,15 +333,16 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                     .into_inner();
                 let view = output::StatusView::from(status);
                 if *json {
-                    let text = serde_json::to_string_pretty(&view)
-                        .map_err(|e| CtlError::Refused(e.to_string()))?;
-                    println!("{text}");
+                    print_json(&view)?;
                 } else if *watch && style.tty {
                     // Home + clear, then the frame: refreshes in place on a terminal.
-                    print!("\x1b[H\x1b[2J{}", view.human(&style, now_unix_ms()));
+                    print!(
+                        "\x1b[H\x1b[2J{}",
+                        view.human(&style, crate::clock::unix_ms())
+                    );
                     println!("\nevery {interval}s; Ctrl-C to stop");
                 } else {
-                    print!("{}", view.human(&style, now_unix_ms()));
+                    print!("{}", view.human(&style, crate::clock::unix_ms()));
                 }
                 if !*watch {
                     break;
@@ -371,11 +373,12 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 .into_inner();
             let view = output::ExplainView::from(resp);
             if *json {
-                let text = serde_json::to_string_pretty(&view)
-                    .map_err(|e| CtlError::Refused(e.to_string()))?;
-                println!("{text}");
+                print_json(&view)?;
             } else {
-                print!("{}", view.human(&output::Style::detect(), now_unix_ms()));
+                print!(
+                    "{}",
+                    view.human(&output::Style::detect(), crate::clock::unix_ms())
+                );
             }
         }
         Command::Completions { .. } | Command::Man { .. } => {}

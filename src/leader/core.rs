@@ -234,7 +234,7 @@ impl Core {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(self.explain(&client, limit, now));
+                let _ = reply.send(self.explain(&client, limit));
             }
         }
         Ok(())
@@ -491,12 +491,7 @@ impl Core {
         }
     }
 
-    fn explain(
-        &self,
-        name: &str,
-        limit: usize,
-        _now: Millis,
-    ) -> Result<proto::ExplainResponse, CoreError> {
+    fn explain(&self, name: &str, limit: usize) -> Result<proto::ExplainResponse, CoreError> {
         let client = self.registry.client(name).map(client_status);
         let history = self.state.audit_of(name, limit)?;
         if client.is_none() && history.is_empty() {
@@ -530,11 +525,8 @@ impl Core {
         reason: &str,
         detail: String,
     ) -> AuditEntry {
-        let at_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         AuditEntry {
-            at_unix_ms,
+            at_unix_ms: crate::clock::unix_ms(),
             client: client.to_owned(),
             kind: kind.to_owned(),
             from,
@@ -683,12 +675,12 @@ impl Core {
         for c in self.registry.clients() {
             agents += i64::from(matches!(c.agent, Agent::Up { .. }));
             unassigned += i64::from(c.worker.is_none());
-            let s = client_status(c);
+            let live = c.live_report();
             self.metrics.set_client(
                 &c.spec.name,
-                s.files_total,
-                s.bytes_total,
-                (s.backlog_files, s.backlog_bytes),
+                c.sum_reports(|p| p.files_total),
+                c.sum_reports(|p| p.bytes_total),
+                live.map_or((0, 0), |p| (p.backlog_files, p.backlog_bytes)),
             );
         }
         self.metrics
@@ -762,16 +754,10 @@ fn worker_state(w: &Worker) -> &'static str {
 }
 
 fn client_status(c: &Client) -> proto::ClientStatus {
-    let sum = |f: fn(&Progress) -> u64| c.reports.values().map(f).sum::<u64>();
-    // Backlog: the owner's last listing, else what the agent sees on the host.
-    let live = c
-        .worker
-        .as_deref()
-        .and_then(|w| c.reports.get(w))
-        .or(c.agent_report.as_ref());
+    let live = c.live_report();
     proto::ClientStatus {
-        files_today: sum(|p| p.files_today),
-        bytes_today: sum(|p| p.bytes_today),
+        files_today: c.sum_reports(|p| p.files_today),
+        bytes_today: c.sum_reports(|p| p.bytes_today),
         backlog_files: live.map_or(0, |p| p.backlog_files),
         backlog_bytes: live.map_or(0, |p| p.backlog_bytes),
         oldest_backlog_s: live.map_or(0, |p| p.oldest_backlog_s),
@@ -785,14 +771,9 @@ fn client_status(c: &Client) -> proto::ClientStatus {
         spec: Some(c.spec.clone().into()),
         worker: c.worker.clone().unwrap_or_default(),
         epoch: c.epoch,
-        agent: match c.agent {
-            Agent::None => "none",
-            Agent::Up { .. } => "up",
-            Agent::Down => "down",
-        }
-        .to_owned(),
-        files_total: sum(|p| p.files_total),
-        bytes_total: sum(|p| p.bytes_total),
+        agent: c.agent.as_str().to_owned(),
+        files_total: c.sum_reports(|p| p.files_total),
+        bytes_total: c.sum_reports(|p| p.bytes_total),
         last_error: live.and_then(|p| p.last_error.clone()).unwrap_or_default(),
     }
 }

@@ -55,13 +55,6 @@ pub enum LeaderError {
     CoreGone,
 }
 
-fn write_addr_file(path: &std::path::Path, addr: std::net::SocketAddr) -> Result<(), LeaderError> {
-    std::fs::write(path, format!("{addr}\n")).map_err(|source| LeaderError::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// Runs the leader until `shutdown` turns true.
 pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(), LeaderError> {
     let _lock = PidLock::acquire(&cfg.state_dir, "leader")?;
@@ -96,7 +89,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
             source,
         })?;
     // Lets scripts and tests that asked for port 0 find the leader.
-    write_addr_file(&cfg.state_dir.join("leader.addr"), local)?;
+    daemon::write_addr_file(&cfg.state_dir.join("leader.addr"), local)?;
 
     let info = core::LeaderInfo {
         addr: local.to_string(),
@@ -111,7 +104,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         let (bound, serve) =
             crate::metrics::bind(addr, prometheus, ready, daemon::wait_for(shutdown.clone()))
                 .await?;
-        write_addr_file(&cfg.state_dir.join("metrics.addr"), bound)?;
+        daemon::write_addr_file(&cfg.state_dir.join("metrics.addr"), bound)?;
         tokio::spawn(serve);
     }
     let (handle, core_thread) =

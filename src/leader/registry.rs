@@ -129,6 +129,21 @@ pub enum Agent {
     Down,
 }
 
+impl Client {
+    /// The freshest view of the backlog: the owner's last listing, else what the agent sees.
+    pub fn live_report(&self) -> Option<&Progress> {
+        self.worker
+            .as_deref()
+            .and_then(|w| self.reports.get(w))
+            .or(self.agent_report.as_ref())
+    }
+
+    /// Sum of a counter over every worker that served the client (each has its own shard).
+    pub fn sum_reports(&self, f: fn(&Progress) -> u64) -> u64 {
+        self.reports.values().map(f).sum()
+    }
+}
+
 impl Agent {
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -963,14 +978,7 @@ mod tests {
     }
 
     fn spec(name: &str) -> ClientSpec {
-        ClientSpec {
-            name: name.into(),
-            ssh: "u@h".into(),
-            path: "/p".into(),
-            key_file: String::new(),
-            known_hosts: String::new(),
-            pattern: String::new(),
-        }
+        ClientSpec::example(name)
     }
 
     fn hello<'a>(id: &'a str, held: &'a [(String, u64)]) -> WorkerHello<'a> {

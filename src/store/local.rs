@@ -11,7 +11,6 @@
 use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
@@ -241,12 +240,6 @@ pub fn utc_date(unix_ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// The path a file should get, relative to the store root, checked to stay beneath
 /// `files/<client>/<date>/`.
 fn wanted_path(meta: &FileMeta, date: &str) -> Result<PathBuf, StoreError> {
@@ -285,7 +278,7 @@ impl Sink for LocalStore {
         // (1) staged data durable.
         self.sync_all()?;
         // (2) the commit point.
-        let committed_at = now_ms();
+        let committed_at = crate::clock::unix_ms();
         let date = utc_date(committed_at);
         let mut inserted: Vec<Option<(i64, PathBuf)>> = Vec::with_capacity(batch.len());
         {
@@ -368,7 +361,7 @@ impl Sink for LocalStore {
     }
 
     fn totals(&self, client: &str) -> Result<Totals, StoreError> {
-        let day_start = now_ms().div_euclid(86_400_000) * 86_400_000;
+        let day_start = crate::clock::unix_ms().div_euclid(86_400_000) * 86_400_000;
         self.conn()
             .query_row(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0),
@@ -480,13 +473,13 @@ mod tests {
             let s = conformance::stage(&store, "c", b"f.jsonl", b"payload", 7);
             let key = s.meta.key();
             // Steps 1-2 only: the row exists with its staging name, the file is still staged.
-            let wanted = wanted_path(&s.meta, &utc_date(now_ms())).unwrap();
+            let wanted = wanted_path(&s.meta, &utc_date(crate::clock::unix_ms())).unwrap();
             store
                 .conn()
                 .execute(
                     "INSERT INTO files (file_key, client, name, size, mtime, hash, path, staged_as, worker, epoch, committed_at_ms)
                      VALUES (?1, 'c', ?2, 7, 0, 'h', ?3, 'test-7.part', 'w', 1, ?4)",
-                    params![key, b"f.jsonl".to_vec(), wanted.to_str().unwrap(), now_ms()],
+                    params![key, b"f.jsonl".to_vec(), wanted.to_str().unwrap(), crate::clock::unix_ms()],
                 )
                 .unwrap();
             // And a stray staged file that was never committed.

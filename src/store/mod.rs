@@ -64,6 +64,53 @@ pub struct Totals {
     pub last_commit_unix_ms: i64,
 }
 
+const DAY_MS: i64 = 86_400_000;
+
+impl Totals {
+    /// Counts a batch committed at `at_unix_ms`, so callers need not re-read the catalog after
+    /// every batch; "today" restarts when the UTC day changed since the last commit.
+    pub fn add_batch(&mut self, files: u64, bytes: u64, at_unix_ms: i64) {
+        if at_unix_ms.div_euclid(DAY_MS) != self.last_commit_unix_ms.div_euclid(DAY_MS) {
+            self.files_today = 0;
+            self.bytes_today = 0;
+        }
+        self.files_total += files;
+        self.bytes_total += bytes;
+        self.files_today += files;
+        self.bytes_today += bytes;
+        self.last_commit_unix_ms = self.last_commit_unix_ms.max(at_unix_ms);
+    }
+
+    /// (files, bytes) committed on the UTC day of `now_unix_ms`.
+    pub fn today(&self, now_unix_ms: i64) -> (u64, u64) {
+        if now_unix_ms.div_euclid(DAY_MS) == self.last_commit_unix_ms.div_euclid(DAY_MS) {
+            (self.files_today, self.bytes_today)
+        } else {
+            (0, 0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod totals_tests {
+    use super::*;
+
+    #[test]
+    fn batches_add_up_and_today_restarts_on_a_new_utc_day() {
+        let day = 20_000 * DAY_MS;
+        let mut t = Totals::default();
+        t.add_batch(2, 20, day + 1000);
+        t.add_batch(1, 5, day + 2000);
+        assert_eq!((t.files_total, t.bytes_total), (3, 25));
+        assert_eq!(t.today(day + 5000), (3, 25));
+        assert_eq!(t.today(day + DAY_MS), (0, 0), "nothing yet on the next day");
+        t.add_batch(4, 40, day + DAY_MS + 1);
+        assert_eq!((t.files_total, t.bytes_total), (7, 65));
+        assert_eq!(t.today(day + DAY_MS + 10), (4, 40));
+        assert_eq!(t.last_commit_unix_ms, day + DAY_MS + 1);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(

@@ -150,14 +150,7 @@ mod tests {
     use super::*;
 
     fn spec(n: &str) -> ClientSpec {
-        ClientSpec {
-            name: n.into(),
-            ssh: "u@h".into(),
-            path: "/p".into(),
-            key_file: String::new(),
-            known_hosts: String::new(),
-            pattern: String::new(),
-        }
+        ClientSpec::example(n)
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub enum WorkerError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     Node(#[from] NodeError),
-    #[error("cannot write in the store directory {path}: {source}")]
+    #[error("cannot create store directory {path}: {source}")]
     Store {
         path: PathBuf,
         source: std::io::Error,
@@ -109,12 +109,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         let (bound, serve) =
             crate::metrics::bind(addr, prometheus, ready, daemon::wait_for(shutdown.clone()))
                 .await?;
-        // Lets scripts and tests that asked for port 0 find the endpoint.
-        let addr_file = cfg.store.join("metrics.addr");
-        std::fs::write(&addr_file, format!("{bound}\n")).map_err(|source| WorkerError::Store {
-            path: addr_file,
-            source,
-        })?;
+        daemon::write_addr_file(&cfg.store.join("metrics.addr"), bound)?;
         tokio::spawn(serve);
     }
     let mut worker = WorkerNode::new(cfg.id.clone(), store, pull, lease.clone(), held, metrics);
@@ -230,12 +225,14 @@ impl WorkerNode {
                 stats,
             },
         );
+        self.metrics.clients.set(self.running.len() as i64);
     }
 
     /// Stops a client's task; tells the leader `Released` once the task really ended.
     fn stop(&mut self, client: &str, epoch: u64, out: Option<&NodeOutbox>) {
         let running = self.running.remove(client);
         self.metrics.forget_client(client);
+        self.metrics.clients.set(self.running.len() as i64);
         let out = out.cloned();
         let client = client.to_owned();
         tokio::spawn(async move {
@@ -297,6 +294,7 @@ impl Handler for WorkerNode {
         let (at, _) = self.last_sample;
         let secs = at.elapsed().as_secs_f64().max(0.001);
         self.last_sample = (Instant::now(), self.busy_ns.load(Ordering::Relaxed));
+        let now_ms = crate::clock::unix_ms();
         self.running
             .iter()
             .map(|(client, r)| {
@@ -305,14 +303,15 @@ impl Handler for WorkerNode {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let rate = (s.committed_bytes as f64 / secs) as u64;
+                let today = s.totals.today(now_ms);
                 s.committed_bytes = 0;
                 proto::ClientProgress {
                     client: client.clone(),
                     epoch: r.epoch,
                     files_total: s.totals.files_total,
                     bytes_total: s.totals.bytes_total,
-                    files_today: s.totals.files_today,
-                    bytes_today: s.totals.bytes_today,
+                    files_today: today.0,
+                    bytes_today: today.1,
                     backlog_files: s.backlog_files,
                     backlog_bytes: s.backlog_bytes,
                     oldest_backlog_s: s.oldest_backlog.map_or(0, |t| t.elapsed().as_secs()),
@@ -381,7 +380,6 @@ impl Handler for WorkerNode {
 
     fn lease(&mut self, valid: bool, _out: Option<&NodeOutbox>) {
         self.metrics.lease_valid.set(i64::from(valid));
-        self.metrics.clients.set(self.running.len() as i64);
         if !valid && !self.fenced && !self.running.is_empty() {
             warn!(worker = %self.id, clients = self.running.len(), "lease expired: stopped all work until the leader confirms the assignments");
             self.fenced = true;

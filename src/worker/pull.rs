@@ -293,6 +293,7 @@ fn set_error(task: &ClientTask, error: Option<String>) {
     lock(&task.stats).last_error = error;
 }
 
+/// Reads the client's totals from the catalog (once per assignment; batches add to them).
 async fn refresh_totals(task: &ClientTask) {
     let store = task.store.clone();
     let client = task.spec.name.clone();
@@ -546,8 +547,13 @@ async fn work(
            transfer_ms = (transferred_in - claimed_in).as_millis() as u64,
            commit_ms = (committed_in - transferred_in).as_millis() as u64,
            "batch timing");
-    lock(&task.stats).committed_bytes += bytes;
-    refresh_totals(task).await;
+    {
+        let mut stats = lock(&task.stats);
+        stats.committed_bytes += bytes;
+        stats
+            .totals
+            .add_batch(committed, committed_bytes, crate::clock::unix_ms());
+    }
     Ok((more, names))
 }
 

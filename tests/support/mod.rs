@@ -154,19 +154,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a leader on a free loopback port and waits until it answers.
     pub fn start(heartbeat_ms: u64, lease_ms: u64) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Cluster {
-            dir,
-            leader_addr: String::new(),
-            leader: None,
-            workers: BTreeMap::new(),
-            agents: BTreeMap::new(),
-            heartbeat_ms,
-            lease_ms,
-            leader_extra: Vec::new(),
-        };
-        c.start_leader("127.0.0.1:0");
-        c
+        Cluster::start_with(heartbeat_ms, lease_ms, &[])
     }
 
     /// Like [`Cluster::start`], with extra leader flags.
@@ -215,12 +203,7 @@ impl Cluster {
         args.extend(self.leader_extra.iter().map(String::as_str));
         let proc = Proc::spawn("leader", self.dir.path(), &args, &[]);
         self.leader = Some(proc);
-        self.leader_addr = wait_until(Duration::from_secs(20), "the leader's address file", || {
-            std::fs::read_to_string(&addr_file)
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        });
+        self.leader_addr = wait_addr_file(&addr_file);
         let addr = self.leader_addr.clone();
         wait_until(
             Duration::from_secs(20),
@@ -321,6 +304,15 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// Waits (≤ 20 s) until exactly `n` workers are alive; returns that status.
+    pub fn wait_alive(&self, n: usize) -> Value {
+        self.wait_status(
+            Duration::from_secs(20),
+            &format!("{n} alive worker(s)"),
+            |s| workers_in(s, "alive").len() == n,
+        )
+    }
+
     pub fn wait_status(
         &self,
         timeout: Duration,
@@ -371,6 +363,20 @@ pub fn all_on_alive(status: &Value, expected_clients: usize) -> bool {
     a.len() == expected_clients
         && a.values()
             .all(|(w, _)| w.as_ref().is_some_and(|w| alive.contains(w)))
+}
+
+/// Waits (≤ 20 s) for a daemon's address file (`leader.addr`, `metrics.addr`) and returns it.
+pub fn wait_addr_file(path: &Path) -> String {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("address file {}", path.display()),
+        || {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        },
+    )
 }
 
 /// `GET path` over plain HTTP/1.1 on loopback: (status code, body), or None when unreachable.

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
+pub use crate::transport::ssh::TransferMode;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -82,6 +84,9 @@ pub struct WorkerConfig {
     pub transfers_in_flight: usize,
     /// Key `max_file_mb`, default 4096: larger files are left in place with an error.
     pub max_file_bytes: u64,
+    /// Key `transfer`, default `auto`: batch mode where the host allows it, else SFTP;
+    /// `sftp` never runs commands on the producing hosts.
+    pub transfer: TransferMode,
     /// Key `cluster`, optional; same rule as the leader's.
     pub cluster: Option<String>,
     pub log: LogConfig,
@@ -227,6 +232,7 @@ const WORKER_KEYS: &[&str] = &[
     "batch_files",
     "transfers_in_flight",
     "max_file_mb",
+    "transfer",
     "log_level",
     "log_format",
 ];
@@ -366,6 +372,7 @@ impl WorkerConfig {
         let batch_files = l.integer("batch_files");
         let in_flight = l.integer("transfers_in_flight");
         let max_file_mb = l.integer("max_file_mb");
+        let transfer = l.string("transfer");
         let log = l.log_keys();
         l.unknown_keys(WORKER_KEYS);
 
@@ -403,6 +410,11 @@ impl WorkerConfig {
         let max_file_mb = l.check("max_file_mb", max_file_mb.or_default(4096), |v| {
             ranged::<u64>(v, (1, 1 << 30))
         });
+        let transfer = l.check(
+            "transfer",
+            transfer.or_default("auto".into()),
+            transfer_mode,
+        );
         let log = l.log(log, flags.log_level.clone(), flags.log_format.clone());
         let data_plane = match (poll_ms, settle_ms, batch_files, in_flight, max_file_mb) {
             (Some(p), Some(s), Some(b), Some(i), Some(m)) => {
@@ -411,7 +423,7 @@ impl WorkerConfig {
             _ => None,
         };
 
-        match (id, leader, store, capacity, log, data_plane) {
+        match (id, leader, store, capacity, log, data_plane, transfer) {
             (
                 Some(id),
                 Some(leader),
@@ -419,6 +431,7 @@ impl WorkerConfig {
                 Some(capacity),
                 Some(log),
                 Some((poll_ms, settle_ms, batch_files, transfers_in_flight, max_file_mb)),
+                Some(transfer),
             ) if l.problems.is_empty() => Ok(WorkerConfig {
                 id: id.value,
                 leader: leader.value,
@@ -434,6 +447,7 @@ impl WorkerConfig {
                 batch_files,
                 transfers_in_flight,
                 max_file_bytes: max_file_mb.saturating_mul(1024 * 1024),
+                transfer: transfer.value,
                 log,
             }),
             _ => Err(l.into_error()),
@@ -876,6 +890,16 @@ fn log_level(v: String) -> Result<String, String> {
     Ok(v)
 }
 
+fn transfer_mode(v: String) -> Result<TransferMode, String> {
+    match v.as_str() {
+        "auto" => Ok(TransferMode::Auto),
+        "sftp" => Ok(TransferMode::Sftp),
+        _ => Err(format!(
+            "{v:?} is not a transfer mode; expected \"auto\" (batch mode where the host allows it) or \"sftp\""
+        )),
+    }
+}
+
 fn log_format(v: String) -> Result<LogFormat, String> {
     match v.as_str() {
         "text" => Ok(LogFormat::Text),
@@ -981,6 +1005,7 @@ mod tests {
                 batch_files: 1000,
                 transfers_in_flight: 256,
                 max_file_bytes: 4096 * 1024 * 1024,
+                transfer: TransferMode::Auto,
                 log: default_log(),
             }
         );

@@ -16,6 +16,7 @@ fn params(sshd: &Sshd, known_hosts: &std::path::Path, control: &std::path::Path)
         known_hosts: Some(known_hosts.to_path_buf()),
         control_dir: control.to_path_buf(),
         connect_timeout: Duration::from_secs(5),
+        transfer: ssh::TransferMode::Auto,
     }
 }
 

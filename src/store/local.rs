@@ -146,8 +146,8 @@ impl LocalStore {
             })
     }
 
-    /// Links `staged` to `wanted` (relative to the root) or, if taken, to the next distinct
-    /// name beside it, then unlinks the staged name. Returns the final absolute path.
+    /// Moves `staged` to `wanted` (relative to the root) or, if taken, to the next distinct
+    /// name beside it, never replacing a file. Returns the final absolute path.
     fn place(&self, staged: &Path, wanted: &Path) -> Result<PathBuf, StoreError> {
         let wanted = self.root.join(wanted);
         let dir = wanted.parent().ok_or_else(|| StoreError::NotStaged {
@@ -163,11 +163,8 @@ impl LocalStore {
             .to_owned();
         for n in 0u32.. {
             let candidate = dir.join(numbered(&file_name, n));
-            match std::fs::hard_link(staged, &candidate) {
-                Ok(()) => {
-                    std::fs::remove_file(staged).map_err(|e| StoreError::io(staged, e))?;
-                    return Ok(candidate);
-                }
+            match move_no_replace(staged, &candidate) {
+                Ok(()) => return Ok(candidate),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     // Recovery may meet its own earlier link: same inode means done already.
                     if same_file(staged, &candidate) {
@@ -180,6 +177,23 @@ impl LocalStore {
         }
         Err(StoreError::NotStaged { path: wanted })
     }
+}
+
+/// Moves `from` to `to` unless `to` exists (`AlreadyExists` then). One `renameat2` with
+/// `RENAME_NOREPLACE` where the filesystem has it; elsewhere a hard link and an unlink (a crash
+/// between the two leaves both names on one inode, which [`LocalStore::place`] recognises).
+fn move_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -1,16 +1,24 @@
 //! One multiplexed SSH session per client with SFTP on top (openssh `native-mux` over the
 //! system OpenSSH client): host keys checked strictly against a pinned known_hosts (D5), key
 //! files with group/other permissions refused, every failure classified into an error that
-//! says what to fix.
+//! says what to fix. Where the host lets the key run commands and has the GNU tools, whole
+//! batches are claimed, streamed and removed by one remote process each ("batch mode", see
+//! docs/ARCHITECTURE.md) instead of several SFTP requests per file.
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use openssh::{ControlPersist, KnownHosts, SessionBuilder};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
+use tokio::io::AsyncWriteExt;
+
+use super::batch;
+pub use super::batch::{BatchEnd, BatchPlan, StreamSink, StreamedFile};
 use openssh_sftp_client::{Sftp, SftpOptions};
 
 use crate::spec::SshTarget;
@@ -24,6 +32,18 @@ pub struct SshParams {
     /// Where the control sockets live (short path: unix sockets are limited to ~100 bytes).
     pub control_dir: PathBuf,
     pub connect_timeout: Duration,
+    /// Whether batch mode may be used when the host supports it.
+    pub transfer: TransferMode,
+}
+
+/// How files travel (worker key `transfer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransferMode {
+    /// Batch mode when the key may run `tar`, `mv` and `xargs` (GNU) on the host, else SFTP.
+    #[default]
+    Auto,
+    /// SFTP requests only (for keys that must not run commands, or to compare).
+    Sftp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,11 +188,27 @@ pub const SFTP_LANES: usize = 4;
 
 /// An open SSH connection to one client with [`SFTP_LANES`] SFTP channels on it.
 pub struct Remote {
+    session: Arc<Session>,
     lanes: Vec<Sftp>,
     next: std::sync::atomic::AtomicUsize,
     target: String,
+    /// The host runs GNU tar and mv for us (probed at connect).
+    batch: bool,
+    /// Batch helper shells, started on first use: one claims and streams, the other
+    /// removes durable files meanwhile (unlinks wait on the host's disk).
+    helpers: [tokio::sync::Mutex<Option<Helper>>; 2],
 }
 
+/// The long-lived `sh -s` of batch mode on the host.
+struct Helper {
+    /// Kept so the channel stays open; dropped with the helper.
+    _child: openssh::Child<Arc<Session>>,
+    stdin: openssh::ChildStdin,
+    /// Taken by the blocking reader while a batch runs.
+    stdout: Option<std::io::BufReader<std::fs::File>>,
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects with strict host-key checking and the given key.
 pub async fn connect(params: &SshParams) -> Result<Remote, TransportError> {
     if let Some(key) = &params.key_file {
@@ -227,11 +263,32 @@ pub async fn connect(params: &SshParams) -> Result<Remote, TransportError> {
             })?;
         lanes.push(sftp);
     }
+    let batch = params.transfer == TransferMode::Auto && probe_batch_tools(&session).await;
+    tracing::debug!(target = %target, batch, "connected");
     Ok(Remote {
+        session,
         lanes,
         next: std::sync::atomic::AtomicUsize::new(0),
         target,
+        batch,
+        helpers: Default::default(),
     })
+}
+
+/// Whether the key may run commands and the host has GNU tar and coreutils. A key forced to
+/// `internal-sftp` answers nothing here (the SFTP server sees end of input).
+async fn probe_batch_tools(session: &Arc<Session>) -> bool {
+    let mut cmd = session.clone().arc_raw_command(batch::PROBE);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    match tokio::time::timeout(PROBE_TIMEOUT, cmd.output()).await {
+        Ok(Ok(out)) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            batch::PROBE_MARKERS.iter().all(|m| text.contains(m))
+        }
+        _ => false,
+    }
 }
 
 fn error_text(e: &dyn std::error::Error) -> String {
@@ -413,6 +470,143 @@ impl Remote {
         ))
     }
 
+    /// Whether batch mode is on for this connection.
+    pub fn batch_capable(&self) -> bool {
+        self.batch
+    }
+
+    /// Runs one batch (see [`batch`]) through the connection's helper shell, started on
+    /// first use; returns `sink` back with how the batch ended. Any failure ends the helper
+    /// (the next batch starts a new one), as its reply stream can no longer be trusted.
+    pub async fn batch<S: StreamSink>(
+        &self,
+        plan: &BatchPlan<'_>,
+        sink: S,
+    ) -> Result<(S, BatchEnd), TransportError> {
+        let removal_only = plan.claim.is_empty() && plan.stream.is_empty();
+        let mut helper = self.helpers[usize::from(removal_only)].lock().await;
+        let result = self.batch_with(&mut helper, plan, sink).await;
+        if result.is_err() {
+            *helper = None;
+        }
+        let (sink, end) = result?;
+        if end.dir_missing {
+            return Err(TransportError::DirMissing {
+                target: self.target.clone(),
+                path: plan.dir.to_owned(),
+            });
+        }
+        Ok((sink, end))
+    }
+
+    async fn batch_with<S: StreamSink>(
+        &self,
+        helper: &mut Option<Helper>,
+        plan: &BatchPlan<'_>,
+        mut sink: S,
+    ) -> Result<(S, BatchEnd), TransportError> {
+        if helper.is_none() {
+            *helper = Some(self.start_helper().await?);
+        }
+        let Some(h) = helper.as_mut() else {
+            return Err(self.stream_broke("no helper shell"));
+        };
+        let Some(mut stdout) = h.stdout.take() else {
+            return Err(self.stream_broke("the helper's output was lost"));
+        };
+        let nonce = format!(
+            "{}-{}",
+            std::process::id(),
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let script = batch::script(plan, &nonce);
+        let reader = tokio::task::spawn_blocking(move || {
+            let end = batch::read_reply(&mut stdout, &nonce, &mut sink);
+            (stdout, sink, end)
+        });
+        let write = async {
+            h.stdin.write_all(&script).await?;
+            h.stdin.flush().await
+        };
+        let (written, read) = tokio::join!(write, reader);
+        let (stdout, sink, end) =
+            read.map_err(|e| self.stream_broke(&format!("reader failed: {e}")))?;
+        written.map_err(|e| self.stream_broke(&format!("cannot send the batch: {e}")))?;
+        let end = end.map_err(|e| self.stream_broke(&e.to_string()))?;
+        h.stdout = Some(stdout);
+        Ok((sink, end))
+    }
+
+    async fn start_helper(&self) -> Result<Helper, TransportError> {
+        let mut child = self
+            .session
+            .clone()
+            .arc_raw_command(batch::HELPER)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .await
+            .map_err(|e| self.lost(&e))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin().take(), child.stdout().take()) else {
+            return Err(self.stream_broke("the helper shell has no pipes"));
+        };
+        let stdout = stdout
+            .into_owned_fd()
+            .map_err(|e| self.stream_broke(&format!("cannot read the helper: {e}")))?;
+        if let Some(stderr) = child.stderr().take() {
+            let target = self.target.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(target = %target, said = %line, "helper shell");
+                }
+            });
+        }
+        tracing::debug!(target = %self.target, "batch helper shell started");
+        Ok(Helper {
+            _child: child,
+            stdin,
+            stdout: Some(std::io::BufReader::with_capacity(
+                256 * 1024,
+                std::fs::File::from(stdout),
+            )),
+        })
+    }
+
+    fn stream_broke(&self, reason: &str) -> TransportError {
+        TransportError::Lost {
+            target: self.target.clone(),
+            reason: format!("batch stream broke off: {reason}"),
+        }
+    }
+
+    fn lost(&self, e: &openssh::Error) -> TransportError {
+        TransportError::Lost {
+            target: self.target.clone(),
+            reason: error_text(e),
+        }
+    }
+
+    /// Size and mtime of a file (lstat), or `None` when it is gone.
+    pub async fn stat(&self, path: &Path) -> Result<Option<(u64, i64)>, TransportError> {
+        match self.lane().fs().symlink_metadata(path).await {
+            Ok(m) => Ok(Some((
+                m.len().unwrap_or(u64::MAX),
+                m.modified().map_or(0, |t| i64::from(t.into_raw())),
+            ))),
+            Err(e) => {
+                let err = sftp_error(&self.target, path, e);
+                if is_not_found(&err) {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     /// Ends the session. Dropping is deliberate: `Sftp::close` in openssh-sftp-client 0.15
     /// unwraps internally and panics when the connection had already failed.
     pub fn close(self) {
@@ -435,6 +629,7 @@ mod tests {
             known_hosts: Some("/kh".into()),
             control_dir: "/tmp".into(),
             connect_timeout: Duration::from_secs(1),
+            transfer: TransferMode::Auto,
         }
     }
 

@@ -73,6 +73,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         default_known_hosts: cfg.known_hosts.clone(),
         control_dir: cfg.store.join("ssh"),
         orphan_after: ORPHAN_AFTER,
+        transfer: cfg.transfer,
     };
     info!(worker = %cfg.id, leader = %cfg.leader, store = %cfg.store.display(), "worker starting");
     let store: Arc<dyn crate::store::Sink> = Arc::new(store);

@@ -8,6 +8,10 @@
 //! A worker adopts claims of older epochs once their owner's lease must have run out.
 //!
 //! The lease is checked before claiming and right before committing (C3).
+//!
+//! In batch mode (the host lets the key run GNU `mv`, `tar` and `xargs`), a batch is claimed
+//! by one `mv -n`, streamed by one `tar` and removed by one `rm`; the file's life is the same,
+//! only the number of round trips changes (docs/ARCHITECTURE.md).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,7 @@ pub struct PullConfig {
     /// How long another worker's unreleased claims wait for it to come back and resolve them
     /// before they are adopted (at least once; see [`lifecycle::claim_action`]).
     pub orphan_after: Duration,
+    pub transfer: ssh::TransferMode,
 }
 
 /// Live numbers of one client, read by the heartbeat.
@@ -270,6 +275,7 @@ fn ssh_params(spec: &ClientSpec, config: &PullConfig) -> Result<SshParams, Strin
         known_hosts: non_empty(&spec.known_hosts).or_else(|| config.default_known_hosts.clone()),
         control_dir: control_dir_for(&config.control_dir, &spec.name),
         connect_timeout: Duration::from_secs(5),
+        transfer: config.transfer,
     })
 }
 
@@ -371,8 +377,12 @@ async fn flush_removals(
 }
 
 fn claim_dir(task: &ClientTask) -> PathBuf {
-    PathBuf::from(&task.spec.path)
-        .join(".sqd")
+    PathBuf::from(&task.spec.path).join(claim_dir_in_client_dir(task))
+}
+
+/// [`claim_dir`] relative to the client's directory.
+fn claim_dir_in_client_dir(task: &ClientTask) -> PathBuf {
+    Path::new(".sqd")
         .join("claim")
         .join(lifecycle::claim_dir_name(&task.worker, task.epoch))
 }
@@ -388,6 +398,24 @@ async fn remove_sources(
         return Ok(());
     }
     let began = Instant::now();
+    if remote.batch_capable() {
+        let listed: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+        let claim_rel = claim_dir_in_client_dir(task);
+        let plan = ssh::BatchPlan {
+            dir: &task.spec.path,
+            claim_dir: &claim_rel.to_string_lossy(),
+            remove: &listed,
+            claim: &[],
+            stream: &[],
+        };
+        let (_, end) = remote.batch(&plan, NoFiles).await?;
+        if end.removed == Some(true) {
+            failpoint::hit("after_delete");
+            debug!(client = %task.spec.name, files = names.len(), ms = began.elapsed().as_millis() as u64, "sources removed");
+            return Ok(());
+        }
+        // Removal over SFTP names what stood in the way.
+    }
     let targets: Vec<PathBuf> = names.iter().map(|n| mine.join(name_path(n))).collect();
     let removals: Vec<_> = targets.iter().map(|p| remote.remove(p)).collect();
     let results: Vec<Result<(), TransportError>> = stream::iter(removals)
@@ -460,7 +488,14 @@ async fn work(
 
     let room = cfg.batch_files.saturating_sub(ready_leftovers.len());
     let take = room.min(cursor.queue.len());
-    let to_claim: Vec<RemoteEntry> = cursor.queue.drain(..take).collect();
+    let mut to_claim: Vec<RemoteEntry> = cursor.queue.drain(..take).collect();
+    if remote.batch_capable() && !ready_leftovers.is_empty() {
+        // One name once per stream: a new file named like a leftover waits for the next round
+        // (a claim would not replace the leftover anyway).
+        let taken: std::collections::HashSet<&[u8]> =
+            ready_leftovers.iter().map(|w| w.name.as_slice()).collect();
+        to_claim.retain(|e| !taken.contains(e.name.as_slice()));
+    }
     let more = !cursor.queue.is_empty();
     let to_claim: Vec<&RemoteEntry> = to_claim.iter().collect();
 
@@ -471,16 +506,34 @@ async fn work(
         return Err(CycleError::LeaseExpired);
     }
     let listed_in = began.elapsed();
-    let claimed = claim(remote, &dir, &mine, &to_claim, cfg.in_flight).await?;
+    let batch = remote.batch_capable();
+    let claimed = if batch {
+        // Claimed by the same script that streams them (see `transfer_batch`).
+        to_claim
+            .iter()
+            .map(|e| Work {
+                name: e.name.clone(),
+                size: e.size,
+                mtime: e.mtime,
+            })
+            .collect()
+    } else {
+        claim(remote, &dir, &mine, &to_claim, cfg.in_flight).await?
+    };
     let claimed_in = began.elapsed();
     for w in &claimed {
         cursor.fresh.forget(&w.name);
         cursor.backlog.0 = cursor.backlog.0.saturating_sub(1);
         cursor.backlog.1 = cursor.backlog.1.saturating_sub(w.size);
     }
-    if !claimed.is_empty() {
+    if !claimed.is_empty() && !batch {
         failpoint::hit("after_claim");
     }
+    let to_claim: Vec<Vec<u8>> = if batch {
+        claimed.iter().map(|w| w.name.clone()).collect()
+    } else {
+        Vec::new()
+    };
 
     let mut work = ready_leftovers;
     work.extend(claimed);
@@ -488,7 +541,11 @@ async fn work(
         return Ok((more, Vec::new()));
     }
 
-    let staged = transfer(task, remote, &mine, work, cursor).await;
+    let staged = if batch {
+        transfer_batch(task, remote, &to_claim, work, cursor).await?
+    } else {
+        transfer(task, remote, &mine, work, cursor).await
+    };
     let transferred_in = began.elapsed();
     let (staged, changed): (Vec<_>, Vec<_>) = staged.into_iter().partition(|(s, _)| s.is_some());
     for (_, name) in &changed {
@@ -643,6 +700,209 @@ async fn claim(
         }
     }
     Ok(claimed)
+}
+
+/// A batch that streams nothing.
+struct NoFiles;
+
+impl ssh::StreamSink for NoFiles {
+    fn file(&mut self, _: ssh::StreamedFile<'_>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the batch stream's reader keeps while files arrive (it runs on a blocking thread).
+struct BatchReceiver {
+    client: String,
+    staging: PathBuf,
+    /// Staging file prefix: client, worker and epoch.
+    prefix: String,
+    seq: u64,
+    /// Listed size and mtime of each file still expected.
+    expected: HashMap<Vec<u8>, (u64, i64)>,
+    staged: Vec<(Staged, Vec<u8>)>,
+    changed: Vec<Vec<u8>>,
+    first_chunk_seen: bool,
+    /// The batch claims files (rather than only re-reading leftovers).
+    claiming: bool,
+}
+
+impl BatchReceiver {
+    fn staging_path(&self, seq: u64) -> PathBuf {
+        self.staging.join(format!("{}-{seq}.part", self.prefix))
+    }
+}
+
+impl ssh::StreamSink for BatchReceiver {
+    fn claimed(&mut self) {
+        if self.claiming {
+            failpoint::hit("after_claim");
+        }
+    }
+
+    fn file(&mut self, file: ssh::StreamedFile<'_>) -> std::io::Result<()> {
+        use std::io::Write;
+        let Some((size, mtime)) = self.expected.remove(file.name) else {
+            return Ok(()); // not asked for (never happens with GNU tar); not read
+        };
+        if lifecycle::verify_copy(size, mtime, file.size, file.size, file.mtime)
+            != CopyVerdict::Intact
+        {
+            warn!(client = %self.client, name = %String::from_utf8_lossy(file.name),
+                  listed_size = size, size_now = file.size,
+                  "file changed since it was listed: not committed, not deleted; retried once it settles");
+            self.changed.push(file.name.to_vec());
+            return Ok(());
+        }
+        self.seq += 1;
+        let path = self.staging_path(self.seq);
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut read = 0u64;
+        let copied = loop {
+            let n = match file.content.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) => break Err(e),
+            };
+            if !self.first_chunk_seen {
+                self.first_chunk_seen = true;
+                failpoint::hit("mid_transfer");
+            }
+            hasher.update(&buf[..n]);
+            if let Err(e) = out.write_all(&buf[..n]) {
+                break Err(e);
+            }
+            read += n as u64;
+        }
+        .and_then(|()| out.flush());
+        if let Err(e) = copied {
+            discard(vec![path]);
+            return Err(e);
+        }
+        self.staged.push((
+            Staged {
+                meta: FileMeta {
+                    client: self.client.clone(),
+                    name: file.name.to_vec(),
+                    size: read,
+                    mtime,
+                    hash: *hasher.finalize().as_bytes(),
+                },
+                path,
+            },
+            file.name.to_vec(),
+        ));
+        Ok(())
+    }
+}
+
+/// Claims `to_claim` and streams every file of `work` (the claimed ones and ready leftovers)
+/// into staging with one batch script; `None` for a file that changed or did not arrive (a
+/// name the claim did not move: it vanished, or a leftover of that name holds its place).
+/// When `tar` did not end cleanly, each received file is checked again against its listed
+/// size and mtime before it counts.
+async fn transfer_batch(
+    task: &ClientTask,
+    remote: &Remote,
+    to_claim: &[Vec<u8>],
+    work: Vec<Work>,
+    cursor: &mut Cursor,
+) -> Result<Vec<(Option<Staged>, Vec<u8>)>, CycleError> {
+    let mine = claim_dir(task);
+    let claim_rel = claim_dir_in_client_dir(task);
+    let claim_rel = claim_rel.to_string_lossy();
+    let names: Vec<&[u8]> = work.iter().map(|w| w.name.as_slice()).collect();
+    let claim_names: Vec<&[u8]> = to_claim.iter().map(Vec::as_slice).collect();
+    let plan = ssh::BatchPlan {
+        dir: &task.spec.path,
+        claim_dir: &claim_rel,
+        remove: &[],
+        claim: &claim_names,
+        stream: &names,
+    };
+    let receiver = BatchReceiver {
+        client: task.spec.name.clone(),
+        staging: task.store.staging_dir().to_path_buf(),
+        prefix: format!("{}-{}-{}", task.spec.name, task.worker, task.epoch),
+        seq: cursor.staged_seq,
+        expected: work
+            .iter()
+            .map(|w| (w.name.clone(), (w.size, w.mtime)))
+            .collect(),
+        staged: Vec::new(),
+        changed: Vec::new(),
+        first_chunk_seen: false,
+        claiming: !to_claim.is_empty(),
+    };
+    let first_seq = cursor.staged_seq;
+    // Every staging name this batch may use is reserved, so a failure can sweep them all.
+    cursor.staged_seq += work.len() as u64;
+    let reserved: Vec<PathBuf> = (first_seq + 1..=first_seq + work.len() as u64)
+        .map(|seq| receiver.staging_path(seq))
+        .collect();
+    let (mut received, end) = match remote.batch(&plan, receiver).await {
+        Ok(done) => done,
+        Err(e) => {
+            discard(reserved);
+            return Err(e.into());
+        }
+    };
+    if !end.clean {
+        // GNU tar saw a file change while reading it, or could not read one: check each
+        // received file against the listing again.
+        debug!(client = %task.spec.name, "batch stream ended unclean: re-checking its files");
+        let checks: Vec<_> = received
+            .staged
+            .iter()
+            .map(|(s, name)| {
+                let path = mine.join(name_path(name));
+                async move { (remote.stat(&path).await, s.meta.size, s.meta.mtime) }
+            })
+            .collect();
+        let verdicts: Vec<_> = stream::iter(checks)
+            .buffered(task.config.in_flight)
+            .collect()
+            .await;
+        if let Some(Err(e)) = verdicts
+            .iter()
+            .find(|(now, _, _)| now.is_err())
+            .map(|v| &v.0)
+        {
+            let e = e.clone();
+            discard(reserved);
+            return Err(e.into());
+        }
+        let mut kept = Vec::with_capacity(received.staged.len());
+        for ((s, name), (now, size, mtime)) in received.staged.drain(..).zip(verdicts) {
+            match now.ok().flatten() {
+                Some((size_now, mtime_now)) if size_now == size && mtime_now == mtime => {
+                    kept.push((s, name));
+                }
+                _ => {
+                    warn!(client = %task.spec.name, name = %String::from_utf8_lossy(&name),
+                          "file changed during copy: not committed, not deleted; retried once it settles");
+                    discard(vec![s.path]);
+                    received.changed.push(name);
+                }
+            }
+        }
+        received.staged = kept;
+    }
+    let mut out: Vec<(Option<Staged>, Vec<u8>)> = received
+        .staged
+        .into_iter()
+        .map(|(s, name)| (Some(s), name))
+        .collect();
+    out.extend(received.changed.into_iter().map(|n| (None, n)));
+    // Asked for but not in the stream: gone, or never claimed.
+    out.extend(received.expected.into_keys().map(|n| (None, n)));
+    Ok(out)
 }
 
 /// Transfers files into staging; `None` for a file that changed during the copy.

@@ -268,7 +268,7 @@ fn read_archive<R: BufRead>(input: &mut R, sink: &mut dyn StreamSink) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::ffi::OsStrExt;
 
     #[derive(Default)]

@@ -183,9 +183,11 @@ for set in $sets; do
     *) echo "bench: unknown set $set (small, medium, large)" >&2; exit 2 ;;
   esac
   [ -n "${BENCH_ONLY:-}" ] && read -r -a contenders <<<"$BENCH_ONLY"
-  for c in "${contenders[@]}"; do
-    [ "$c" = rsync_remove_fsync ] && [ $fsync_ok = 0 ] && continue
-    for _ in $(seq 1 "$runs"); do
+  # Runs interleave the contenders (sqd, rsync, ..., sqd, rsync, ...) so that the machine's
+  # drift over minutes (writeback, discard) weighs on all of them alike.
+  for _ in $(seq 1 "$runs"); do
+    for c in "${contenders[@]}"; do
+      [ "$c" = rsync_remove_fsync ] && [ $fsync_ok = 0 ] && continue
       case $c in
         sqd) out=$(run_sqd "$n" "$size") ;;
         rsync_remove) out=$(run_rsync "$n" "$size") ;;

@@ -253,26 +253,39 @@ pub async fn connect(params: &SshParams) -> Result<Remote, TransportError> {
     let options = SftpOptions::new()
         .max_pending_requests(std::num::NonZeroU16::new(1024).unwrap_or(std::num::NonZeroU16::MIN));
     let session = std::sync::Arc::new(session);
-    let mut lanes = Vec::with_capacity(SFTP_LANES);
-    for _ in 0..SFTP_LANES {
-        let sftp = Sftp::from_clonable_session(session.clone(), options)
-            .await
-            .map_err(|e| TransportError::Connect {
-                target: target.clone(),
-                reason: format!("sftp subsystem failed: {e}"),
-            })?;
-        lanes.push(sftp);
-    }
-    let batch = params.transfer == TransferMode::Auto && probe_batch_tools(&session).await;
-    tracing::debug!(target = %target, batch, "connected");
-    Ok(Remote {
+    let open_lanes = async {
+        let mut lanes = Vec::with_capacity(SFTP_LANES);
+        for _ in 0..SFTP_LANES {
+            let sftp = Sftp::from_clonable_session(session.clone(), options)
+                .await
+                .map_err(|e| TransportError::Connect {
+                    target: target.clone(),
+                    reason: format!("sftp subsystem failed: {e}"),
+                })?;
+            lanes.push(sftp);
+        }
+        Ok::<_, TransportError>(lanes)
+    };
+    // The probe waits on the host's login shell (its rc files): it runs while the SFTP
+    // channels open.
+    let probe =
+        async { params.transfer == TransferMode::Auto && probe_batch_tools(&session).await };
+    let (lanes, batch) = tokio::join!(open_lanes, probe);
+    let remote = Remote {
         session,
-        lanes,
+        lanes: lanes?,
         next: std::sync::atomic::AtomicUsize::new(0),
         target,
         batch,
         helpers: Default::default(),
-    })
+    };
+    if batch {
+        // Started now, its shell gets ready while the directory is listed.
+        let mut helper = remote.helpers[0].lock().await;
+        *helper = Some(remote.start_helper().await?);
+    }
+    tracing::debug!(target = %remote.target, batch, "connected");
+    Ok(remote)
 }
 
 /// Whether the key may run commands and the host has GNU tar and coreutils. A key forced to
@@ -483,8 +496,12 @@ impl Remote {
         plan: &BatchPlan<'_>,
         sink: S,
     ) -> Result<(S, BatchEnd), TransportError> {
+        // Removals take the second helper only while the first one is busy streaming.
         let removal_only = plan.claim.is_empty() && plan.stream.is_empty();
-        let mut helper = self.helpers[usize::from(removal_only)].lock().await;
+        let mut helper = match self.helpers[0].try_lock() {
+            Ok(free) => free,
+            Err(_) => self.helpers[usize::from(removal_only)].lock().await,
+        };
         let result = self.batch_with(&mut helper, plan, sink).await;
         if result.is_err() {
             *helper = None;

@@ -119,6 +119,9 @@ struct Cursor {
     /// Names in our claim dir whose batch is durable, to remove at the source while the next
     /// batch is claimed and transferred.
     committed_unremoved: Vec<Vec<u8>>,
+    /// Batch mode: a batch staged but not committed yet; it commits while the next one is
+    /// claimed and streamed.
+    pending: Vec<(Staged, Vec<u8>)>,
 }
 
 /// How long a listing's complete files may be worked through before the directory is listed
@@ -160,6 +163,7 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
         backlog: (0, 0),
         leftovers: (0, 0),
         committed_unremoved: Vec::new(),
+        pending: Vec::new(),
     };
     loop {
         if *stop.borrow() {
@@ -221,8 +225,12 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
             }
         }
     }
-    // Durable files still at the source must go before the claim dir is handed over, or the
-    // next owner would store them again.
+    // A staged batch commits if the lease still allows (else its claims stay for the next
+    // owner); durable files still at the source must go before the claim dir is handed over,
+    // or the next owner would store them again.
+    if let Err(e) = commit_pending(&task, &mut cursor).await {
+        warn!(client = %task.spec.name, error = %e, "staged batch not committed; its claims stay for the next owner");
+    }
     let flushed = match &remote {
         Some(r) => match flush_removals(&task, r, &mut cursor).await {
             Ok(()) => true,
@@ -324,6 +332,9 @@ async fn cycle(
     cursor: &mut Cursor,
     stop: &watch::Receiver<bool>,
 ) -> Result<bool, CycleError> {
+    if remote.batch_capable() {
+        return cycle_pipelined(task, remote, cursor, stop).await;
+    }
     let mine = claim_dir(task);
     let stopping = *stop.borrow();
     let began = Instant::now();
@@ -356,6 +367,60 @@ async fn cycle(
         flush_removals(task, remote, cursor).await?;
     }
     Ok(more)
+}
+
+/// Batch mode's cycle: batch N commits while batch N+1 is claimed and streamed by a script
+/// that first removes the sources of batch N-1, so the host, the link and the local disk all
+/// work at once. Before a listing (which reads our claim dir) the pipeline is drained.
+async fn cycle_pipelined(
+    task: &ClientTask,
+    remote: &Remote,
+    cursor: &mut Cursor,
+    stop: &watch::Receiver<bool>,
+) -> Result<bool, CycleError> {
+    let began = Instant::now();
+    let stopping = *stop.borrow();
+    let relist = cursor.queue.is_empty() || cursor.listed_at.elapsed() >= REUSE_LISTING_FOR;
+    if relist || stopping {
+        commit_pending(task, cursor).await?;
+        flush_removals(task, remote, cursor).await?;
+        let fetched = fetch(task, remote, cursor, began, true, stopping, &[]).await?;
+        cursor.pending = fetched.staged;
+        return Ok(fetched.more || !cursor.pending.is_empty());
+    }
+    let durable = std::mem::take(&mut cursor.committed_unremoved);
+    let pending = std::mem::take(&mut cursor.pending);
+    let (committed, fetched) = tokio::join!(
+        commit_staged(task, pending),
+        fetch(task, remote, cursor, began, false, false, &durable)
+    );
+    match fetched.as_ref().map(|f| f.removed) {
+        Ok(Some(true)) => {
+            failpoint::hit("after_delete");
+            for n in &durable {
+                cursor.claimed.forget(n);
+            }
+        }
+        // Not tried, refused or unknown: removed (over SFTP if need be) before the listing.
+        _ => cursor.committed_unremoved.extend(durable),
+    }
+    // The fetched batch is kept even when the commit failed: it commits next time.
+    let fetched = fetched.map(|mut f| {
+        cursor.pending = std::mem::take(&mut f.staged);
+        f.more
+    });
+    cursor.committed_unremoved.extend(committed?);
+    let more = fetched?;
+    debug!(client = %task.spec.name, files = cursor.pending.len(), ms = began.elapsed().as_millis() as u64, "batch fetched while the previous one committed");
+    Ok(more || !cursor.pending.is_empty() || !cursor.committed_unremoved.is_empty())
+}
+
+/// Commits the staged batch of batch mode, if any.
+async fn commit_pending(task: &ClientTask, cursor: &mut Cursor) -> Result<(), CycleError> {
+    let pending = std::mem::take(&mut cursor.pending);
+    let names = commit_staged(task, pending).await?;
+    cursor.committed_unremoved.extend(names);
+    Ok(())
 }
 
 /// Removes at the source the files of durable batches not removed yet.
@@ -440,6 +505,37 @@ async fn work(
     relist: bool,
     stopping: bool,
 ) -> Result<(bool, Vec<Vec<u8>>), CycleError> {
+    let fetched = fetch(task, remote, cursor, began, relist, stopping, &[]).await?;
+    let fetched_in = began.elapsed();
+    let names = commit_staged(task, fetched.staged).await?;
+    debug!(client = %task.spec.name, files = names.len(),
+           fetch_ms = fetched_in.as_millis() as u64,
+           commit_ms = (began.elapsed() - fetched_in).as_millis() as u64,
+           "batch timing");
+    Ok((fetched.more, names))
+}
+
+/// What [`fetch`] brought.
+struct Fetched {
+    /// More complete files wait in the listing.
+    more: bool,
+    /// Files staged intact, not committed yet.
+    staged: Vec<(Staged, Vec<u8>)>,
+    /// Whether the sources given to remove are gone (`None`: not tried).
+    removed: Option<bool>,
+}
+
+/// Lists when asked, then claims and transfers one batch into staging. In batch mode the
+/// same script first removes `remove` (durable files in our claim dir).
+async fn fetch(
+    task: &ClientTask,
+    remote: &Remote,
+    cursor: &mut Cursor,
+    began: Instant,
+    relist: bool,
+    stopping: bool,
+    remove: &[Vec<u8>],
+) -> Result<Fetched, CycleError> {
     let cfg = &task.config;
     let dir = PathBuf::from(&task.spec.path);
     let claim_root = dir.join(".sqd").join("claim");
@@ -499,13 +595,17 @@ async fn work(
     let more = !cursor.queue.is_empty();
     let to_claim: Vec<&RemoteEntry> = to_claim.iter().collect();
 
+    let nothing = |more| Fetched {
+        more,
+        staged: Vec::new(),
+        removed: None,
+    };
     if stopping {
-        return Ok((false, Vec::new()));
+        return Ok(nothing(false));
     }
     if !task.lease.valid_now() {
         return Err(CycleError::LeaseExpired);
     }
-    let listed_in = began.elapsed();
     let batch = remote.batch_capable();
     let claimed = if batch {
         // Claimed by the same script that streams them (see `transfer_batch`).
@@ -520,7 +620,6 @@ async fn work(
     } else {
         claim(remote, &dir, &mine, &to_claim, cfg.in_flight).await?
     };
-    let claimed_in = began.elapsed();
     for w in &claimed {
         cursor.fresh.forget(&w.name);
         cursor.backlog.0 = cursor.backlog.0.saturating_sub(1);
@@ -538,15 +637,14 @@ async fn work(
     let mut work = ready_leftovers;
     work.extend(claimed);
     if work.is_empty() {
-        return Ok((more, Vec::new()));
+        return Ok(nothing(more));
     }
 
-    let staged = if batch {
-        transfer_batch(task, remote, &to_claim, work, cursor).await?
+    let (staged, removed) = if batch {
+        transfer_batch(task, remote, remove, &to_claim, work, cursor).await?
     } else {
-        transfer(task, remote, &mine, work, cursor).await
+        (transfer(task, remote, &mine, work, cursor).await, None)
     };
-    let transferred_in = began.elapsed();
     let (staged, changed): (Vec<_>, Vec<_>) = staged.into_iter().partition(|(s, _)| s.is_some());
     for (_, name) in &changed {
         // Watch it again: it must settle before another try.
@@ -556,10 +654,25 @@ async fn work(
         .into_iter()
         .filter_map(|(s, name)| s.map(|s| (s, name)))
         .collect();
-    if staged.is_empty() {
-        return Ok((more, Vec::new()));
+    if !staged.is_empty() {
+        failpoint::hit("after_stage");
     }
-    failpoint::hit("after_stage");
+    Ok(Fetched {
+        more,
+        staged,
+        removed,
+    })
+}
+
+/// Commits a staged batch (group commit) unless the lease ran out; returns the names now
+/// durable.
+async fn commit_staged(
+    task: &ClientTask,
+    staged: Vec<(Staged, Vec<u8>)>,
+) -> Result<Vec<Vec<u8>>, CycleError> {
+    if staged.is_empty() {
+        return Ok(Vec::new());
+    }
 
     // Never commit once the lease ran out (C3): the claims stay for whoever owns the client.
     if !task.lease.valid_now() {
@@ -588,7 +701,6 @@ async fn work(
     task.metrics
         .commit_seconds
         .observe(commit_began.elapsed().as_secs_f64());
-    let committed_in = began.elapsed();
     let (committed, committed_bytes) = outcomes
         .iter()
         .zip(&sizes)
@@ -597,13 +709,6 @@ async fn work(
     task.metrics
         .committed(&task.spec.name, committed, committed_bytes);
     debug!(client = %task.spec.name, files = names.len(), committed, bytes, "batch durable");
-
-    debug!(client = %task.spec.name, files = names.len(),
-           list_ms = listed_in.as_millis() as u64,
-           claim_ms = (claimed_in - listed_in).as_millis() as u64,
-           transfer_ms = (transferred_in - claimed_in).as_millis() as u64,
-           commit_ms = (committed_in - transferred_in).as_millis() as u64,
-           "batch timing");
     {
         let mut stats = lock(&task.stats);
         stats.committed_bytes += bytes;
@@ -611,7 +716,7 @@ async fn work(
             .totals
             .add_batch(committed, committed_bytes, crate::clock::unix_ms());
     }
-    Ok((more, names))
+    Ok(names)
 }
 
 /// Lists the client directory and queues its complete files (settled, matching, not too
@@ -810,19 +915,21 @@ impl ssh::StreamSink for BatchReceiver {
 async fn transfer_batch(
     task: &ClientTask,
     remote: &Remote,
+    remove: &[Vec<u8>],
     to_claim: &[Vec<u8>],
     work: Vec<Work>,
     cursor: &mut Cursor,
-) -> Result<Vec<(Option<Staged>, Vec<u8>)>, CycleError> {
+) -> Result<(Vec<(Option<Staged>, Vec<u8>)>, Option<bool>), CycleError> {
     let mine = claim_dir(task);
     let claim_rel = claim_dir_in_client_dir(task);
     let claim_rel = claim_rel.to_string_lossy();
     let names: Vec<&[u8]> = work.iter().map(|w| w.name.as_slice()).collect();
     let claim_names: Vec<&[u8]> = to_claim.iter().map(Vec::as_slice).collect();
+    let remove_names: Vec<&[u8]> = remove.iter().map(Vec::as_slice).collect();
     let plan = ssh::BatchPlan {
         dir: &task.spec.path,
         claim_dir: &claim_rel,
-        remove: &[],
+        remove: &remove_names,
         claim: &claim_names,
         stream: &names,
     };
@@ -902,7 +1009,7 @@ async fn transfer_batch(
     out.extend(received.changed.into_iter().map(|n| (None, n)));
     // Asked for but not in the stream: gone, or never claimed.
     out.extend(received.expected.into_keys().map(|n| (None, n)));
-    Ok(out)
+    Ok((out, end.removed))
 }
 
 /// Transfers files into staging; `None` for a file that changed during the copy.

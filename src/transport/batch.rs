@@ -9,11 +9,12 @@
 //! SFTP round trips. The reply on stdout is framed by marker lines carrying a per-batch nonce:
 //!
 //! ```text
-//! sqd:REMOVED:<nonce>:<rm status>      (when there was something to remove)
 //! sqd:CLAIMED:<nonce>
 //! sqd:BEGIN:<nonce>                     (per tar section)
 //! <GNU tar archive, zero-padded to its record size>
 //! \nsqd:END:<nonce>:<tar status>
+//! sqd:REMOVED:<nonce>:<rm status>      (when there was something to remove: the removals
+//!                                       run in the background meanwhile)
 //! sqd:DONE:<nonce>
 //! ```
 //! or `sqd:NODIR:<nonce>` then `sqd:DONE:<nonce>` when the directory cannot be entered.
@@ -131,6 +132,19 @@ fn words(prefix: &[u8], names: &[&[u8]]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Waits for the background removals (pids in "$@"); `r` turns 1 if any failed. Waiting
+/// twice is harmless: `wait` on a reaped pid fails, but `r` already holds its status.
+const WAIT_REMOVALS: &[u8] = b"for p; do wait \"$p\" || r=1; done; set --\n";
+
+/// Whether a name is both removed and claimed or streamed by `plan`.
+fn removal_meets_batch(plan: &BatchPlan<'_>) -> bool {
+    let removed: std::collections::HashSet<&[u8]> = plan.remove.iter().copied().collect();
+    plan.claim
+        .iter()
+        .chain(plan.stream)
+        .any(|n| removed.contains(n))
+}
+
 /// The script of one batch (see the module doc for its reply).
 pub fn script(plan: &BatchPlan<'_>, nonce: &str) -> Vec<u8> {
     let mut out = Vec::new();
@@ -150,8 +164,10 @@ pub fn script(plan: &BatchPlan<'_>, nonce: &str) -> Vec<u8> {
             &words(plan.claim_dir.as_bytes(), plan.remove),
             NAMES_PER_REMOVAL,
         );
-        out.extend_from_slice(b"for p; do wait \"$p\" || r=1; done\n");
-        out.extend_from_slice(format!("printf 'sqd:REMOVED:{nonce}:%d\\n' \"$r\"\n").as_bytes());
+        if removal_meets_batch(plan) {
+            // A name both removed and claimed: the removal must be over before the claim.
+            out.extend_from_slice(WAIT_REMOVALS);
+        }
     }
     if !plan.claim.is_empty() {
         commands(
@@ -176,6 +192,11 @@ pub fn script(plan: &BatchPlan<'_>, nonce: &str) -> Vec<u8> {
             &words(b".", plan.stream),
             NAMES_PER_COMMAND,
         );
+    }
+    if !plan.remove.is_empty() {
+        // The removals ran meanwhile; their statuses are collected last.
+        out.extend_from_slice(WAIT_REMOVALS);
+        out.extend_from_slice(format!("printf 'sqd:REMOVED:{nonce}:%d\\n' \"$r\"\n").as_bytes());
     }
     out.extend_from_slice(
         format!("else\nprintf 'sqd:NODIR:{nonce}\\n'\nfi\nprintf 'sqd:DONE:{nonce}\\n'\n")
@@ -443,6 +464,34 @@ mod tests {
             std::fs::read(tmp.path().join("x")).expect("new stays"),
             b"new"
         );
+    }
+
+    #[test]
+    fn a_name_removed_and_claimed_in_one_batch_keeps_the_new_file() {
+        if !gnu_tools_here() {
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tmp");
+        let claim = ".sqd/claim/w-1";
+        std::fs::create_dir_all(tmp.path().join(claim)).expect("mkdir");
+        // "x" of the last batch is durable; the producer wrote a new "x" since.
+        std::fs::write(tmp.path().join(claim).join("x"), b"old").expect("old");
+        std::fs::write(tmp.path().join(claim).join("y"), b"old y").expect("old y");
+        std::fs::write(tmp.path().join("x"), b"new").expect("new");
+        let names: &[&[u8]] = &[b"x"];
+        let plan = BatchPlan {
+            dir: tmp.path().to_str().expect("utf-8"),
+            claim_dir: claim,
+            remove: &[b"x", b"y"],
+            claim: names,
+            stream: names,
+        };
+        assert!(removal_meets_batch(&plan));
+        let (end, got) = run(&plan);
+        assert_eq!(end.removed, Some(true));
+        assert_eq!(got.files.len(), 1);
+        assert_eq!(got.files[0].1, b"new");
+        assert!(!tmp.path().join(claim).join("y").exists());
     }
 
     #[test]

@@ -585,11 +585,15 @@ async fn fetch(
     let room = cfg.batch_files.saturating_sub(ready_leftovers.len());
     let take = room.min(cursor.queue.len());
     let mut to_claim: Vec<RemoteEntry> = cursor.queue.drain(..take).collect();
-    if remote.batch_capable() && !ready_leftovers.is_empty() {
-        // One name once per stream: a new file named like a leftover waits for the next round
-        // (a claim would not replace the leftover anyway).
-        let taken: std::collections::HashSet<&[u8]> =
-            ready_leftovers.iter().map(|w| w.name.as_slice()).collect();
+    if remote.batch_capable() && !(ready_leftovers.is_empty() && remove.is_empty()) {
+        // One name once per batch: a new file named like a leftover, or like a file this
+        // batch removes from the claim dir, waits for the next round (a claim would not
+        // replace it anyway, and the removal runs while the claim does).
+        let taken: std::collections::HashSet<&[u8]> = ready_leftovers
+            .iter()
+            .map(|w| w.name.as_slice())
+            .chain(remove.iter().map(Vec::as_slice))
+            .collect();
         to_claim.retain(|e| !taken.contains(e.name.as_slice()));
     }
     let more = !cursor.queue.is_empty();

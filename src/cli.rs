@@ -103,6 +103,10 @@ pub struct StartArgs {
     /// [worker] How long a file must stay unchanged to count as complete, in ms (default 1000).
     #[arg(long)]
     pub settle_ms: Option<u64>,
+    /// [worker] How files travel: "auto" (batch mode where the host lets the key run GNU tar
+    /// and mv, else SFTP) or "sftp" (never runs commands on producing hosts). Default auto.
+    #[arg(long, value_name = "auto|sftp")]
+    pub transfer: Option<String>,
     /// [client] Name of the client this agent runs for (as given to `sqdctl add-client`).
     #[arg(long)]
     pub name: Option<String>,
@@ -123,7 +127,7 @@ pub struct StartArgs {
 impl StartArgs {
     /// Flags given that the mode does not take.
     pub fn foreign_flags(&self, mode: Mode) -> Vec<&'static str> {
-        let given: [(&str, bool, &[Mode]); 18] = [
+        let given: [(&str, bool, &[Mode]); 19] = [
             (
                 "--listen",
                 self.listen.is_some(),
@@ -159,6 +163,7 @@ impl StartArgs {
             ("--known-hosts", self.known_hosts.is_some(), &[Mode::Worker]),
             ("--poll-ms", self.poll_ms.is_some(), &[Mode::Worker]),
             ("--settle-ms", self.settle_ms.is_some(), &[Mode::Worker]),
+            ("--transfer", self.transfer.is_some(), &[Mode::Worker]),
             ("--name", self.name.is_some(), &[Mode::Client]),
             ("--watch", self.watch.is_some(), &[Mode::Client]),
             (

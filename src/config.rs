@@ -133,6 +133,7 @@ pub struct WorkerFlags {
     pub known_hosts: Option<PathBuf>,
     pub poll_ms: Option<u64>,
     pub settle_ms: Option<u64>,
+    pub transfer: Option<String>,
     pub cluster: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -410,11 +411,8 @@ impl WorkerConfig {
         let max_file_mb = l.check("max_file_mb", max_file_mb.or_default(4096), |v| {
             ranged::<u64>(v, (1, 1 << 30))
         });
-        let transfer = l.check(
-            "transfer",
-            transfer.or_default("auto".into()),
-            transfer_mode,
-        );
+        let transfer = merge(flags.transfer.clone(), transfer).or_default("auto".into());
+        let transfer = l.check("transfer", transfer, transfer_mode);
         let log = l.log(log, flags.log_level.clone(), flags.log_format.clone());
         let data_plane = match (poll_ms, settle_ms, batch_files, in_flight, max_file_mb) {
             (Some(p), Some(s), Some(b), Some(i), Some(m)) => {
@@ -1244,6 +1242,22 @@ mod tests {
             p[0].contains("key `leader`: \"nohost\" has no port"),
             "{p:#?}"
         );
+    }
+
+    #[test]
+    fn transfer_mode_is_auto_or_sftp() {
+        let f = write("id = \"w\"\nstore = \"/s\"\ntransfer = \"scp\"\n");
+        let p = problems(WorkerConfig::load(Some(f.path()), &WorkerFlags::default()).unwrap_err());
+        assert!(
+            p[0].contains("key `transfer`: \"scp\" is not a transfer mode"),
+            "{p:#?}"
+        );
+        let flags = WorkerFlags {
+            transfer: Some("sftp".into()),
+            ..WorkerFlags::default()
+        };
+        let cfg = WorkerConfig::load(Some(f.path()), &flags).expect("the flag wins");
+        assert_eq!(cfg.transfer, TransferMode::Sftp);
     }
 
     #[test]

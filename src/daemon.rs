@@ -196,9 +196,13 @@ pub fn init_logging(log: &LogConfig) -> Result<(), String> {
             EnvFilter::try_new(&log.level).map_err(|e| format!("log_level {:?}: {e}", log.level))?
         }
     };
+    // Colour only for a person at a terminal: files and journald get plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false);
     let result = match log.format {
         LogFormat::Text => builder.try_init(),

@@ -185,7 +185,42 @@ impl Setup {
 
 #[test]
 fn two_thousand_files_from_three_clients_are_committed_exactly_once() {
-    let mut s = Setup::new(&["w1", "w2"], &[]);
+    let s = two_thousand_files_from_three_clients(&[]);
+    for w in s.cluster.workers.values() {
+        assert!(
+            w.log_text().contains("transfer=\"batch\""),
+            "{}: batch mode not used where the host allows it:\n{}",
+            w.name,
+            w.log_text()
+        );
+    }
+}
+
+#[test]
+fn two_thousand_files_from_three_clients_are_committed_exactly_once_over_sftp_only() {
+    let s = two_thousand_files_from_three_clients(&["--transfer", "sftp"]);
+    for w in s.cluster.workers.values() {
+        assert!(
+            !w.log_text().contains("transfer=\"batch\""),
+            "{}: ran commands although told not to",
+            w.name
+        );
+    }
+}
+
+fn two_thousand_files_from_three_clients(extra: &[&str]) -> Setup {
+    let sshd = Sshd::start();
+    let mut cluster = Cluster::start(500, 1500);
+    let args: Vec<&str> = FAST.iter().chain(extra).copied().collect();
+    for w in ["w1", "w2"] {
+        cluster.spawn_worker_with(w, &args, &[]);
+    }
+    cluster.wait_alive(2);
+    let mut s = Setup {
+        sshd,
+        cluster,
+        sources: BTreeMap::new(),
+    };
     let kh = s.sshd.known_hosts.clone();
     let mut expected = Vec::new();
     for (i, name) in ["alpha", "beta", "gamma"].iter().enumerate() {
@@ -211,6 +246,7 @@ fn two_thousand_files_from_three_clients_are_committed_exactly_once() {
         assert!(c["bytes_total"].as_u64().unwrap_or(0) > 0, "{c}");
         assert_eq!(c["files_today"], c["files_total"], "{c}");
     }
+    s
 }
 
 #[test]
@@ -372,6 +408,17 @@ fn files_flow_again_after_sshd_comes_back() {
 /// worker takes over, the crashed one restarts without crash loop, exactly once holds.
 #[test]
 fn crash_at_every_step_keeps_exactly_once() {
+    crash_at_every_step(&[]);
+}
+
+#[test]
+fn crash_at_every_step_keeps_exactly_once_over_sftp_only() {
+    crash_at_every_step(&["--transfer", "sftp"]);
+}
+
+fn crash_at_every_step(extra: &[&str]) {
+    let fast: Vec<&str> = FAST.iter().chain(extra).copied().collect();
+    let fast = fast.as_slice();
     for point in [
         "after_claim",
         "mid_transfer",
@@ -382,7 +429,7 @@ fn crash_at_every_step_keeps_exactly_once() {
         let mut s = Setup::new(&[], &[]);
         let kh = s.sshd.known_hosts.clone();
         s.cluster
-            .spawn_worker_with("crashy", FAST, &[("SQD_FAILPOINT", point)]);
+            .spawn_worker_with("crashy", fast, &[("SQD_FAILPOINT", point)]);
         s.cluster.wait_alive(1);
         let dir = s.add_client("victim", &kh);
         let expected = produce(&dir, point, 50);
@@ -394,8 +441,8 @@ fn crash_at_every_step_keeps_exactly_once() {
         );
         // Another worker takes the client over after the lease; the crashed one comes back
         // without the failpoint and resolves what it left (commits it knew, claims it did not).
-        s.cluster.spawn_worker_with("rescuer", FAST, &[]);
-        s.cluster.spawn_worker_with("crashy", FAST, &[]);
+        s.cluster.spawn_worker_with("rescuer", fast, &[]);
+        s.cluster.spawn_worker_with("crashy", fast, &[]);
         s.wait_drained(&expected, Duration::from_secs(60));
         s.cluster.wait_alive(2);
         std::thread::sleep(Duration::from_millis(500));
@@ -513,6 +560,9 @@ fn a_worker_pulls_through_a_restricted_sftp_only_key() {
     let expected = produce(&dir, "locked", 100);
     s.wait_drained(&expected, Duration::from_secs(60));
     s.assert_exactly_once(&expected);
+    // The key cannot run commands: batch mode's probe saw nothing, the worker used SFTP.
+    let log = s.cluster.workers["w1"].log_text();
+    assert!(log.contains("transfer=\"sftp\""), "{log}");
 }
 
 /// Counters on `/metrics` of the leader and the workers move when files flow and when a

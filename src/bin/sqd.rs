@@ -97,6 +97,7 @@ fn load(mode: Mode, args: StartArgs) -> anyhow::Result<Loaded> {
                 known_hosts: args.known_hosts,
                 poll_ms: args.poll_ms,
                 settle_ms: args.settle_ms,
+                transfer: args.transfer,
                 cluster: args.cluster,
                 log_level: args.log_level,
                 log_format: args.log_format,

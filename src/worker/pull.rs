@@ -200,7 +200,8 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
         } else {
             match ssh::connect(&params).await {
                 Ok(r) => {
-                    info!(client = %task.spec.name, target = %r.target(), "connected");
+                    let transfer = if r.batch_capable() { "batch" } else { "sftp" };
+                    info!(client = %task.spec.name, target = %r.target(), transfer, "connected");
                     task.metrics.ssh_connects.inc();
                     if connected_before {
                         task.metrics.ssh_reconnects.inc();

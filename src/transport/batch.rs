@@ -186,7 +186,7 @@ pub fn script(plan: &BatchPlan<'_>, nonce: &str) -> Vec<u8> {
         commands(
             &mut out,
             &format!(
-                "printf 'sqd:BEGIN:{nonce}\\n'; tar --format=gnu --hard-dereference --no-recursion --no-unquote -C {claim} -cf - --"
+                "printf 'sqd:BEGIN:{nonce}\\n'; tar --format=gnu --hard-dereference --no-recursion --no-unquote -b 256 -C {claim} -cf - --"
             ),
             &format!(" </dev/null; printf '\\nsqd:END:{nonce}:%d\\n' \"$?\""),
             &words(b".", plan.stream),

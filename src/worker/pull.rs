@@ -713,7 +713,7 @@ async fn commit_staged(
         .fold((0u64, 0u64), |(n, b), (_, size)| (n + 1, b + size));
     task.metrics
         .committed(&task.spec.name, committed, committed_bytes);
-    debug!(client = %task.spec.name, files = names.len(), committed, bytes, "batch durable");
+    debug!(client = %task.spec.name, files = names.len(), committed, bytes, ms = commit_began.elapsed().as_millis() as u64, "batch durable");
     {
         let mut stats = lock(&task.stats);
         stats.committed_bytes += bytes;
@@ -835,11 +835,35 @@ struct BatchReceiver {
     first_chunk_seen: bool,
     /// The batch claims files (rather than only re-reading leftovers).
     claiming: bool,
+    /// Large staged files go here to be written back while the stream goes on.
+    flusher: Option<std::sync::mpsc::Sender<std::fs::File>>,
 }
+
+/// Staged data written since the last hand-over to the flusher that makes it worth one.
+const FLUSH_EVERY: u64 = 32 << 20;
 
 impl BatchReceiver {
     fn staging_path(&self, seq: u64) -> PathBuf {
         self.staging.join(format!("{}-{seq}.part", self.prefix))
+    }
+
+    /// Has `file`'s data written to disk in the background, so that the group commit's sync
+    /// finds little left to do (large files would otherwise be written back only then, after
+    /// the whole stream). Best effort: the commit's sync is what makes data durable.
+    fn flush_in_background(&mut self, file: &std::fs::File) {
+        let Ok(handle) = file.try_clone() else {
+            return;
+        };
+        let flusher = self.flusher.get_or_insert_with(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<std::fs::File>();
+            std::thread::spawn(move || {
+                for f in rx {
+                    let _ = f.sync_data();
+                }
+            });
+            tx
+        });
+        let _ = flusher.send(handle);
     }
 }
 
@@ -874,6 +898,7 @@ impl ssh::StreamSink for BatchReceiver {
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut read = 0u64;
+        let mut unflushed = 0u64;
         let copied = loop {
             let n = match file.content.read(&mut buf) {
                 Ok(0) => break Ok(()),
@@ -889,8 +914,19 @@ impl ssh::StreamSink for BatchReceiver {
                 break Err(e);
             }
             read += n as u64;
+            unflushed += n as u64;
+            if unflushed >= FLUSH_EVERY {
+                if let Err(e) = out.flush() {
+                    break Err(e);
+                }
+                self.flush_in_background(out.get_ref());
+                unflushed = 0;
+            }
         }
         .and_then(|()| out.flush());
+        if copied.is_ok() && read >= FLUSH_EVERY {
+            self.flush_in_background(out.get_ref());
+        }
         if let Err(e) = copied {
             discard(vec![path]);
             return Err(e);
@@ -951,6 +987,7 @@ async fn transfer_batch(
         changed: Vec::new(),
         first_chunk_seen: false,
         claiming: !to_claim.is_empty(),
+        flusher: None,
     };
     let first_seq = cursor.staged_seq;
     // Every staging name this batch may use is reserved, so a failure can sweep them all.

@@ -565,6 +565,54 @@ fn a_worker_pulls_through_a_restricted_sftp_only_key() {
     assert!(log.contains("transfer=\"sftp\""), "{log}");
 }
 
+/// A login shell that prints a greeting before every command (like a chatty .bashrc) does
+/// not confuse batch mode: the probe finds its markers, the helper's first reply skips the
+/// noise.
+#[test]
+fn batch_mode_ignores_what_the_login_shell_prints() {
+    let Some(sftp_server) = ["/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("skipped: no sftp-server binary here");
+        return;
+    };
+    let rc_dir = tempfile::tempdir().expect("rc dir");
+    let chatty = rc_dir.path().join("chatty.sh");
+    std::fs::write(
+        &chatty,
+        format!(
+            "case \"$SSH_ORIGINAL_COMMAND\" in\n\
+             *sftp*) exec {sftp_server} ;;\n\
+             *) echo 'Welcome to the producer!'; echo 'sqd:DONE:not-yours'; eval \"$SSH_ORIGINAL_COMMAND\" ;;\n\
+             esac\n"
+        ),
+    )
+    .expect("script");
+    let sshd = Sshd::start_with(&format!("ForceCommand sh {}\n", chatty.display()));
+    let greeting = sshd.ssh("true");
+    assert!(
+        text(&greeting.stdout).contains("Welcome"),
+        "{}",
+        text(&greeting.stderr)
+    );
+    let mut s = Setup {
+        sshd,
+        cluster: Cluster::start(500, 1500),
+        sources: BTreeMap::new(),
+    };
+    s.cluster.spawn_worker_with("w1", FAST, &[]);
+    s.cluster.wait_alive(1);
+    let kh = s.sshd.known_hosts.clone();
+    let dir = s.add_client("chatty", &kh);
+    let expected = produce(&dir, "chatty", 300);
+    s.wait_drained(&expected, Duration::from_secs(60));
+    s.assert_exactly_once(&expected);
+    let log = s.cluster.workers["w1"].log_text();
+    assert!(log.contains("transfer=\"batch\""), "{log}");
+    assert!(!log.contains("pull cycle failed"), "{log}");
+}
+
 /// Counters on `/metrics` of the leader and the workers move when files flow and when a
 /// worker is killed; `/healthz` and `/readyz` answer.
 #[test]

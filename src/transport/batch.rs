@@ -205,6 +205,41 @@ pub fn script(plan: &BatchPlan<'_>, nonce: &str) -> Vec<u8> {
     out
 }
 
+/// The line the helper prints once before its first reply.
+pub fn ready_line(nonce: &str) -> String {
+    format!("printf 'sqd:READY:{nonce}\\n'\n")
+}
+
+/// Most output of the login shell's rc files skipped before the helper's first reply.
+const NOISE_LIMIT: usize = 1 << 20;
+
+/// Skips what the login shell's rc files printed (a `.bashrc` may greet even a
+/// non-interactive shell) up to the helper's ready line.
+pub fn skip_until_ready<R: BufRead>(input: &mut R, nonce: &str) -> io::Result<()> {
+    let ready = format!("sqd:READY:{nonce}");
+    let mut skipped = 0;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = input.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the helper shell on the host ended before it was ready",
+            ));
+        }
+        if line.trim_ascii_end() == ready.as_bytes() {
+            return Ok(());
+        }
+        skipped += n;
+        if skipped > NOISE_LIMIT {
+            return Err(invalid(
+                "the login shell printed over 1 MiB before the helper was ready; quiet its rc files or set transfer = \"sftp\"".into(),
+            ));
+        }
+    }
+}
+
 fn invalid(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
@@ -506,6 +541,19 @@ mod tests {
         let (end, got) = run(&plan);
         assert!(end.dir_missing);
         assert!(got.files.is_empty() && !got.claimed);
+    }
+
+    #[test]
+    fn what_rc_files_print_before_the_first_reply_is_skipped() {
+        let mut sink = Collect::default();
+        let mut input = io::Cursor::new(
+            b"Welcome!\nsqd:DONE:n\nsqd:READY:n\nsqd:CLAIMED:n\nsqd:DONE:n\n".to_vec(),
+        );
+        skip_until_ready(&mut input, "n").expect("ready");
+        let end = read_reply(&mut input, "n", &mut sink).expect("reply");
+        assert!(sink.claimed && end.clean);
+        let mut input = io::Cursor::new(b"Welcome!\n".to_vec());
+        assert!(skip_until_ready(&mut input, "n").is_err());
     }
 
     #[test]

@@ -193,7 +193,7 @@ pub struct Remote {
     next: std::sync::atomic::AtomicUsize,
     target: String,
     /// The host runs GNU tar and mv for us (probed at connect).
-    batch: bool,
+    batch: std::sync::atomic::AtomicBool,
     /// Batch helper shells, started on first use: one claims and streams, the other
     /// removes durable files meanwhile (unlinks wait on the host's disk).
     helpers: [tokio::sync::Mutex<Option<Helper>>; 2],
@@ -204,6 +204,8 @@ struct Helper {
     /// Kept so the channel stays open; dropped with the helper.
     _child: openssh::Child<Arc<Session>>,
     stdin: openssh::ChildStdin,
+    /// Its first reply came: whatever the rc files printed is behind us.
+    greeted: bool,
     /// Taken by the blocking reader while a batch runs.
     stdout: Option<std::io::BufReader<std::fs::File>>,
 }
@@ -276,7 +278,7 @@ pub async fn connect(params: &SshParams) -> Result<Remote, TransportError> {
         lanes: lanes?,
         next: std::sync::atomic::AtomicUsize::new(0),
         target,
-        batch,
+        batch: std::sync::atomic::AtomicBool::new(batch),
         helpers: Default::default(),
     };
     if batch {
@@ -485,7 +487,7 @@ impl Remote {
 
     /// Whether batch mode is on for this connection.
     pub fn batch_capable(&self) -> bool {
-        self.batch
+        self.batch.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs one batch (see [`batch`]) through the connection's helper shell, started on
@@ -503,8 +505,16 @@ impl Remote {
             Err(_) => self.helpers[usize::from(removal_only)].lock().await,
         };
         let result = self.batch_with(&mut helper, plan, sink).await;
-        if result.is_err() {
+        if let Err(e) = &result {
             *helper = None;
+            // The connection still works, so batch mode itself failed on this host (a shell
+            // that is not POSIX, tools that behave differently): SFTP from now on, for this
+            // connection; the next connection probes again.
+            if self.session.check().await.is_ok() {
+                self.batch
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(target = %self.target, error = %e, "batch mode failed on this host; using SFTP for this connection (set transfer = \"sftp\" to stop trying)");
+            }
         }
         let (sink, end) = result?;
         if end.dir_missing {
@@ -536,9 +546,20 @@ impl Remote {
             std::process::id(),
             self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let script = batch::script(plan, &nonce);
+        let mut script = Vec::new();
+        let greet = !h.greeted;
+        if greet {
+            // Whatever the login shell's rc files printed comes before this line.
+            script.extend_from_slice(batch::ready_line(&nonce).as_bytes());
+        }
+        script.extend_from_slice(&batch::script(plan, &nonce));
         let reader = tokio::task::spawn_blocking(move || {
-            let end = batch::read_reply(&mut stdout, &nonce, &mut sink);
+            let end = if greet {
+                batch::skip_until_ready(&mut stdout, &nonce)
+                    .and_then(|()| batch::read_reply(&mut stdout, &nonce, &mut sink))
+            } else {
+                batch::read_reply(&mut stdout, &nonce, &mut sink)
+            };
             (stdout, sink, end)
         });
         let write = async {
@@ -551,6 +572,7 @@ impl Remote {
         written.map_err(|e| self.stream_broke(&format!("cannot send the batch: {e}")))?;
         let end = end.map_err(|e| self.stream_broke(&e.to_string()))?;
         h.stdout = Some(stdout);
+        h.greeted = true;
         Ok((sink, end))
     }
 
@@ -584,6 +606,7 @@ impl Remote {
         tracing::debug!(target = %self.target, "batch helper shell started");
         Ok(Helper {
             _child: child,
+            greeted: false,
             stdin,
             stdout: Some(std::io::BufReader::with_capacity(
                 256 * 1024,

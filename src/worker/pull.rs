@@ -336,6 +336,8 @@ async fn cycle(
     if remote.batch_capable() {
         return cycle_pipelined(task, remote, cursor, stop).await;
     }
+    // A batch staged before batch mode was given up on this connection.
+    commit_pending(task, cursor).await?;
     let mine = claim_dir(task);
     let stopping = *stop.borrow();
     let began = Instant::now();

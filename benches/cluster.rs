@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sqd::proto::{
     self, admin_service_client::AdminServiceClient, leader_message, node_message,
@@ -31,7 +32,6 @@ use sqd::proto::{
 };
 use support::{Cluster, Proc, sshd::Sshd, wait_until};
 use tokio::sync::mpsc;
-use futures_util::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -192,7 +192,10 @@ fn latency(o: &Opts) -> Value {
     // Warm up: the first file waits for the SSH connection; it is not measured.
     write_stats_file(&watch.join("warmup.jsonl"), 4096, 1);
     wait_until(Duration::from_secs(60), "the warm-up file", || {
-        catalog(&store).iter().any(|(n, _)| n == "warmup.jsonl").then_some(())
+        catalog(&store)
+            .iter()
+            .any(|(n, _)| n == "warmup.jsonl")
+            .then_some(())
     });
 
     let period = Duration::from_secs_f64(1.0 / rate);
@@ -323,7 +326,16 @@ fn failover(o: &Opts) -> Value {
     let mut resume = Vec::new();
     let mut moved = Vec::new();
     for r in 0..repeats {
-        let (owners, _) = rt.block_on(placement(&mut admin));
+        // Kill only once placement is at rest: a client still being rebalanced to a restarted
+        // worker would otherwise count as failed over when it merely finished moving.
+        let mut last = HashMap::new();
+        let owners = wait_until(Duration::from_secs(120), "placement at rest", || {
+            std::thread::sleep(Duration::from_secs(2));
+            let (owners, _) = rt.block_on(placement(&mut admin));
+            let same = owners == last;
+            last = owners.clone();
+            same.then_some(owners)
+        });
         let victim = owners["real"].clone();
         let victims: Vec<String> = owners
             .iter()
@@ -343,10 +355,11 @@ fn failover(o: &Opts) -> Value {
             }
             if reassigned.is_none() {
                 let (owners, alive) = rt.block_on(placement(&mut admin));
-                if victims
-                    .iter()
-                    .all(|c| owners.get(c).is_some_and(|w| *w != victim && alive.contains(w)))
-                {
+                if victims.iter().all(|c| {
+                    owners
+                        .get(c)
+                        .is_some_and(|w| *w != victim && alive.contains(w))
+                }) {
                     reassigned = Some(t0.elapsed());
                 }
             }
@@ -475,16 +488,16 @@ async fn sim_node(channel: Channel, index: usize, agent: Option<String>, shared:
                             held.insert(name, a.epoch);
                         }
                     }
-                    Some(leader_message::Body::Revoke(r)) => {
-                        if held.get(&r.client).is_some_and(|e| *e <= r.epoch) {
-                            held.remove(&r.client);
-                            let released = proto::Released { client: r.client, epoch: r.epoch };
-                            if tx.send(node_msg(node_message::Body::Released(released))).await.is_err() {
-                                return;
-                            }
+                    Some(leader_message::Body::Revoke(r))
+                        if held.get(&r.client).is_some_and(|e| *e <= r.epoch) =>
+                    {
+                        held.remove(&r.client);
+                        let released = proto::Released { client: r.client, epoch: r.epoch };
+                        if tx.send(node_msg(node_message::Body::Released(released))).await.is_err() {
+                            return;
                         }
                     }
-                    None => {}
+                    Some(leader_message::Body::Revoke(_)) | None => {}
                 }
             }
             _ = async { beat.as_mut().expect("guarded").tick().await }, if beat.is_some() => {
@@ -610,9 +623,11 @@ fn leader_scale(o: &Opts) -> Value {
     let worker_tasks: Vec<_> = (0..workers)
         .map(|i| rt.spawn(sim_node(channel(i), i, None, shared.clone())))
         .collect();
-    wait_until(Duration::from_secs(120), "simulated workers registered", || {
-        (shared.registered.load(Ordering::Relaxed) >= workers).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "simulated workers registered",
+        || (shared.registered.load(Ordering::Relaxed) >= workers).then_some(()),
+    );
     let names: Vec<String> = (0..agents).map(|i| format!("a{i:06}")).collect();
     let t_add = Instant::now();
     rt.block_on(add_unreachable_clients(&admin_client, names.clone()));
@@ -626,13 +641,19 @@ fn leader_scale(o: &Opts) -> Value {
             shared.clone(),
         ));
     }
-    wait_until(Duration::from_secs(300), "every node registered and every client placed", || {
-        (shared.registered.load(Ordering::Relaxed) >= workers + agents
-            && shared.owner.lock().unwrap().len() >= agents)
-            .then_some(())
-    });
+    wait_until(
+        Duration::from_secs(300),
+        "every node registered and every client placed",
+        || {
+            (shared.registered.load(Ordering::Relaxed) >= workers + agents
+                && shared.owner.lock().unwrap().len() >= agents)
+                .then_some(())
+        },
+    );
     let setup_s = t_setup.elapsed().as_secs_f64();
-    eprintln!("leader-scale: {workers} workers + {agents} agents up after {setup_s:.1} s; warming up");
+    eprintln!(
+        "leader-scale: {workers} workers + {agents} agents up after {setup_s:.1} s; warming up"
+    );
     std::thread::sleep(warmup);
     shared.recording.store(true, Ordering::Relaxed);
     let (cpu0, _) = proc_usage(leader.pid());
@@ -661,9 +682,9 @@ fn leader_scale(o: &Opts) -> Value {
     let mut victims_done = HashSet::new();
     for k in 0..kills {
         let owner = shared.owner.lock().unwrap().clone();
-        let Some(victim) = (0..workers).find(|w| {
-            !victims_done.contains(w) && owner.values().any(|(o, _)| o == w)
-        }) else {
+        let Some(victim) =
+            (0..workers).find(|w| !victims_done.contains(w) && owner.values().any(|(o, _)| o == w))
+        else {
             break;
         };
         victims_done.insert(victim);
@@ -676,16 +697,28 @@ fn leader_scale(o: &Opts) -> Value {
         // worker process dies (its session breaks, then its lease runs out).
         let t_kill = Instant::now();
         worker_tasks[victim].abort();
-        let done = wait_until(Duration::from_secs(120), "the victim's clients reassigned", || {
-            let owner = shared.owner.lock().unwrap();
-            let times: Option<Vec<Instant>> = its
-                .iter()
-                .map(|c| owner.get(c).filter(|(o, t)| *o != victim && *t > t_kill).map(|(_, t)| *t))
-                .collect();
-            times.map(|t| t.into_iter().max().unwrap_or(t_kill))
-        });
+        let done = wait_until(
+            Duration::from_secs(120),
+            "the victim's clients reassigned",
+            || {
+                let owner = shared.owner.lock().unwrap();
+                let times: Option<Vec<Instant>> = its
+                    .iter()
+                    .map(|c| {
+                        owner
+                            .get(c)
+                            .filter(|(o, t)| *o != victim && *t > t_kill)
+                            .map(|(_, t)| *t)
+                    })
+                    .collect();
+                times.map(|t| t.into_iter().max().unwrap_or(t_kill))
+            },
+        );
         let s = done.duration_since(t_kill).as_secs_f64();
-        eprintln!("leader-scale: failover {k}: {} clients moved in {s:.2} s", its.len());
+        eprintln!(
+            "leader-scale: failover {k}: {} clients moved in {s:.2} s",
+            its.len()
+        );
         failover.push(s);
     }
     let (_, rss_end) = proc_usage(leader.pid());

@@ -4,8 +4,11 @@
 # aes128-gcm@openssh.com, so every contender negotiates it). Prints markdown tables and writes
 # bench-results.json. It reports; it checks and fails nothing on speed.
 #
-#   scripts/bench.sh            small 20,000 x 4 KiB, medium 2,000 x 256 KiB, large 4 x 256 MiB; 3 runs
-#   scripts/bench.sh --quick    2,000 x 4 KiB, 200 x 256 KiB, 2 x 64 MiB; 1 run (< 3 minutes)
+#   scripts/bench.sh            small 20,000 x 4 KiB, medium 2,000 x 256 KiB, large 4 x 256 MiB; 3 runs;
+#                               latency 1,000 files; failover 20 workers + 2,000 clients, 5 kills;
+#                               leader scale 1,000 workers + 10,000 agents, 3 runs
+#   scripts/bench.sh --quick    2,000 x 4 KiB, 200 x 256 KiB, 2 x 64 MiB, 200 latency files,
+#                               5 workers + 200 clients, 100 workers + 1,000 agents; 1 run (< 3 min)
 #
 # Contenders (pull from the producing directory; "remove" ones also delete the sources):
 #   sqd                 one client, one worker: claim -> transfer -> group commit (fsync) -> delete
@@ -16,7 +19,19 @@
 # CPU: core-seconds of the whole machine during the run (both ends together), and of the
 # producing side alone (everything under the private sshd).
 #
-# Env overrides: BENCH_ONLY="sqd rsync_remove" (contenders), BENCH_SETS="small medium large",
+# Cluster sets, run by the Rust bench binary benches/cluster.rs (real sqd processes, real gRPC):
+#   latency       client agent + worker + leader over the private sshd; files written at a steady
+#                 rate; close -> durable commit (store catalog), p50/p99; worker defaults
+#                 (poll 1 s, settle 1 s)
+#   failover      leader + real workers + clients (all but one with an unreachable SSH target);
+#                 kill -9 the real client's worker: time until all its clients are on live
+#                 workers (p50/p99 over the kills) and until the real client's new file is
+#                 committed and removed (resume_s)
+#   leader_scale  simulated workers and agents heartbeating at 1 Hz, one TCP connection each;
+#                 leader CPU (% of one core), RSS, heartbeat round trip p99, failover time
+#
+# Env overrides: BENCH_ONLY="sqd rsync_remove" (contenders),
+# BENCH_SETS="small medium large latency failover leader_scale",
 # BENCH_FILES (small-file count), BENCH_RUNS, BENCH_WORKER_CONFIG (worker TOML), BENCH_LOGS
 # (copy the sqd logs there).
 set -euo pipefail
@@ -26,18 +41,28 @@ quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 if [ $quick = 1 ]; then
   small_n=2000 medium_n=200 large_n=2 large_size=$((64 << 20)) runs=1
+  latency_args=(--files 200 --rate 50)
+  failover_args=(--workers 5 --clients 200 --repeats 3)
+  scale_args=(--workers 100 --agents 1000 --warmup-s 3 --window-s 5 --kills 1)
 else
   small_n=20000 medium_n=2000 large_n=4 large_size=$((256 << 20)) runs=3
+  latency_args=(--files 1000 --rate 50)
+  failover_args=(--workers 20 --clients 2000 --repeats 5)
+  scale_args=(--workers 1000 --agents 10000 --warmup-s 10 --window-s 20 --kills 3)
 fi
 small_n="${BENCH_FILES:-$small_n}"
 runs="${BENCH_RUNS:-$runs}"
-sets="${BENCH_SETS:-small medium large}"
+sets="${BENCH_SETS:-small medium large latency failover leader_scale}"
 cipher=aes128-gcm@openssh.com
 
 for tool in rsync python3 tar; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is required (apt-get install $tool)" >&2; exit 1; }
 done
 cargo build --release --locked --bins >/dev/null
+cargo bench --locked --bench cluster --no-run >/dev/null 2>&1 ||
+  cargo bench --locked --bench cluster --no-run # show why it failed
+# The cluster bench binary, run once per measurement (its JSON on stdout, progress on stderr).
+cluster() { cargo bench --locked --bench cluster -q -- "$@"; }
 sqd="$repo/target/release/sqd"
 sqdctl="$repo/target/release/sqdctl"
 
@@ -173,10 +198,25 @@ fsync_ok=0
 # (grep -q would close the pipe early; with pipefail rsync's SIGPIPE would hide the match)
 if rsync --help 2>&1 | grep -c -- '--fsync' >/dev/null; then fsync_ok=1; fi
 
-results="$work/results.txt"
+results="$work/results.txt" cluster_results="$work/cluster.jsonl"
 : >"$results"
+: >"$cluster_results"
 for set in $sets; do
   case $set in
+    latency | failover | leader_scale)
+      case $set in
+        latency) args=(latency "${latency_args[@]}") n_runs=$runs ;;
+        # One run of several kills: each kill is a sample (p50/p99 over kills).
+        failover) args=(failover "${failover_args[@]}") n_runs=1 ;;
+        leader_scale) args=(leader-scale "${scale_args[@]}") n_runs=$runs ;;
+      esac
+      for _ in $(seq 1 "$n_runs"); do
+        out=$(cluster "${args[@]}")
+        echo "{\"set\": \"$set\", \"run\": $out}" >>"$cluster_results"
+        echo "bench: $set: $out" >&2
+      done
+      continue
+      ;;
     small) n=$small_n size=4096; contenders=(sqd rsync_remove rsync_remove_fsync ssh_tar) ;;
     medium) n=$medium_n size=262144; contenders=(sqd rsync_remove rsync_remove_fsync ssh_tar) ;;
     large) n=$large_n size=$large_size; contenders=(sqd ssh_cat rsync_remove) ;;
@@ -202,10 +242,11 @@ for set in $sets; do
   done
 done
 
-python3 - "$results" "$repo/bench-results.json" "$cipher" <<'PY'
-import json, statistics, sys
+python3 - "$results" "$repo/bench-results.json" "$cipher" "$cluster_results" <<'PY'
+import json, math, statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 out, cipher = sys.argv[2], sys.argv[3]
+cluster_runs = [json.loads(l) for l in open(sys.argv[4]) if l.strip()]
 data = {}
 for s, c, n, size, secs, mcpu, pcpu in rows:
     d = data.setdefault(s, {}).setdefault(c, {"n": int(n), "size": int(size), "runs": []})
@@ -244,6 +285,63 @@ for s, cs in data.items():
         ratio = f"{sqd[key] / r[key]:.2f}" if sqd else "-"
         print(f"| {c} | {r[key]:.0f} | {r['min']:.0f} | {r['max']:.0f} | {ratio} | {r['cpu_core_s']:.2f} | {r['producer_cpu_core_s']:.2f} |")
     print(f"\ncpu: {first and summary(s, first)['cpu_unit']}")
+
+def pct(values, p):  # nearest rank
+    v = sorted(values)
+    return v[max(1, math.ceil(p / 100 * len(v))) - 1]
+def spread(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+by_set = {}
+for r in cluster_runs:
+    by_set.setdefault(r["set"], []).append(r["run"])
+if "latency" in by_set:
+    runs = by_set["latency"]
+    lat = {"runs": len(runs), "files": runs[0]["files"], "rate_per_s": runs[0]["rate_per_s"],
+           "poll_ms": runs[0]["poll_ms"], "settle_ms": runs[0]["settle_ms"]}
+    for k in ("p50_ms", "p99_ms"):
+        s = spread([r[k] for r in runs])
+        lat[k], lat[k + "_min"], lat[k + "_max"] = s["median"], s["min"], s["max"]
+    report["latency"] = lat
+if "failover" in by_set:
+    runs = by_set["failover"]
+    kills = [x for r in runs for x in r["reassign_s"]]
+    resume = [x for r in runs for x in r["resume_s_runs"]]
+    report["failover"] = {
+        "workers": runs[0]["workers"], "clients": runs[0]["clients"], "kills": len(kills),
+        "lease_ms": runs[0]["lease_ms"], "grace_ms": runs[0]["grace_ms"],
+        "p50_s": pct(kills, 50), "p99_s": pct(kills, 99), "min_s": min(kills), "max_s": max(kills),
+        "resume_s": statistics.median(resume), "resume_min_s": min(resume),
+        "resume_max_s": max(resume),
+    }
+if "leader_scale" in by_set:
+    runs = by_set["leader_scale"]
+    ls = {"runs": len(runs), "workers": runs[0]["workers"], "agents": runs[0]["agents"],
+          "connections": runs[0]["connections"]}
+    for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p50_ms", "heartbeat_p99_ms", "failover_s"):
+        s = spread([r[k] for r in runs])
+        ls[k], ls[k + "_min"], ls[k + "_max"] = s["median"], s["min"], s["max"]
+    report["leader_scale"] = ls
+if "latency" in report:
+    l = report["latency"]
+    print(f"\n### latency: close on the client -> durable commit, {l['files']} files at {l['rate_per_s']:.0f}/s "
+          f"(poll {l['poll_ms']} ms, settle {l['settle_ms']} ms), {l['runs']} run(s)\n")
+    print("| | median | min | max |\n|---|---|---|---|")
+    for k in ("p50_ms", "p99_ms"):
+        print(f"| {k} | {l[k]:.0f} | {l[k + '_min']:.0f} | {l[k + '_max']:.0f} |")
+if "failover" in report:
+    f = report["failover"]
+    print(f"\n### failover: {f['workers']} workers, {f['clients']} clients, kill -9 x {f['kills']} "
+          f"(lease {f['lease_ms']} ms + grace {f['grace_ms']} ms)\n")
+    print("| | p50 | p99 | min | max |\n|---|---|---|---|---|")
+    print(f"| all clients reassigned (s) | {f['p50_s']:.2f} | {f['p99_s']:.2f} | {f['min_s']:.2f} | {f['max_s']:.2f} |")
+    print(f"| files flow again, resume_s (median) | {f['resume_s']:.2f} | | {f['resume_min_s']:.2f} | {f['resume_max_s']:.2f} |")
+if "leader_scale" in report:
+    l = report["leader_scale"]
+    print(f"\n### leader_scale: {l['workers']} workers + {l['agents']} agents at 1 Hz, "
+          f"{l['connections']} connections, {l['runs']} run(s)\n")
+    print("| | median | min | max |\n|---|---|---|---|")
+    for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p50_ms", "heartbeat_p99_ms", "failover_s"):
+        print(f"| {k} | {l[k]:.1f} | {l[k + '_min']:.1f} | {l[k + '_max']:.1f} |")
 json.dump(report, open(out, "w"), indent=2)
 print(f"\nwrote {out}")
 PY

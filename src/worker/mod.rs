@@ -74,6 +74,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         control_dir: cfg.store.join("ssh"),
         orphan_after: ORPHAN_AFTER,
         transfer: cfg.transfer,
+        connect_pacer: Arc::new(pull::Pacer::new(CONNECT_INTERVAL)),
     };
     info!(worker = %cfg.id, leader = %cfg.leader, store = %cfg.store.display(), "worker starting");
     let store: Arc<dyn crate::store::Sink> = Arc::new(store);
@@ -121,6 +122,14 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
 
 /// How long another worker's unreleased claims wait for it before they are adopted.
 const ORPHAN_AFTER: Duration = Duration::from_secs(600);
+
+/// Least time between two SSH connection attempts of one worker (20 per second). Each attempt
+/// is an `ssh` process; a worker given hundreds of unreachable hosts would otherwise spend its
+/// cores spawning them in bursts (measured: 20 workers x 100 unreachable clients on 2 cores
+/// reached a load of 130 and delayed a healthy client's failover by minutes). A rate, not a
+/// count of attempts in progress: a host that drops packets holds its attempt for the whole
+/// connect timeout, and must not make healthy hosts wait for it.
+const CONNECT_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Resolves a crash's leftover claims at one client, retrying until it can reach the host.
 fn spawn_resolver(

@@ -48,6 +48,42 @@ pub struct PullConfig {
     /// before they are adopted (at least once; see [`lifecycle::claim_action`]).
     pub orphan_after: Duration,
     pub transfer: ssh::TransferMode,
+    /// Spaces the SSH connection attempts of all the worker's clients.
+    pub connect_pacer: Arc<Pacer>,
+}
+
+/// Hands out start times at least `interval` apart, first come first served.
+#[derive(Debug)]
+pub struct Pacer {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    pub fn new(interval: Duration) -> Self {
+        Pacer {
+            interval,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Reserves the next start time at or after `now`; returns how long to wait for it.
+    fn reserve(&self, now: Instant) -> Duration {
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = (*next).max(now);
+        *next = at + self.interval;
+        at - now
+    }
+
+    pub async fn wait(&self) {
+        let wait = self.reserve(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 /// Live numbers of one client, read by the heartbeat.
@@ -151,6 +187,9 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
         }
     };
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    // Unreachable hosts are retried less often than failing cycles on a live connection: each
+    // attempt costs a process, and a fleet has hosts that stay down for days.
+    let mut connect_backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let mut remote: Option<Remote> = None;
     let mut connected_before = false;
     let mut cursor = Cursor {
@@ -198,8 +237,17 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
                 }
             }
         } else {
-            match ssh::connect(&params).await {
+            let attempt = async {
+                task.config.connect_pacer.wait().await;
+                ssh::connect(&params).await
+            };
+            let attempt = tokio::select! {
+                r = attempt => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            match attempt {
                 Ok(r) => {
+                    connect_backoff.reset();
                     let transfer = if r.batch_capable() { "batch" } else { "sftp" };
                     info!(client = %task.spec.name, target = %r.target(), transfer, "connected");
                     task.metrics.ssh_connects.inc();
@@ -215,7 +263,7 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
                     task.metrics.error(e.kind());
                     connected_before = true;
                     set_error(&task, Some(e.to_string()));
-                    backoff.next_delay()
+                    connect_backoff.next_delay()
                 }
             }
         };
@@ -1326,4 +1374,22 @@ async fn resolve_with(
         info!(client = %spec.name, committed, returned, "resolved claims left by an earlier crash");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_spaces_starts_and_forgets_idle_time() {
+        let p = Pacer::new(Duration::from_millis(50));
+        let t0 = Instant::now() + Duration::from_secs(1);
+        assert_eq!(p.reserve(t0), Duration::ZERO);
+        assert_eq!(p.reserve(t0), Duration::from_millis(50));
+        assert_eq!(p.reserve(t0), Duration::from_millis(100));
+        // After a quiet spell the next start is immediate, not a burst of saved-up slots.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(p.reserve(later), Duration::ZERO);
+        assert_eq!(p.reserve(later), Duration::from_millis(50));
+    }
 }

@@ -18,15 +18,21 @@ fn hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
-/// Writes `n` files of varied sizes into `dir`; returns their content hashes.
+/// Writes `n` files of varied sizes into `dir`; returns their content hashes. Most are 0-8 KiB;
+/// every 250th is 1.5 MiB and a few bytes, large enough for the worker's direct writes.
 fn produce(dir: &Path, prefix: &str, n: usize) -> Vec<String> {
     std::fs::create_dir_all(dir).expect("create source dir");
     (0..n)
         .map(|i| {
             let mut content = format!("{prefix} file {i}\n").into_bytes();
-            // Deterministic pseudo-random body, 0-8 KiB.
+            // Deterministic pseudo-random body.
             let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            for _ in 0..(i * 37 % 8192) {
+            let len = if i % 250 == 7 {
+                (3 << 19) + i
+            } else {
+                i * 37 % 8192
+            };
+            for _ in 0..len {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;

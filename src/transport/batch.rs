@@ -63,7 +63,37 @@ pub struct StreamedFile<'a> {
 pub trait StreamSink: Send + 'static {
     /// The claim commands have run (the files now sit in the claim dir).
     fn claimed(&mut self) {}
+    /// Takes one file of the stream. A failure of the sink itself (not of reading `file`)
+    /// should be returned as [`sink_failed`], so it is not taken for a broken stream.
     fn file(&mut self, file: StreamedFile<'_>) -> io::Result<()>;
+    /// The archive ended: what the sink still has in flight must be done, or fail the batch.
+    fn finished(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The sink's own failure (e.g. the local disk is full), carried through the stream reader.
+#[derive(Debug)]
+pub struct SinkFailed(pub String);
+
+impl std::fmt::Display for SinkFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SinkFailed {}
+
+/// Marks `reason` as the sink's own failure.
+pub fn sink_failed(reason: String) -> io::Error {
+    io::Error::other(SinkFailed(reason))
+}
+
+/// The sink's reason when `e` is the sink's own failure.
+pub fn sink_failure(e: &io::Error) -> Option<String> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<SinkFailed>())
+        .map(|f| f.0.clone())
 }
 
 /// How a batch ended on the host.
@@ -293,7 +323,10 @@ pub fn read_reply<R: BufRead>(
             }
             Some("END") => end.clean &= ok,
             Some("NODIR") => end.dir_missing = true,
-            Some("DONE") => return Ok(end),
+            Some("DONE") => {
+                sink.finished()?;
+                return Ok(end);
+            }
             _ => return Err(invalid(format!("unknown reply line {text:?}"))),
         }
     }

@@ -18,7 +18,7 @@ use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt;
 
 use super::batch;
-pub use super::batch::{BatchEnd, BatchPlan, StreamSink, StreamedFile};
+pub use super::batch::{BatchEnd, BatchPlan, StreamSink, StreamedFile, sink_failed};
 use openssh_sftp_client::{Sftp, SftpOptions};
 
 use crate::spec::SshTarget;
@@ -76,6 +76,9 @@ pub enum TransportError {
     PermissionDenied { target: String, path: String },
     #[error("the SSH connection to {target} was lost: {reason}")]
     Lost { target: String, reason: String },
+    /// Where the streamed files go failed (the store's disk), not the transfer.
+    #[error("{reason}")]
+    Sink { reason: String },
     #[error("sftp error on {path} at {target}: {reason}")]
     Sftp {
         target: String,
@@ -98,6 +101,7 @@ impl TransportError {
             TransportError::DirMissing { .. } => "dir_missing",
             TransportError::PermissionDenied { .. } => "permission_denied",
             TransportError::Lost { .. } => "connection_lost",
+            TransportError::Sink { .. } => "store",
             TransportError::Sftp { .. } => "sftp",
         }
     }
@@ -510,7 +514,7 @@ impl Remote {
             // The connection still works, so batch mode itself failed on this host (a shell
             // that is not POSIX, tools that behave differently): SFTP from now on, for this
             // connection; the next connection probes again.
-            if self.session.check().await.is_ok() {
+            if !matches!(e, TransportError::Sink { .. }) && self.session.check().await.is_ok() {
                 self.batch
                     .store(false, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(target = %self.target, error = %e, "batch mode failed on this host; using SFTP for this connection (set transfer = \"sftp\" to stop trying)");
@@ -570,7 +574,10 @@ impl Remote {
         let (stdout, sink, end) =
             read.map_err(|e| self.stream_broke(&format!("reader failed: {e}")))?;
         written.map_err(|e| self.stream_broke(&format!("cannot send the batch: {e}")))?;
-        let end = end.map_err(|e| self.stream_broke(&e.to_string()))?;
+        let end = end.map_err(|e| match batch::sink_failure(&e) {
+            Some(reason) => TransportError::Sink { reason },
+            None => self.stream_broke(&e.to_string()),
+        })?;
         h.stdout = Some(stdout);
         h.greeted = true;
         Ok((sink, end))
@@ -593,6 +600,12 @@ impl Remote {
         let stdout = stdout
             .into_owned_fd()
             .map_err(|e| self.stream_broke(&format!("cannot read the helper: {e}")))?;
+        // A 1 MiB pipe (64 KiB by default) lets ssh hand over more of the stream per wake-up
+        // of the reader. Best effort: an unprivileged user may be over its pipe budget.
+        let _ = nix::fcntl::fcntl(
+            std::os::fd::AsFd::as_fd(&stdout),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
+        );
         if let Some(stderr) = child.stderr().take() {
             let target = self.target.clone();
             tokio::spawn(async move {

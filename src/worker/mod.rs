@@ -5,6 +5,7 @@ pub mod assignments;
 pub mod held;
 pub mod lifecycle;
 pub mod pull;
+pub mod staging;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

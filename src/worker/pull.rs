@@ -26,11 +26,12 @@ use tracing::{debug, info, warn};
 
 use super::held::Held;
 use super::lifecycle::{self, ClaimAction, CopyVerdict, SettleTracker};
+use super::staging::StagingWriter;
 use crate::failpoint;
 use crate::metrics::WorkerMetrics;
 use crate::node::{Backoff, Lease};
 use crate::spec::{ClientSpec, SshTarget};
-use crate::store::{FileMeta, Outcome, Sink, Staged, Totals};
+use crate::store::{FileMeta, Outcome, Sink, Staged, StoreError, Totals};
 use crate::transport::ssh::{self, EntryKind, Remote, RemoteEntry, SshParams, TransportError};
 
 /// Settings shared by every client task of a worker.
@@ -885,39 +886,22 @@ struct BatchReceiver {
     first_chunk_seen: bool,
     /// The batch claims files (rather than only re-reading leftovers).
     claiming: bool,
-    /// Large staged files go here to be written back while the stream goes on.
-    flusher: Option<std::sync::mpsc::Sender<std::fs::File>>,
+    writer: StagingWriter,
 }
-
-/// Staged data written since the last hand-over to the flusher that makes it worth one.
-const FLUSH_EVERY: u64 = 32 << 20;
 
 impl BatchReceiver {
     fn staging_path(&self, seq: u64) -> PathBuf {
         self.staging.join(format!("{}-{seq}.part", self.prefix))
     }
-
-    /// Has `file`'s data written to disk in the background, so that the group commit's sync
-    /// finds little left to do (large files would otherwise be written back only then, after
-    /// the whole stream). Best effort: the commit's sync is what makes data durable.
-    fn flush_in_background(&mut self, file: &std::fs::File) {
-        let Ok(handle) = file.try_clone() else {
-            return;
-        };
-        let flusher = self.flusher.get_or_insert_with(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<std::fs::File>();
-            std::thread::spawn(move || {
-                for f in rx {
-                    let _ = f.sync_data();
-                }
-            });
-            tx
-        });
-        let _ = flusher.send(handle);
-    }
 }
 
 impl ssh::StreamSink for BatchReceiver {
+    fn finished(&mut self) -> std::io::Result<()> {
+        self.writer
+            .wait()
+            .map_err(|e| ssh::sink_failed(StoreError::io(&self.staging, e).to_string()))
+    }
+
     fn claimed(&mut self) {
         if self.claiming {
             failpoint::hit("after_claim");
@@ -925,7 +909,6 @@ impl ssh::StreamSink for BatchReceiver {
     }
 
     fn file(&mut self, file: ssh::StreamedFile<'_>) -> std::io::Result<()> {
-        use std::io::Write;
         let Some((size, mtime)) = self.expected.remove(file.name) else {
             return Ok(()); // not asked for (never happens with GNU tar); not read
         };
@@ -940,15 +923,9 @@ impl ssh::StreamSink for BatchReceiver {
         }
         self.seq += 1;
         let path = self.staging_path(self.seq);
-        let out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
-        let mut hasher = blake3::Hasher::new();
+        let local = |e: std::io::Error| ssh::sink_failed(StoreError::io(&path, e).to_string());
+        let mut out = self.writer.create(&path, size).map_err(local)?;
         let mut buf = vec![0u8; 256 * 1024];
-        let mut read = 0u64;
-        let mut unflushed = 0u64;
         let copied = loop {
             let n = match file.content.read(&mut buf) {
                 Ok(0) => break Ok(()),
@@ -959,28 +936,17 @@ impl ssh::StreamSink for BatchReceiver {
                 self.first_chunk_seen = true;
                 failpoint::hit("mid_transfer");
             }
-            hasher.update(&buf[..n]);
-            if let Err(e) = out.write_all(&buf[..n]) {
-                break Err(e);
+            if let Err(e) = out.write(&buf[..n]) {
+                break Err(local(e));
             }
-            read += n as u64;
-            unflushed += n as u64;
-            if unflushed >= FLUSH_EVERY {
-                if let Err(e) = out.flush() {
-                    break Err(e);
-                }
-                self.flush_in_background(out.get_ref());
-                unflushed = 0;
+        };
+        let (read, hash) = match copied.and_then(|()| out.finish().map_err(local)) {
+            Ok(done) => done,
+            Err(e) => {
+                discard(vec![path]);
+                return Err(e);
             }
-        }
-        .and_then(|()| out.flush());
-        if copied.is_ok() && read >= FLUSH_EVERY {
-            self.flush_in_background(out.get_ref());
-        }
-        if let Err(e) = copied {
-            discard(vec![path]);
-            return Err(e);
-        }
+        };
         self.staged.push((
             Staged {
                 meta: FileMeta {
@@ -988,7 +954,7 @@ impl ssh::StreamSink for BatchReceiver {
                     name: file.name.to_vec(),
                     size: read,
                     mtime,
-                    hash: *hasher.finalize().as_bytes(),
+                    hash,
                 },
                 path,
             },
@@ -1037,7 +1003,7 @@ async fn transfer_batch(
         changed: Vec::new(),
         first_chunk_seen: false,
         claiming: !to_claim.is_empty(),
-        flusher: None,
+        writer: StagingWriter::default(),
     };
     let first_seq = cursor.staged_seq;
     // Every staging name this batch may use is reserved, so a failure can sweep them all.
@@ -1047,6 +1013,10 @@ async fn transfer_batch(
         .collect();
     let (mut received, end) = match remote.batch(&plan, receiver).await {
         Ok(done) => done,
+        Err(TransportError::Sink { reason }) => {
+            discard(reserved);
+            return Err(CycleError::Store(reason));
+        }
         Err(e) => {
             discard(reserved);
             return Err(e.into());
@@ -1156,24 +1126,15 @@ async fn fetch_one(
     w: &Work,
     local: &Path,
 ) -> Result<Option<Staged>, TransportError> {
-    use std::io::Write;
-    let local_err = |e: std::io::Error| TransportError::Sftp {
-        target: remote.target().to_owned(),
-        path: local.display().to_string(),
-        reason: format!("cannot write staging file: {e}"),
+    let local_err = |e: std::io::Error| TransportError::Sink {
+        reason: StoreError::io(local, e).to_string(),
     };
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(local)
-        .map_err(local_err)?;
-    let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
-    let mut hasher = blake3::Hasher::new();
+    let mut writer = StagingWriter::default();
+    let mut out = writer.create(local, w.size).map_err(local_err)?;
     let mut first_chunk = true;
     let (read, size_after, mtime_after) = remote
         .read_file(&mine.join(name_path(&w.name)), w.size, |chunk| {
-            hasher.update(chunk);
-            out.write_all(chunk)?;
+            out.write(chunk)?;
             if first_chunk {
                 first_chunk = false;
                 failpoint::hit("mid_transfer");
@@ -1181,7 +1142,8 @@ async fn fetch_one(
             Ok(())
         })
         .await?;
-    out.flush().map_err(local_err)?;
+    let (_, hash) = out.finish().map_err(local_err)?;
+    writer.wait().map_err(local_err)?;
     match lifecycle::verify_copy(w.size, w.mtime, read, size_after, mtime_after) {
         CopyVerdict::Intact => Ok(Some(Staged {
             meta: FileMeta {
@@ -1189,7 +1151,7 @@ async fn fetch_one(
                 name: w.name.clone(),
                 size: read,
                 mtime: w.mtime,
-                hash: *hasher.finalize().as_bytes(),
+                hash,
             },
             path: local.to_path_buf(),
         })),

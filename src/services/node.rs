@@ -104,6 +104,8 @@ impl NodeService for NodeApi {
             }
             let _ = core.send(Command::Closed { session });
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            UnboundedReceiverStream::new(rx).map(|message| Ok(*message)),
+        )))
     }
 }

@@ -11,7 +11,10 @@
 #                               5 workers + 200 clients, 100 workers + 1,000 agents; 1 run (< 3 min)
 #
 # Contenders (pull from the producing directory; "remove" ones also delete the sources):
-#   sqd                 one client, one worker: claim -> transfer -> group commit (fsync) -> delete
+#   sqd                 one client, one worker: claim -> transfer -> group commit (fsync) -> delete;
+#                       measured from a worker already connected to the idle client (as rsync
+#                       runs over an open ControlMaster): the files are renamed into the watched
+#                       directory when the clock starts, and those renames count against sqd
 #   rsync_remove        rsync -a --remove-source-files over an open ControlMaster (no fsync)
 #   rsync_remove_fsync  the same with --fsync (rsync >= 3.2.4), when available
 #   ssh_tar             ssh 'tar cf - .' | tar xf -   (no removal, no fsync)
@@ -137,7 +140,7 @@ measure_end() {
 
 run_sqd() { # COUNT SIZE
   local dir="$work/src" state="$work/leader" store="$work/store"
-  rm -rf "$dir" "$state" "$store"; produce "$dir" "$1" "$2"
+  rm -rf "$dir" "$dir.in" "$state" "$store"; produce "$dir.in" "$1" "$2"; mkdir -p "$dir"
   "$sqd" --mode leader start --listen 127.0.0.1:0 --state-dir "$state" >"$work/leader.log" 2>&1 &
   until [ -s "$state/leader.addr" ]; do sleep 0.05; done
   local addr; addr=$(cat "$state/leader.addr")
@@ -147,8 +150,17 @@ run_sqd() { # COUNT SIZE
     ${BENCH_WORKER_CONFIG:+--config "$BENCH_WORKER_CONFIG"} \
     >"$work/worker.log" 2>&1 &
   until "$sqdctl" --leader "$addr" status --json 2>/dev/null | grep -q '"state": "alive"'; do sleep 0.05; done
-  measure_start
   "$sqdctl" --leader "$addr" add-client bench --ssh "$remote:$SQD_SSHD_PORT" --path "$dir" >/dev/null
+  # Connected and through a first (empty) listing: the steady state of a long-running worker.
+  until grep -q 'connected client=bench' "$work/worker.log"; do sleep 0.05; done
+  sleep 0.3
+  measure_start
+  python3 - "$dir.in" "$dir" <<'PY'
+import os, sys
+src, dst = sys.argv[1], sys.argv[2]
+for name in sorted(os.listdir(src)):
+    os.rename(os.path.join(src, name), os.path.join(dst, name))
+PY
   until ! has_files "$dir" && [ -z "$(find "$dir/.sqd/claim" -type f -print -quit 2>/dev/null)" ]; do sleep 0.05; done
   measure_end
   "$sqd" --mode worker stop --store "$store" >/dev/null

@@ -757,3 +757,131 @@ fn metrics_move_when_files_flow_and_when_a_worker_dies() {
         (metric(&scrape(&survivor), files_series).unwrap_or(0.0) >= before + 20.0).then_some(())
     });
 }
+
+/// A tmpfs of a given size mounted on its own temporary directory for one test, unmounted
+/// (lazily, so a file still open cannot keep it) and removed when dropped.
+struct SmallDisk {
+    mount_point: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let mount_point = tempfile::tempdir().expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(mount_point.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a {size} tmpfs for the store failed (this test needs root, as \
+             scripts/test.sh has): {}",
+            text(&out.stderr)
+        );
+        SmallDisk { mount_point }
+    }
+
+    fn path(&self) -> &Path {
+        self.mount_point.path()
+    }
+
+    fn resize(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.path())
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "remount: {}", text(&out.stderr));
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Before the field's own drop removes the (then empty) directory.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.path())
+            .output();
+    }
+}
+
+/// `n` files of `size` pseudo-random bytes each; their content hashes.
+fn produce_sized(dir: &Path, prefix: &str, n: usize, size: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let mut x = (i as u64 + 7).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ size as u64;
+            let content: Vec<u8> = (0..size)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            std::fs::write(dir.join(format!("{prefix}-{i:03}.jsonl")), &content)
+                .expect("write source file");
+            hash(&content)
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_store_disk_is_reported_loses_nothing_and_recovers_once_there_is_room() {
+    let sshd = Sshd::start();
+    let mut cluster = Cluster::start(500, 1500);
+    // The worker's whole store (files, staging, catalog) on a 3 MiB filesystem.
+    let disk = SmallDisk::mount("3m");
+    std::os::unix::fs::symlink(disk.path(), cluster.store_dir("w1")).expect("link the store");
+    cluster.spawn_worker_with("w1", FAST, &[]);
+    cluster.wait_alive(1);
+    let mut s = Setup {
+        sshd,
+        cluster,
+        sources: BTreeMap::new(),
+    };
+    let kh = s.sshd.known_hosts.clone();
+    let dir = s.add_client("full", &kh);
+    let mut expected = produce_sized(&dir, "fits", 4, 100 << 10);
+    s.wait_drained(&expected, Duration::from_secs(30));
+
+    // 24 files of 200 KiB (4.7 MiB) cannot fit: the batch fails as a whole, every time.
+    expected.extend(produce_sized(&dir, "overflow", 24, 200 << 10));
+    let status = s.cluster.wait_status(
+        Duration::from_secs(30),
+        "a full store disk in status",
+        |st| {
+            st["clients"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("disk is full"))
+        },
+    );
+    let err = status["clients"][0]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(err.contains("free space"), "says what to do: {err}");
+    // Nothing lost, nothing deleted that is not committed: every produced file is either in
+    // the store (once) or still at the source (in the directory or a claim dir).
+    let (stored, rows) = s.all_stores();
+    let (left, claimed) = leftovers(&dir);
+    assert_eq!(stored.len(), rows.len(), "files and catalog rows agree");
+    assert_eq!(
+        stored.len() + left + claimed,
+        expected.len(),
+        "every file is stored or still at the source"
+    );
+    assert_eq!(left + claimed, 24, "the overflow is still at the source");
+    assert!(
+        !s.cluster.workers["w1"]
+            .log_text()
+            .contains("using SFTP for this connection"),
+        "a full local disk is not a reason to leave batch mode"
+    );
+
+    disk.resize("64m");
+    s.wait_drained(&expected, Duration::from_secs(60));
+    s.assert_exactly_once(&expected);
+    s.cluster
+        .wait_status(Duration::from_secs(10), "error cleared", |st| {
+            st["clients"][0]["last_error"].is_null()
+        });
+}

@@ -61,6 +61,9 @@ cipher=aes128-gcm@openssh.com
 for tool in rsync python3 tar; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is required (apt-get install $tool)" >&2; exit 1; }
 done
+# The interpreter itself: a version manager's shim (pyenv) costs ~0.1 s of shell scripts per
+# start, some of it inside measured windows.
+py=$(python3 -c 'import sys; print(sys.executable)')
 cargo build --release --locked --bins >/dev/null
 cargo bench --locked --bench cluster --no-run >/dev/null 2>&1 ||
   cargo bench --locked --bench cluster --no-run # show why it failed
@@ -85,7 +88,7 @@ ssh_opts=(-o BatchMode=yes -o StrictHostKeyChecking=yes -o "UserKnownHostsFile=$
 remote="$SQD_SSHD_USER@127.0.0.1"
 
 produce() { # DIR COUNT SIZE: COUNT files of SIZE random bytes
-  python3 - "$@" <<'PY'
+  "$py" - "$@" <<'PY'
 import os, sys
 d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 os.makedirs(d, exist_ok=True)
@@ -99,16 +102,13 @@ for i in range(n):
 PY
   sync
 }
-# Whether DIR still holds a regular file; stops at the first one, so polling it stays cheap
-# (counting 20,000 entries every few ms would steal CPU from the contender being measured).
-has_files() { [ -n "$(find "$1" -maxdepth 1 -type f -print -quit 2>/dev/null)" ]; }
 now() { date +%s.%N; }
 # Busy seconds of the whole machine (all cores) so far.
 machine_cpu() { awk '/^cpu /{print ($2+$3+$4+$7+$8+$9)/100}' /proc/stat; }
 # CPU seconds used by the private sshd and everything under it (sessions, sftp-server, remote
 # rsync/tar/cat), including children already reaped.
 producer_cpu() {
-  python3 - "$sshd_pid" <<'PY'
+  "$py" - "$sshd_pid" <<'PY'
 import os, sys
 root = int(sys.argv[1]); tick = os.sysconf("SC_CLK_TCK")
 stats = {}
@@ -128,10 +128,11 @@ def under(pid):
 print(sum(t for pid, (_, t) in stats.items() if under(pid)) / tick)
 PY
 }
-elapsed() { python3 -c "print(f'{$2 - $1:.3f}')"; }
+elapsed() { "$py" -c "print(f'{$2 - $1:.3f}')"; }
 
 # Each run_* prints "seconds machine_cpu_s producer_cpu_s" of the transfer only.
-measure_start() { t0=$(now); m0=$(machine_cpu); p0=$(producer_cpu); }
+# Ordered so that neither the clock nor the machine's CPU count these helpers themselves.
+measure_start() { p0=$(producer_cpu); m0=$(machine_cpu); t0=$(now); }
 measure_end() {
   local t1 m1 p1
   t1=$(now); m1=$(machine_cpu); p1=$(producer_cpu)
@@ -155,13 +156,28 @@ run_sqd() { # COUNT SIZE
   until grep -q 'connected client=bench' "$work/worker.log"; do sleep 0.05; done
   sleep 0.3
   measure_start
-  python3 - "$dir.in" "$dir" <<'PY'
-import os, sys
+  # One process renames the files in, then waits (without a fork per poll) until the source
+  # and every claim dir are empty: the end of sqd's run, as rsync's exit is the end of its.
+  "$py" - "$dir.in" "$dir" <<'PY'
+import os, sys, time
 src, dst = sys.argv[1], sys.argv[2]
 for name in sorted(os.listdir(src)):
     os.rename(os.path.join(src, name), os.path.join(dst, name))
+def has_file(d):
+    try:
+        with os.scandir(d) as it:
+            return any(e.is_file(follow_symlinks=False) for e in it)
+    except FileNotFoundError:
+        return False
+def claims(d):
+    try:
+        with os.scandir(os.path.join(d, ".sqd", "claim")) as it:
+            return [e.path for e in it if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+while has_file(dst) or any(has_file(c) for c in claims(dst)):
+    time.sleep(0.02)
 PY
-  until ! has_files "$dir" && [ -z "$(find "$dir/.sqd/claim" -type f -print -quit 2>/dev/null)" ]; do sleep 0.05; done
   measure_end
   "$sqd" --mode worker stop --store "$store" >/dev/null
   "$sqd" --mode leader stop --state-dir "$state" >/dev/null
@@ -254,7 +270,7 @@ for set in $sets; do
   done
 done
 
-python3 - "$results" "$repo/bench-results.json" "$cipher" "$cluster_results" <<'PY'
+"$py" - "$results" "$repo/bench-results.json" "$cipher" "$cluster_results" <<'PY'
 import json, math, statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 out, cipher = sys.argv[2], sys.argv[3]

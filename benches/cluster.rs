@@ -497,7 +497,7 @@ async fn sim_node(channel: Channel, index: usize, agent: Option<String>, shared:
                             return;
                         }
                     }
-                    Some(leader_message::Body::Revoke(_)) | None => {}
+                    Some(leader_message::Body::Revoke(_) | leader_message::Body::Wake(_)) | None => {}
                 }
             }
             _ = async { beat.as_mut().expect("guarded").tick().await }, if beat.is_some() => {

@@ -128,6 +128,10 @@ impl Setup {
 
     fn add_client(&mut self, name: &str, known_hosts: &Path) -> PathBuf {
         let dir = self.cluster.dir.path().join(format!("src-{name}"));
+        self.add_client_at(name, known_hosts, dir)
+    }
+
+    fn add_client_at(&mut self, name: &str, known_hosts: &Path, dir: PathBuf) -> PathBuf {
         std::fs::create_dir_all(&dir).expect("create source dir");
         let out = self.cluster.ctl(&[
             "add-client",
@@ -901,4 +905,54 @@ fn a_full_store_disk_is_reported_loses_nothing_and_recovers_once_there_is_room()
         .wait_status(Duration::from_secs(10), "error cleared", |st| {
             st["clients"][0]["last_error"].is_null()
         });
+}
+
+#[test]
+fn the_agent_wakes_the_worker_when_a_file_is_closed() {
+    let sshd = Sshd::start();
+    let mut cluster = Cluster::start(500, 1500);
+    // A poll so long that only the agent's hint can explain a prompt pull.
+    cluster.spawn_worker_with("w1", &["--settle-ms", "300", "--poll-ms", "30000"], &[]);
+    cluster.wait_alive(1);
+    let mut s = Setup {
+        sshd,
+        cluster,
+        sources: BTreeMap::new(),
+    };
+    let kh = s.sshd.known_hosts.clone();
+    let watched = s.cluster.dir.path().join("watch-hinted");
+    let dir = s.add_client_at("hinted", &kh, watched);
+    s.cluster.spawn_agent("hinted");
+    s.cluster.wait_status(
+        Duration::from_secs(20),
+        "agent up, worker connected",
+        |st| {
+            let c = &st["clients"][0];
+            c["agent"] == "up" && c["worker"].is_string()
+        },
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the worker's first listing",
+        || {
+            s.cluster.workers["w1"]
+                .log_text()
+                .contains("connected client=hinted")
+                .then_some(())
+        },
+    );
+    // Past the first (empty) listing: without a hint the next one is 30 s away.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut expected = Vec::new();
+    for round in 0..2 {
+        let closed = std::time::Instant::now();
+        expected.extend(produce(&dir, &format!("hinted{round}"), 3));
+        s.wait_drained(&expected, Duration::from_secs(10));
+        assert!(
+            closed.elapsed() < Duration::from_secs(10),
+            "round {round}: pulled only after {:?}",
+            closed.elapsed()
+        );
+    }
+    s.assert_exactly_once(&expected);
 }

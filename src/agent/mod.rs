@@ -5,6 +5,7 @@
 //! loaded worker if there is one.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -98,11 +99,14 @@ pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(
         capacity: 0,
     };
     let backlog = Arc::new(Mutex::new(Backlog::default()));
-    let _watcher = spawn_watcher(&cfg, backlog.clone()).map_err(|e| watch_err(e.to_string()))?;
+    let files_ready = Arc::new(AtomicBool::new(false));
+    let _watcher = spawn_watcher(&cfg, backlog.clone(), files_ready.clone())
+        .map_err(|e| watch_err(e.to_string()))?;
     info!(client = %cfg.name, leader = %cfg.leader, watch = %cfg.watch.display(), "agent starting");
     let mut agent = AgentNode {
         client: cfg.name.clone(),
         backlog,
+        files_ready,
         complain_after: cfg.complain_after,
     };
     node::run(
@@ -119,15 +123,20 @@ pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(
 
 /// Keeps `backlog` current: rescans on every directory event (debounced) and every few
 /// seconds anyway, so an overflowed or failed watcher only delays, never stops, the count.
+/// A file closed after writing, or moved in, also sets `files_ready`, so the worker is told
+/// to look now rather than at its next poll.
 fn spawn_watcher(
     cfg: &ClientConfig,
     backlog: Arc<Mutex<Backlog>>,
+    files_ready: Arc<AtomicBool>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Err(e) = &event {
-            warn!(error = %e, "directory watcher error; rescanning");
+        match &event {
+            Ok(e) if is_new_file(&e.kind) => files_ready.store(true, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "directory watcher error; rescanning"),
         }
         let _ = tx.send(());
     })?;
@@ -168,9 +177,22 @@ fn spawn_watcher(
     Ok(watcher)
 }
 
+/// A writer closed a file it wrote, or a file was renamed into the directory: the two ways
+/// a finished stats file appears.
+fn is_new_file(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    )
+}
+
 struct AgentNode {
     client: String,
     backlog: Arc<Mutex<Backlog>>,
+    /// Set by the watcher, cleared when the hint went out (at most one per node tick).
+    files_ready: Arc<AtomicBool>,
     complain_after: Duration,
 }
 
@@ -193,7 +215,20 @@ impl Handler for AgentNode {
         }]
     }
     fn message(&mut self, _body: Body, _out: &NodeOutbox) {}
-    fn lease(&mut self, _valid: bool, _out: Option<&NodeOutbox>) {}
+    fn lease(&mut self, _valid: bool, out: Option<&NodeOutbox>) {
+        let Some(out) = out else { return };
+        if self.files_ready.swap(false, Ordering::Relaxed) {
+            let hint = proto::NodeMessage {
+                body: Some(proto::node_message::Body::FilesReady(proto::FilesReady {
+                    client: self.client.clone(),
+                })),
+            };
+            if out.try_send(hint).is_err() {
+                // The session is busy or going away: try again at the next tick.
+                self.files_ready.store(true, Ordering::Relaxed);
+            }
+        }
+    }
     async fn shutdown(&mut self) {}
 }
 

@@ -47,6 +47,10 @@ pub enum Command {
     Leaving {
         session: SessionId,
     },
+    /// An agent saw a new file: wake the worker serving its client.
+    FilesReady {
+        session: SessionId,
+    },
     Closed {
         session: SessionId,
     },
@@ -214,6 +218,11 @@ impl Core {
                 debug!(session, client = %client, epoch, "client released");
                 let fx = self.registry.released(session, &client, epoch, now);
                 self.carry_out(fx)?;
+            }
+            Command::FilesReady { session } => {
+                if let Some((to, client, epoch)) = self.registry.wake_target(session) {
+                    self.send(to, Body::Wake(proto::Wake { client, epoch }));
+                }
             }
             Command::Leaving { session } => {
                 let fx = self.registry.worker_leaving(session, now);

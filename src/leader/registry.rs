@@ -321,6 +321,20 @@ impl Registry {
         }
     }
 
+    /// Where a "files ready" hint from the agent session `session` goes: the session of the
+    /// worker serving the agent's client, the client and its epoch. `None` when the sender is
+    /// not a current agent, or its client is unassigned, in handoff, or its worker offline.
+    pub fn wake_target(&self, session: SessionId) -> Option<(SessionId, String, u64)> {
+        let name = self.agent_of(session)?;
+        let client = self.clients.get(&name)?;
+        if client.releasing_since.is_some() {
+            return None;
+        }
+        let worker = self.workers.get(client.worker.as_deref()?)?;
+        let to = worker.session?;
+        Some((to, name, client.epoch))
+    }
+
     /// Restores a worker known from the persisted state. It starts suspect with a full lease
     /// from `now`, so a worker that re-attaches in time keeps its clients and epochs.
     pub fn restore_worker(
@@ -1222,6 +1236,24 @@ mod tests {
         reg.session_closed(7);
         assert_eq!(reg.client("c").unwrap().agent.as_str(), "up");
         assert!(reg.heartbeat(8, 0.0, dead));
+    }
+
+    #[test]
+    fn an_agents_hint_goes_to_the_session_of_its_clients_worker() {
+        let mut reg = Registry::new(timing(), V, 1);
+        let mut fleet = Fleet::default();
+        let r = reg.register_worker(hello("w", &[]), 1, 0).unwrap();
+        fleet.held.insert(1, BTreeMap::new());
+        fleet.apply(&mut reg, r.effects, 0);
+        let fx = reg.add_client(spec("c"), 0).unwrap();
+        fleet.apply(&mut reg, fx, 0);
+        let epoch = reg.client("c").unwrap().epoch;
+        assert_eq!(reg.wake_target(9), None, "not an agent (yet)");
+        reg.register_agent("c", V, 9, 0).unwrap();
+        assert_eq!(reg.wake_target(9), Some((1, "c".to_owned(), epoch)));
+        assert_eq!(reg.wake_target(1), None, "a worker's session is no agent");
+        reg.session_closed(9);
+        assert_eq!(reg.wake_target(9), None, "an old session of the agent");
     }
 
     #[test]

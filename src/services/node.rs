@@ -87,6 +87,7 @@ impl NodeService for NodeApi {
                             epoch: r.epoch,
                         },
                         Body::Leaving(_) => Command::Leaving { session },
+                        Body::FilesReady(_) => Command::FilesReady { session },
                         Body::Register(_) => {
                             debug!(session, "ignoring a second Register on one session");
                             continue;

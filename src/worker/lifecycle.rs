@@ -62,6 +62,16 @@ impl SettleTracker {
         ready.into_iter().map(|(_, e)| e).collect()
     }
 
+    /// When the first entry still settling will have been unchanged for `settle` (after
+    /// `now`), so the next listing can be timed for it instead of waiting a whole poll.
+    pub fn next_settled(&self, now: Instant, settle: Duration) -> Option<Instant> {
+        self.seen
+            .values()
+            .map(|&(_, _, since)| since + settle)
+            .filter(|&due| due > now)
+            .min()
+    }
+
     /// Forgets a name (claimed, or changed and to be watched again).
     pub fn forget(&mut self, name: &[u8]) {
         self.seen.remove(name);
@@ -174,6 +184,34 @@ pub fn claim_action(dir: &ClaimDir, me: &str, epoch: u64, orphaned: bool) -> Cla
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_next_listing_is_due_when_the_first_entry_settles() {
+        let t0 = Instant::now();
+        let settle = Duration::from_millis(300);
+        let entry = |name: &str, size| RemoteEntry {
+            name: name.as_bytes().to_vec(),
+            kind: crate::transport::ssh::EntryKind::File,
+            size,
+            mtime: 5,
+        };
+        let mut tracker = SettleTracker::default();
+        assert_eq!(tracker.next_settled(t0, settle), None, "nothing seen");
+        let first = [entry("a", 1)];
+        assert!(tracker.observe(&first, t0, settle).is_empty());
+        let t1 = t0 + Duration::from_millis(100);
+        let both = [entry("a", 1), entry("b", 1)];
+        assert!(tracker.observe(&both, t1, settle).is_empty());
+        assert_eq!(
+            tracker.next_settled(t1, settle),
+            Some(t0 + settle),
+            "a first"
+        );
+        // Once `a` settled, `b` is next; a settled entry not yet taken is not "due".
+        let t2 = t0 + settle;
+        assert_eq!(tracker.observe(&both, t2, settle).len(), 1);
+        assert_eq!(tracker.next_settled(t2, settle), Some(t1 + settle));
+    }
+
     use super::*;
 
     fn file(name: &[u8], size: u64, mtime: i64) -> RemoteEntry {

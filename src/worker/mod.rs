@@ -159,6 +159,7 @@ fn spawn_resolver(
 
 struct Running {
     epoch: u64,
+    wake: Arc<tokio::sync::Notify>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     stats: pull::SharedStats,
@@ -212,6 +213,7 @@ impl WorkerNode {
         let (stop, stop_rx) = watch::channel(false);
         let name = spec.name.clone();
         let stats = pull::SharedStats::default();
+        let wake = Arc::new(tokio::sync::Notify::new());
         let task = tokio::spawn(pull::serve_client(
             pull::ClientTask {
                 worker: self.id.clone(),
@@ -224,6 +226,7 @@ impl WorkerNode {
                 busy_ns: self.busy_ns.clone(),
                 held: self.held.clone(),
                 metrics: self.metrics.clone(),
+                wake: wake.clone(),
             },
             stop_rx,
         ));
@@ -231,6 +234,7 @@ impl WorkerNode {
             name,
             Running {
                 epoch,
+                wake,
                 stop,
                 task,
                 stats,
@@ -384,6 +388,13 @@ impl Handler for WorkerNode {
                     self.stop(&r.client, r.epoch, Some(out));
                 }
                 self.apply(changes, out);
+            }
+            Body::Wake(w) => {
+                if let Some(running) = self.running.get(&w.client)
+                    && running.epoch == w.epoch
+                {
+                    running.wake.notify_one();
+                }
             }
             Body::Registered(_) | Body::HeartbeatAck(_) => {}
         }

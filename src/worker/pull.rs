@@ -114,6 +114,8 @@ pub struct ClientTask {
     pub busy_ns: Arc<AtomicU64>,
     pub held: Held,
     pub metrics: WorkerMetrics,
+    /// Rung when the client's agent saw a file closed: list now instead of at the next poll.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// Why a cycle stopped early.
@@ -164,6 +166,22 @@ struct Cursor {
 /// How long a listing's complete files may be worked through before the directory is listed
 /// again (new files wait at most this long behind a large backlog).
 const REUSE_LISTING_FOR: Duration = Duration::from_secs(10);
+/// Shortest pause between listings timed for a settling file (a file written for minutes
+/// must not make us list nonstop).
+const MIN_RELIST: Duration = Duration::from_millis(100);
+
+/// The pause after a cycle that left nothing to do: the poll interval, or less when a file
+/// already seen will have settled sooner (one listing then finds it complete).
+fn idle_pause(fresh: &SettleTracker, config: &PullConfig) -> Duration {
+    let now = Instant::now();
+    match fresh.next_settled(now, config.settle) {
+        Some(due) => due
+            .saturating_duration_since(now)
+            .max(MIN_RELIST)
+            .min(config.poll),
+        None => config.poll,
+    }
+}
 
 fn lock(stats: &SharedStats) -> std::sync::MutexGuard<'_, ClientStats> {
     stats
@@ -209,6 +227,8 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             break;
         }
+        // Only a normal idle pause may be cut short by the agent, never an error's backoff.
+        let mut wakeable = false;
         let pause = if !task.lease.valid_now() {
             Duration::from_millis(50)
         } else if let Some(r) = &remote {
@@ -222,7 +242,8 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
                     if more {
                         Duration::ZERO
                     } else {
-                        task.config.poll
+                        wakeable = true;
+                        idle_pause(&cursor.fresh, &task.config)
                     }
                 }
                 Err(CycleError::LeaseExpired) => Duration::from_millis(50),
@@ -271,6 +292,9 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
         if !pause.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
+                _ = task.wake.notified(), if wakeable => {
+                    debug!(client = %task.spec.name, "woken by the client's agent");
+                }
                 _ = stop.wait_for(|s| *s) => break,
             }
         }

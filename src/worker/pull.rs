@@ -1153,7 +1153,7 @@ async fn fetch_one(
     let local_err = |e: std::io::Error| TransportError::Sink {
         reason: StoreError::io(local, e).to_string(),
     };
-    let mut writer = StagingWriter::default();
+    let mut writer = StagingWriter::buffered();
     let mut out = writer.create(local, w.size).map_err(local_err)?;
     let mut first_chunk = true;
     let (read, size_after, mtime_after) = remote

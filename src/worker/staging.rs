@@ -77,6 +77,8 @@ struct Thread {
 /// (started with the first large file).
 #[derive(Default)]
 pub struct StagingWriter {
+    /// Never use `O_DIRECT` (see [`StagingWriter::buffered`]).
+    buffered_only: bool,
     thread: Option<Thread>,
     spare: Arc<Mutex<Vec<AlignedBlock>>>,
     /// The first failed direct write: it fails the batch.
@@ -84,6 +86,16 @@ pub struct StagingWriter {
 }
 
 impl StagingWriter {
+    /// A writer that only writes through the page cache. For the SFTP path, where a file's
+    /// chunks arrive on async tasks with hundreds of files in flight: a queue that can block
+    /// would stall the runtime, and a block buffer per file in flight would cost memory.
+    pub fn buffered() -> StagingWriter {
+        StagingWriter {
+            buffered_only: true,
+            ..StagingWriter::default()
+        }
+    }
+
     /// Creates `path` (never replacing a file). `expected` is the listed size: it only picks
     /// the write mode.
     pub fn create(&mut self, path: &Path, expected: u64) -> io::Result<StagingFile> {
@@ -114,7 +126,7 @@ impl StagingWriter {
 
     /// The writer thread's queue when `file` should be written direct and can be.
     fn direct_queue(&mut self, file: &File, expected: u64) -> Option<mpsc::SyncSender<Job>> {
-        if expected < DIRECT_MIN || set_direct(file, true).is_err() {
+        if self.buffered_only || expected < DIRECT_MIN || set_direct(file, true).is_err() {
             return None;
         }
         if self.thread.is_none() {

@@ -126,19 +126,22 @@ impl StagingWriter {
 
     /// The writer thread's queue when `file` should be written direct and can be.
     fn direct_queue(&mut self, file: &File, expected: u64) -> Option<mpsc::SyncSender<Job>> {
-        if self.buffered_only || expected < DIRECT_MIN || set_direct(file, true).is_err() {
+        if self.buffered_only || expected < DIRECT_MIN {
             return None;
         }
         if self.thread.is_none() {
             let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED_BLOCKS);
             let spare = self.spare.clone();
             let failed = self.failed.clone();
+            // No thread to be had (resource limits): this file goes through the page cache.
             let handle = std::thread::Builder::new()
                 .name("sqd-stage-write".into())
                 .spawn(move || write_jobs(queue, &spare, &failed))
                 .ok()?;
             self.thread = Some(Thread { jobs, handle });
         }
+        // Last, so a file that gets no queue never has `O_DIRECT` set.
+        set_direct(file, true).ok()?;
         self.thread.as_ref().map(|t| t.jobs.clone())
     }
 
@@ -149,7 +152,9 @@ impl StagingWriter {
         block
     }
 
-    /// Waits until every queued write is done; the first write that failed, if any.
+    /// Waits until every queued write is done; the first write that failed, if any. Every
+    /// [`StagingFile`] this writer created must be finished or dropped first (each holds the
+    /// queue open).
     pub fn wait(&mut self) -> io::Result<()> {
         if let Some(Thread { jobs, handle }) = self.thread.take() {
             drop(jobs);

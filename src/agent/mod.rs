@@ -107,6 +107,7 @@ pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(
         client: cfg.name.clone(),
         backlog,
         files_ready,
+        last_hint: None,
         complain_after: cfg.complain_after,
     };
     node::run(
@@ -134,7 +135,7 @@ fn spawn_watcher(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match &event {
-            Ok(e) if is_new_file(&e.kind) => files_ready.store(true, Ordering::Relaxed),
+            Ok(e) if is_new_file(e) => files_ready.store(true, Ordering::Relaxed),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "directory watcher error; rescanning"),
         }
@@ -177,22 +178,41 @@ fn spawn_watcher(
     Ok(watcher)
 }
 
-/// A writer closed a file it wrote, or a file was renamed into the directory: the two ways
-/// a finished stats file appears.
-fn is_new_file(kind: &notify::EventKind) -> bool {
+/// A writer closed a file it wrote, or a file was renamed into the directory (the two ways a
+/// finished stats file appears), under a name a worker would pull: temporary and hidden
+/// files being rewritten must not make the worker list over and over.
+fn is_new_file(event: &notify::Event) -> bool {
     use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
-    matches!(
-        kind,
+    use std::os::unix::ffi::OsStrExt;
+    let finished = matches!(
+        event.kind,
         EventKind::Access(AccessKind::Close(AccessMode::Write))
             | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
-    )
+    );
+    finished
+        && event.paths.iter().any(|p| {
+            p.file_name().is_some_and(|name| {
+                let entry = RemoteEntry {
+                    name: name.as_bytes().to_vec(),
+                    kind: EntryKind::File,
+                    size: 0,
+                    mtime: 0,
+                };
+                lifecycle::is_candidate(&entry, None)
+            })
+        })
 }
+
+/// At most one hint per this period: a directory where files close every few milliseconds
+/// costs the leader and the worker a few messages a second, not hundreds.
+const HINT_EVERY: Duration = Duration::from_millis(250);
 
 struct AgentNode {
     client: String,
     backlog: Arc<Mutex<Backlog>>,
-    /// Set by the watcher, cleared when the hint went out (at most one per node tick).
+    /// Set by the watcher, cleared when the hint went out.
     files_ready: Arc<AtomicBool>,
+    last_hint: Option<std::time::Instant>,
     complain_after: Duration,
 }
 
@@ -217,7 +237,11 @@ impl Handler for AgentNode {
     fn message(&mut self, _body: Body, _out: &NodeOutbox) {}
     fn lease(&mut self, _valid: bool, out: Option<&NodeOutbox>) {
         let Some(out) = out else { return };
+        if self.last_hint.is_some_and(|at| at.elapsed() < HINT_EVERY) {
+            return;
+        }
         if self.files_ready.swap(false, Ordering::Relaxed) {
+            self.last_hint = Some(std::time::Instant::now());
             let hint = proto::NodeMessage {
                 body: Some(proto::node_message::Body::FilesReady(proto::FilesReady {
                     client: self.client.clone(),

@@ -467,10 +467,13 @@ impl Remote {
             {
                 Some(data) => {
                     read += data.len() as u64;
-                    consume(&data).map_err(|e| TransportError::Sftp {
-                        target: self.target.clone(),
-                        path: path.display().to_string(),
-                        reason: format!("local write failed: {e}"),
+                    consume(&data).map_err(|e| match batch::sink_failure(&e) {
+                        Some(reason) => TransportError::Sink { reason },
+                        None => TransportError::Sftp {
+                            target: self.target.clone(),
+                            path: path.display().to_string(),
+                            reason: format!("local write failed: {e}"),
+                        },
                     })?;
                     buf = data;
                 }

@@ -290,12 +290,16 @@ pub async fn serve_client(task: ClientTask, mut stop: watch::Receiver<bool>) {
             }
         };
         if !pause.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = task.wake.notified(), if wakeable => {
-                    debug!(client = %task.spec.name, "woken by the client's agent");
-                }
+            let paused = Instant::now();
+            let woken = tokio::select! {
+                _ = tokio::time::sleep(pause) => false,
+                _ = task.wake.notified(), if wakeable => true,
                 _ = stop.wait_for(|s| *s) => break,
+            };
+            if woken {
+                debug!(client = %task.spec.name, "woken by the client's agent");
+                // However often hints come, listings stay MIN_RELIST apart.
+                tokio::time::sleep(MIN_RELIST.saturating_sub(paused.elapsed())).await;
             }
         }
     }
@@ -1158,7 +1162,8 @@ async fn fetch_one(
     let mut first_chunk = true;
     let (read, size_after, mtime_after) = remote
         .read_file(&mine.join(name_path(&w.name)), w.size, |chunk| {
-            out.write(chunk)?;
+            out.write(chunk)
+                .map_err(|e| ssh::sink_failed(StoreError::io(local, e).to_string()))?;
             if first_chunk {
                 first_chunk = false;
                 failpoint::hit("mid_transfer");

@@ -33,6 +33,8 @@ const BLOCK: usize = 1 << 20;
 const ALIGN: usize = 4096;
 /// Blocks queued for the writer thread besides the one it writes and the one being filled.
 const QUEUED_BLOCKS: usize = 3;
+/// Spent blocks kept for reuse: enough for a full queue plus the ones being filled and written.
+const POOLED_BLOCKS: usize = QUEUED_BLOCKS + 2;
 /// Buffered large files (no `O_DIRECT`): start writeback after this much new data.
 pub const WRITEBACK_EVERY: u64 = 32 << 20;
 
@@ -52,6 +54,14 @@ impl AlignedBlock {
     }
     fn filled(&self) -> &[u8] {
         &self.raw[self.start..self.start + self.len]
+    }
+    /// A placeholder that owns no memory (after a file's last block was handed off).
+    fn empty() -> AlignedBlock {
+        AlignedBlock {
+            raw: Vec::new(),
+            start: 0,
+            len: 0,
+        }
     }
     fn free_space(&mut self) -> &mut [u8] {
         &mut self.raw[self.start + self.len..self.start + BLOCK]
@@ -187,7 +197,7 @@ fn write_jobs(
             *lock(failed) = Some(e);
         }
         let mut pool = lock(spare);
-        if pool.len() < QUEUED_BLOCKS + 2 {
+        if pool.len() < POOLED_BLOCKS && !job.block.raw.is_empty() {
             pool.push(job.block);
         }
     }
@@ -272,8 +282,13 @@ impl DirectFile {
             // Stop early (a full disk fails every later write too); `wait` has the error.
             return Err(io::Error::new(e.kind(), e.to_string()));
         }
-        let mut next = lock(&self.spare).pop().unwrap_or_else(AlignedBlock::new);
-        next.len = 0;
+        let next = if last {
+            AlignedBlock::empty()
+        } else {
+            let mut next = lock(&self.spare).pop().unwrap_or_else(AlignedBlock::new);
+            next.len = 0;
+            next
+        };
         let block = std::mem::replace(&mut self.filling, next);
         let at = self.offset;
         self.offset += block.len as u64;
@@ -287,12 +302,18 @@ impl DirectFile {
             .map_err(|_| io::Error::other("the staging writer thread stopped"))
     }
 
-    /// Queues what is left, the file's last block.
+    /// Queues what is left, the file's last block; an empty one goes back to the pool.
     fn finish(&mut self) -> io::Result<()> {
         if self.filling.len > 0 {
-            self.hand_off(true)?;
+            self.hand_off(true)
+        } else {
+            let unused = std::mem::replace(&mut self.filling, AlignedBlock::empty());
+            let mut pool = lock(&self.spare);
+            if pool.len() < POOLED_BLOCKS {
+                pool.push(unused);
+            }
+            Ok(())
         }
-        Ok(())
     }
 }
 

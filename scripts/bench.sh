@@ -74,11 +74,16 @@ sqdctl="$repo/target/release/sqdctl"
 
 work=$(mktemp -d /tmp/sqd-bench.XXXXXX)
 cleanup() {
+  # sqd daemons of an interrupted run
+  for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
   [ -n "${ctl:-}" ] && ssh -S "$ctl" -O exit x 2>/dev/null || true
   sqd_sshd_stop "$work/sshd" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
+# A signal (Ctrl-C, timeout) exits through the EXIT trap too, so nothing is left running.
+trap "exit 130" INT
+trap "exit 143" TERM
 # shellcheck source=scripts/lib/sshd.sh
 source "$repo/scripts/lib/sshd.sh"
 SQD_SSHD_EXTRA_CONFIG="Ciphers $cipher" sqd_sshd_start "$work/sshd" >/dev/null

@@ -30,6 +30,7 @@ pub mod node;
 pub mod proto;
 pub mod services;
 pub mod spec;
+pub mod stats;
 pub mod store;
 pub mod transport;
 pub mod version;

@@ -4,6 +4,7 @@
 //! owns them; [`run`] wires the core to the gRPC server.
 
 pub mod core;
+pub mod reconcile;
 pub mod registry;
 pub mod scheduler;
 pub mod state;

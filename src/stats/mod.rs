@@ -1,9 +1,10 @@
-//! Stats inside the files as data: each worker's time-series shard and the pure pieces of a
-//! query — label matchers and step buckets ([`query`]), mergeable per-bucket aggregates
-//! ([`partial`], M2), sample blocks and their compression ([`block`]), and the shard's tables in
-//! the store's SQLite catalog ([`tsdb`]).
+//! Stats inside the files as data: parsers of the four formats ([`parse`]), label matchers and
+//! step buckets ([`query`]), mergeable per-bucket aggregates ([`partial`], M2), sample blocks
+//! and their compression ([`block`]), and each worker's time-series shard in its store's SQLite
+//! catalog ([`tsdb`]).
 
 pub mod block;
+pub mod parse;
 pub mod partial;
 pub mod query;
 pub mod tsdb;

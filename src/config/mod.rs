@@ -186,9 +186,9 @@ pub enum ConfigError {
 /// The commented sample config for a mode (the exact text of `config/<mode>.toml`).
 pub fn sample(mode: Mode) -> &'static str {
     match mode {
-        Mode::Leader => include_str!("../config/leader.toml"),
-        Mode::Worker => include_str!("../config/worker.toml"),
-        Mode::Client => include_str!("../config/client.toml"),
+        Mode::Leader => include_str!("../../config/leader.toml"),
+        Mode::Worker => include_str!("../../config/worker.toml"),
+        Mode::Client => include_str!("../../config/client.toml"),
     }
 }
 

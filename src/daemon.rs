@@ -20,6 +20,12 @@ pub enum DaemonError {
         dir: PathBuf,
         pid: String,
     },
+    #[error("cannot create the {what}'s directory {dir}: {source}")]
+    CreateDir {
+        what: String,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot use {path}: {source}")]
     Io {
         path: PathBuf,
@@ -57,14 +63,18 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
 /// An exclusive lock on `<dir>/<what>.pid` holding this process's id; released on drop (or
 /// by the kernel when the process dies, so `kill -9` leaves no stale lock).
 #[derive(Debug)]
-pub struct PidLock {
+pub(crate) struct PidLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl PidLock {
-    pub fn acquire(dir: &Path, what: &str) -> Result<Self, DaemonError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    /// Creates `dir` (with its parents) if missing, then takes the lock in it.
+    pub(crate) fn acquire(dir: &Path, what: &str) -> Result<Self, DaemonError> {
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::CreateDir {
+            what: what.to_owned(),
+            dir: dir.to_owned(),
+            source,
+        })?;
         let path = pid_path(dir, what);
         let mut file = OpenOptions::new()
             .read(true)
@@ -90,15 +100,12 @@ impl PidLock {
         file.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
         writeln!(file, "{}", std::process::id()).map_err(io_err(&path))?;
         file.sync_all().map_err(io_err(&path))?;
-        Ok(PidLock { _file: file, path })
+        Ok(PidLock { _file: file })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
-pub fn pid_path(dir: &Path, what: &str) -> PathBuf {
+fn pid_path(dir: &Path, what: &str) -> PathBuf {
     dir.join(format!("{what}.pid"))
 }
 
@@ -172,29 +179,46 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 /// Waits until `rx` turns true (or its sender is gone).
-pub async fn wait_for(mut rx: watch::Receiver<bool>) {
+pub(crate) async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Writes the address a daemon actually bound (`ADDR\n`), so scripts and tests that asked
 /// for port 0 can find it.
-pub fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> Result<(), DaemonError> {
+pub(crate) fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> Result<(), DaemonError> {
     std::fs::write(path, format!("{addr}\n")).map_err(|source| DaemonError::Io {
         path: path.to_owned(),
         source,
     })
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogSetupError {
+    #[error("RUST_LOG={value:?}: {source}")]
+    RustLog {
+        value: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("log_level {value:?}: {source}")]
+    LogLevel {
+        value: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot set up logging: {0}")]
+    Init(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// Sets up `tracing`: `RUST_LOG` wins over the configured level; text or JSON lines on stderr.
-pub fn init_logging(log: &LogConfig) -> Result<(), String> {
+pub fn init_logging(log: &LogConfig) -> Result<(), LogSetupError> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => {
-            EnvFilter::try_new(&v).map_err(|e| format!("RUST_LOG={v:?}: {e}"))?
-        }
-        _ => {
-            EnvFilter::try_new(&log.level).map_err(|e| format!("log_level {:?}: {e}", log.level))?
-        }
+        Ok(value) if !value.is_empty() => EnvFilter::try_new(&value)
+            .map_err(|source| LogSetupError::RustLog { value, source })?,
+        _ => EnvFilter::try_new(&log.level).map_err(|source| LogSetupError::LogLevel {
+            value: log.level.clone(),
+            source,
+        })?,
     };
     // Colour only for a person at a terminal: files and journald get plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -208,7 +232,7 @@ pub fn init_logging(log: &LogConfig) -> Result<(), String> {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    result.map_err(|e| format!("cannot set up logging: {e}"))
+    result.map_err(LogSetupError::Init)
 }
 
 #[cfg(test)]

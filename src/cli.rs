@@ -75,7 +75,10 @@ impl StartArgs {
         let flags: Vec<String> = self
             .given
             .iter()
-            .filter(|long| !own.get_arguments().any(|a| a.get_long() == Some(long.as_str())))
+            .filter(|long| {
+                !own.get_arguments()
+                    .any(|a| a.get_long() == Some(long.as_str()))
+            })
             .map(|long| format!("--{long}"))
             .collect();
         if flags.is_empty() {
@@ -140,7 +143,7 @@ impl Args for StartArgs {
             .value_name("CONFIG")
             .action(ArgAction::Set)
             .value_parser(clap::value_parser!(PathBuf))
-            .help("TOML config file; flags override its values.");
+            .help("TOML config file; flags override its values");
         let cmd = cmd.arg(config.display_order(0));
         all_flags()
             .into_iter()

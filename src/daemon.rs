@@ -102,7 +102,6 @@ impl PidLock {
         file.sync_all().map_err(io_err(&path))?;
         Ok(PidLock { _file: file })
     }
-
 }
 
 fn pid_path(dir: &Path, what: &str) -> PathBuf {
@@ -213,8 +212,9 @@ pub enum LogSetupError {
 pub fn init_logging(log: &LogConfig) -> Result<(), LogSetupError> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(value) if !value.is_empty() => EnvFilter::try_new(&value)
-            .map_err(|source| LogSetupError::RustLog { value, source })?,
+        Ok(value) if !value.is_empty() => {
+            EnvFilter::try_new(&value).map_err(|source| LogSetupError::RustLog { value, source })?
+        }
         _ => EnvFilter::try_new(&log.level).map_err(|source| LogSetupError::LogLevel {
             value: log.level.clone(),
             source,

@@ -80,8 +80,14 @@ fn flags_of_another_mode_are_named_all_at_once() {
 
 #[test]
 fn the_mode_is_found_before_parsing() {
-    assert_eq!(mode_in(&args(&["--mode", "client", "start"])), Some(Mode::Client));
-    assert_eq!(mode_in(&args(&["--mode=worker", "start"])), Some(Mode::Worker));
+    assert_eq!(
+        mode_in(&args(&["--mode", "client", "start"])),
+        Some(Mode::Client)
+    );
+    assert_eq!(
+        mode_in(&args(&["--mode=worker", "start"])),
+        Some(Mode::Worker)
+    );
     assert_eq!(mode_in(&args(&["start", "--help"])), None);
     assert_eq!(mode_in(&args(&["--mode", "nope", "start"])), None);
     assert_eq!(mode_in(&args(&["--mode"])), None);
@@ -110,8 +116,14 @@ fn help_tags_shared_flags_and_shows_one_mode_when_known() {
         assert!(all.contains(needle), "{needle} missing from:\n{all}");
     }
     let worker = start_help(Some(Mode::Worker));
-    assert!(worker.contains("--store") && worker.contains("--listen"), "{worker}");
-    assert!(!worker.contains("--state-dir") && !worker.contains("--watch"), "{worker}");
+    assert!(
+        worker.contains("--store") && worker.contains("--listen"),
+        "{worker}"
+    );
+    assert!(
+        !worker.contains("--state-dir") && !worker.contains("--watch"),
+        "{worker}"
+    );
     // Hidden flags still parse, to be explained by check_mode.
     let (mode, a) = start_args(&["--mode", "worker", "start", "--state-dir", "/x"]);
     assert!(a.check_mode(mode).is_err());

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::{
-    CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, ServeFlags,
-    Slot, Sourced, UserEnv, merge, merge_int, rules,
+    CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, ServeFlags, Slot,
+    Sourced, UserEnv, merge, merge_int, rules,
 };
 
 /// Config of `sqd --mode leader`.
@@ -149,19 +149,24 @@ impl LeaderConfig {
         let log = l.log(keys.log, &flags.log);
 
         let built = match (listen, state_dir, cluster, timing, moves, log) {
-            (Some(listen), Some(state_dir), Some(cluster), Some(timing), Some(moves), Some(log)) => {
-                Some(LeaderConfig {
-                    listen: listen.value,
-                    metrics: Sourced::value_of(metrics),
-                    state_dir: state_dir.value,
-                    cluster: cluster.value,
-                    heartbeat_ms: timing.heartbeat_ms,
-                    lease_ms: timing.lease_ms,
-                    grace_ms: timing.grace_ms,
-                    max_moves_per_tick: moves.value,
-                    log,
-                })
-            }
+            (
+                Some(listen),
+                Some(state_dir),
+                Some(cluster),
+                Some(timing),
+                Some(moves),
+                Some(log),
+            ) => Some(LeaderConfig {
+                listen: listen.value,
+                metrics: Sourced::value_of(metrics),
+                state_dir: state_dir.value,
+                cluster: cluster.value,
+                heartbeat_ms: timing.heartbeat_ms,
+                lease_ms: timing.lease_ms,
+                grace_ms: timing.grace_ms,
+                max_moves_per_tick: moves.value,
+                log,
+            }),
             _ => None,
         };
         l.finish(built)

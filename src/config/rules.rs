@@ -126,9 +126,11 @@ pub(super) fn non_empty_path(v: PathBuf) -> Rule<PathBuf> {
 
 pub(super) fn log_level(v: String) -> Rule<String> {
     if v.trim().is_empty() {
-        return Err("must not be empty; use a level (error, warn, info, debug, trace) or \
+        return Err(
+            "must not be empty; use a level (error, warn, info, debug, trace) or \
                     directives like \"sqd=debug\""
-            .into());
+                .into(),
+        );
     }
     Ok(v)
 }

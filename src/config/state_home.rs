@@ -36,11 +36,8 @@ impl UserEnv {
         if self.euid == 0 {
             return Ok(PathBuf::from(SYSTEM_STATE_HOME));
         }
-        let absolute = |v: &Option<OsString>| {
-            v.as_ref()
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-        };
+        let absolute =
+            |v: &Option<OsString>| v.as_ref().map(PathBuf::from).filter(|p| p.is_absolute());
         if let Some(xdg) = absolute(&self.xdg_state_home) {
             return Ok(xdg.join("sqd"));
         }
@@ -84,16 +81,25 @@ mod tests {
         let e = env(1000, Some("/xdg"), Some("/home/u"));
         assert_eq!(e.state_home(), Ok(PathBuf::from("/xdg/sqd")));
         let e = env(1000, None, Some("/home/u"));
-        assert_eq!(e.state_home(), Ok(PathBuf::from("/home/u/.local/state/sqd")));
+        assert_eq!(
+            e.state_home(),
+            Ok(PathBuf::from("/home/u/.local/state/sqd"))
+        );
         // An empty XDG_STATE_HOME counts as unset (XDG spec).
         let e = env(1000, Some(""), Some("/home/u"));
-        assert_eq!(e.state_home(), Ok(PathBuf::from("/home/u/.local/state/sqd")));
+        assert_eq!(
+            e.state_home(),
+            Ok(PathBuf::from("/home/u/.local/state/sqd"))
+        );
     }
 
     #[test]
     fn relative_values_never_give_a_relative_home() {
         let e = env(1000, Some("state"), Some("/home/u"));
-        assert_eq!(e.state_home(), Ok(PathBuf::from("/home/u/.local/state/sqd")));
+        assert_eq!(
+            e.state_home(),
+            Ok(PathBuf::from("/home/u/.local/state/sqd"))
+        );
         for e in [
             env(1000, Some("state"), Some("home")),
             env(1000, None, None),

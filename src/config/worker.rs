@@ -176,10 +176,18 @@ impl WorkerConfig {
         let id = l.check("id", id, |v| rules::name(v, WORKER_ID_MAX));
         let leader = merge(flags.node.leader.clone(), keys.leader).or_default(DEFAULT_ADDR.into());
         let leader = l.check("leader", leader, rules::leader_addr);
-        let store = l.require("store", "--store DIR", merge(flags.store.clone(), keys.store));
+        let store = l.require(
+            "store",
+            "--store DIR",
+            merge(flags.store.clone(), keys.store),
+        );
         let store = l.check("store", store, rules::non_empty_path);
         let serve = &flags.serve;
-        let listen = l.check("listen", merge(serve.listen.clone(), keys.listen), rules::socket_addr);
+        let listen = l.check(
+            "listen",
+            merge(serve.listen.clone(), keys.listen),
+            rules::socket_addr,
+        );
         let metrics = merge(serve.metrics.clone(), keys.metrics);
         let metrics = l.check("metrics", metrics, rules::socket_addr);
         let capacity = merge_int(flags.capacity, keys.capacity);

@@ -345,12 +345,7 @@ async fn undrain_worker(cli: &Cli, id: &str) -> Result<(), CtlError> {
 }
 
 /// `status`, once or (`watch`) every `interval` seconds until Ctrl-C.
-async fn status(
-    cli: &Cli,
-    json: bool,
-    watch: bool,
-    interval: u64,
-) -> Result<(), CtlError> {
+async fn status(cli: &Cli, json: bool, watch: bool, interval: u64) -> Result<(), CtlError> {
     let mut admin = Admin::connect(cli).await?;
     let style = output::Style::detect();
     loop {
@@ -386,12 +381,7 @@ async fn status(
     }
 }
 
-async fn explain(
-    cli: &Cli,
-    client: &str,
-    limit: u32,
-    json: bool,
-) -> Result<(), CtlError> {
+async fn explain(cli: &Cli, client: &str, limit: u32, json: bool) -> Result<(), CtlError> {
     let mut admin = Admin::connect(cli).await?;
     let request = proto::ExplainRequest {
         client: client.to_owned(),

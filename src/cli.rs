@@ -183,7 +183,7 @@ impl FromArgMatches for StartArgs {
 /// The `sqd` command, with the flags of modes other than `mode` (when known) left out of
 /// `start --help` and `stop --help`; they are still parsed, to be explained by
 /// [`StartArgs::check_mode`].
-pub fn command(mode: Option<Mode>) -> Command {
+pub(crate) fn command(mode: Option<Mode>) -> Command {
     let cmd = Cli::command();
     let Some(mode) = mode else {
         return cmd;
@@ -205,7 +205,7 @@ pub fn command(mode: Option<Mode>) -> Command {
 
 /// The mode named on a command line (`--mode M` or `--mode=M`), before it is parsed, so that
 /// help can show that mode's flags alone. Anything unclear is `None`: parsing reports it.
-pub fn mode_in(args: &[OsString]) -> Option<Mode> {
+fn mode_in(args: &[OsString]) -> Option<Mode> {
     use clap::ValueEnum;
     let mut words = args.iter().skip(1).map(|a| a.to_str());
     while let Some(word) = words.next() {

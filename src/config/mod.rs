@@ -10,7 +10,7 @@
 //! This module holds what the modes share: the loader that collects problems, the merge of
 //! flag, file and default, and the flag groups more than one mode takes. Each mode's config,
 //! its flags (declared once, with `clap`, and gathered into `sqd`'s command line by
-//! [`crate::cli`]) and its loading steps are in [`leader`], [`worker`] and [`client`].
+//! [`crate::cli`]) and its loading steps are in `leader.rs`, `worker.rs` and `client.rs`.
 
 mod client;
 mod leader;

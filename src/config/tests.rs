@@ -492,3 +492,42 @@ fn mode_names() {
     assert_eq!(Mode::Worker.as_str(), "worker");
     assert_eq!(Mode::Client.as_str(), "client");
 }
+
+#[test]
+fn the_default_state_dir_is_never_relative() {
+    let root = UserEnv { euid: 0, ..user() };
+    let cfg = LeaderConfig::load_as(None, &LeaderFlags::default(), &root).expect("root");
+    assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/sqd/leader"));
+    let xdg = UserEnv {
+        xdg_state_home: Some("/xdg".into()),
+        ..user()
+    };
+    let cfg = LeaderConfig::load_as(None, &LeaderFlags::default(), &xdg).expect("xdg");
+    assert_eq!(cfg.state_dir, PathBuf::from("/xdg/sqd/leader"));
+
+    // No usable environment: the key becomes required, and a flag or the file satisfies it.
+    let homeless = UserEnv {
+        euid: 1000,
+        xdg_state_home: None,
+        home: Some("relative".into()),
+    };
+    let p = problems(LeaderConfig::load_as(None, &LeaderFlags::default(), &homeless).unwrap_err());
+    assert_eq!(
+        p,
+        vec![
+            "key `state_dir` is required here (no default: neither XDG_STATE_HOME nor HOME is \
+             an absolute path): pass --state-dir DIR"
+                .to_string()
+        ]
+    );
+    let flags = LeaderFlags {
+        state_dir: Some("rel/state".into()),
+        ..Default::default()
+    };
+    let cfg = LeaderConfig::load_as(None, &flags, &homeless).expect("flag");
+    assert_eq!(cfg.state_dir, PathBuf::from("rel/state"));
+    let f = write("state_dir = \"/srv/sqd\"\n");
+    let cfg =
+        LeaderConfig::load_as(Some(f.path()), &LeaderFlags::default(), &homeless).expect("file");
+    assert_eq!(cfg.state_dir, PathBuf::from("/srv/sqd"));
+}

@@ -1,6 +1,6 @@
 //! `sqdctl`: the operator's commands against the leader's admin API.
 
-pub mod output;
+mod output;
 
 use std::time::Duration;
 

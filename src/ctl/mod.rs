@@ -284,10 +284,12 @@ async fn add_client(cli: &Cli, spec: ClientSpec) -> Result<(), CtlError> {
     let request = proto::AddClientRequest {
         client: Some(spec.into()),
     };
-    let resp = match admin.client.add_client(request).await {
-        Ok(resp) => resp.into_inner(),
-        Err(s) => return Err(admin.failed(s)),
-    };
+    let resp = admin
+        .client
+        .add_client(request)
+        .await
+        .map_err(|s| admin.failed(s))?
+        .into_inner();
     if resp.worker.is_empty() {
         println!(
             "added client {name}; no worker is available yet, it will be assigned when one registers"
@@ -306,9 +308,11 @@ async fn remove_client(cli: &Cli, name: &str) -> Result<(), CtlError> {
     let request = proto::RemoveClientRequest {
         name: name.to_owned(),
     };
-    if let Err(s) = admin.client.remove_client(request).await {
-        return Err(admin.failed(s));
-    }
+    admin
+        .client
+        .remove_client(request)
+        .await
+        .map_err(|s| admin.failed(s))?;
     println!("removed client {name}");
     Ok(())
 }
@@ -316,10 +320,12 @@ async fn remove_client(cli: &Cli, name: &str) -> Result<(), CtlError> {
 async fn drain_worker(cli: &Cli, id: &str) -> Result<(), CtlError> {
     let mut admin = Admin::connect(cli).await?;
     let request = proto::DrainWorkerRequest { id: id.to_owned() };
-    let resp = match admin.client.drain_worker(request).await {
-        Ok(resp) => resp.into_inner(),
-        Err(s) => return Err(admin.failed(s)),
-    };
+    let resp = admin
+        .client
+        .drain_worker(request)
+        .await
+        .map_err(|s| admin.failed(s))?
+        .into_inner();
     println!(
         "draining worker {id}: {} client(s) moving to other workers",
         resp.moved.len()
@@ -337,9 +343,11 @@ async fn drain_worker(cli: &Cli, id: &str) -> Result<(), CtlError> {
 async fn undrain_worker(cli: &Cli, id: &str) -> Result<(), CtlError> {
     let mut admin = Admin::connect(cli).await?;
     let request = proto::DrainWorkerRequest { id: id.to_owned() };
-    if let Err(s) = admin.client.undrain_worker(request).await {
-        return Err(admin.failed(s));
-    }
+    admin
+        .client
+        .undrain_worker(request)
+        .await
+        .map_err(|s| admin.failed(s))?;
     println!("worker {id} takes clients again");
     Ok(())
 }
@@ -349,10 +357,12 @@ async fn status(cli: &Cli, json: bool, watch: bool, interval: u64) -> Result<(),
     let mut admin = Admin::connect(cli).await?;
     let style = output::Style::detect();
     loop {
-        let status = match admin.client.status(proto::StatusRequest {}).await {
-            Ok(resp) => resp.into_inner(),
-            Err(s) => return Err(admin.failed(s)),
-        };
+        let status = admin
+            .client
+            .status(proto::StatusRequest {})
+            .await
+            .map_err(|s| admin.failed(s))?
+            .into_inner();
         let view = output::StatusView::from(status);
         if json {
             print_json(&view)?;
@@ -387,10 +397,12 @@ async fn explain(cli: &Cli, client: &str, limit: u32, json: bool) -> Result<(), 
         client: client.to_owned(),
         limit,
     };
-    let resp = match admin.client.explain(request).await {
-        Ok(resp) => resp.into_inner(),
-        Err(s) => return Err(admin.failed(s)),
-    };
+    let resp = admin
+        .client
+        .explain(request)
+        .await
+        .map_err(|s| admin.failed(s))?
+        .into_inner();
     let view = output::ExplainView::from(resp);
     if json {
         print_json(&view)

@@ -10,6 +10,8 @@ use tokio::sync::watch;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Failures of the pid/lock file and of stopping a daemon. Each message carries its cause
+/// (the fields are not `source`s, so a printed chain does not repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(
@@ -20,16 +22,16 @@ pub enum DaemonError {
         dir: PathBuf,
         pid: String,
     },
-    #[error("cannot create the {what}'s directory {dir}: {source}")]
+    #[error("cannot create the {what}'s directory {dir}: {error}")]
     CreateDir {
         what: String,
         dir: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot use {path}: {source}")]
+    #[error("cannot use {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("no {what} is running for {path} (no pid file, or it is not locked)")]
     NotRunning { what: String, path: PathBuf },
@@ -41,11 +43,11 @@ pub enum DaemonError {
         path: PathBuf,
         content: String,
     },
-    #[error("cannot signal {what} pid {pid}: {source}")]
+    #[error("cannot signal {what} pid {pid}: {error}")]
     Signal {
         what: String,
         pid: i32,
-        source: nix::Error,
+        error: nix::Error,
     },
     #[error(
         "{what} pid {pid} did not stop within {secs} s; it may still be finishing work, or kill it with `kill -9 {pid}`"
@@ -54,9 +56,9 @@ pub enum DaemonError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
-    move |source| DaemonError::Io {
+    move |error| DaemonError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -70,10 +72,10 @@ pub(crate) struct PidLock {
 impl PidLock {
     /// Creates `dir` (with its parents) if missing, then takes the lock in it.
     pub(crate) fn acquire(dir: &Path, what: &str) -> Result<Self, DaemonError> {
-        std::fs::create_dir_all(dir).map_err(|source| DaemonError::CreateDir {
+        std::fs::create_dir_all(dir).map_err(|error| DaemonError::CreateDir {
             what: what.to_owned(),
             dir: dir.to_owned(),
-            source,
+            error,
         })?;
         let path = pid_path(dir, what);
         let mut file = OpenOptions::new()
@@ -132,11 +134,11 @@ pub fn stop(dir: &Path, what: &str, wait: Duration) -> Result<i32, DaemonError> 
         content: content.trim().to_owned(),
     })?;
     let target = nix::unistd::Pid::from_raw(pid);
-    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM).map_err(|source| {
+    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM).map_err(|error| {
         DaemonError::Signal {
             what: what.to_owned(),
             pid,
-            source,
+            error,
         }
     })?;
     let deadline = Instant::now() + wait;
@@ -185,24 +187,24 @@ pub(crate) async fn wait_for(mut rx: watch::Receiver<bool>) {
 /// Writes the address a daemon actually bound (`ADDR\n`), so scripts and tests that asked
 /// for port 0 can find it.
 pub(crate) fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> Result<(), DaemonError> {
-    std::fs::write(path, format!("{addr}\n")).map_err(|source| DaemonError::Io {
+    std::fs::write(path, format!("{addr}\n")).map_err(|error| DaemonError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LogSetupError {
-    #[error("RUST_LOG={value:?}: {source}")]
+    #[error("RUST_LOG={value:?}: {error}")]
     RustLog {
         value: String,
-        source: tracing_subscriber::filter::ParseError,
+        error: tracing_subscriber::filter::ParseError,
     },
-    #[error("log_level {value:?}: {source}")]
+    #[error("log_level {value:?}: {error}")]
     LogLevel {
         value: String,
-        source: tracing_subscriber::filter::ParseError,
+        error: tracing_subscriber::filter::ParseError,
     },
     #[error("cannot set up logging: {0}")]
     Init(Box<dyn std::error::Error + Send + Sync>),
@@ -213,11 +215,11 @@ pub fn init_logging(log: &LogConfig) -> Result<(), LogSetupError> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(value) if !value.is_empty() => {
-            EnvFilter::try_new(&value).map_err(|source| LogSetupError::RustLog { value, source })?
+            EnvFilter::try_new(&value).map_err(|error| LogSetupError::RustLog { value, error })?
         }
-        _ => EnvFilter::try_new(&log.level).map_err(|source| LogSetupError::LogLevel {
+        _ => EnvFilter::try_new(&log.level).map_err(|error| LogSetupError::LogLevel {
             value: log.level.clone(),
-            source,
+            error,
         })?,
     };
     // Colour only for a person at a terminal: files and journald get plain text.

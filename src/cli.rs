@@ -1,21 +1,15 @@
-//! The `sqd` command line. It lives in the library so `sqdctl` can render its man page and
-//! shell completions too.
+//! The `sqd` command line: `--mode`, the actions, and the flags of `start`/`stop`, gathered
+//! from the flag structs each mode declares in [`crate::config`]. It lives in the library so
+//! `sqdctl` can render its man page and shell completions too.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, CommandFactory, FromArgMatches};
+use clap::{Parser, Subcommand};
 
-use crate::config::Mode;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ModeArg {
-    /// Control plane: membership, assignment, durable registry, admin API.
-    Leader,
-    /// Pulls the files of its assigned clients into its store.
-    Worker,
-    /// Optional agent on a producing host.
-    Client,
-}
+use crate::config::{ClientFlags, LeaderFlags, Mode, WorkerFlags};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,7 +27,7 @@ pub enum ModeArg {
 pub struct Cli {
     /// Which daemon to act on.
     #[arg(long, value_enum)]
-    pub mode: ModeArg,
+    pub mode: Mode,
     #[command(subcommand)]
     pub action: Action,
 }
@@ -52,130 +46,188 @@ pub enum Action {
     Stop(StartArgs),
 }
 
-/// Flags of every mode; each mode accepts only its own (checked after parsing).
-#[derive(Debug, Args)]
+/// The flags of `start` and `stop`: every mode's, so that a flag of another mode is explained
+/// (see [`StartArgs::check_mode`]) rather than refused as unknown. Each mode's struct holds
+/// what was given of its own flags.
+#[derive(Debug, Clone, Default)]
 pub struct StartArgs {
     /// TOML config file; flags override its values.
-    #[arg(long)]
     pub config: Option<PathBuf>,
-    /// [leader, worker] Address to serve on (leader default 127.0.0.1:7070).
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// [leader, worker] Serve Prometheus /metrics, /healthz and /readyz on this IP:PORT.
-    #[arg(long)]
-    pub metrics: Option<String>,
-    /// [leader] Directory of the durable registry (default ./sqd-state).
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-    /// [leader, worker] Cluster id (leader default "sqd"; a worker refuses other clusters).
-    #[arg(long)]
-    pub cluster: Option<String>,
-    /// [leader] Heartbeat interval the nodes use, in ms (default 1000).
-    #[arg(long)]
-    pub heartbeat_ms: Option<u64>,
-    /// [leader] Lease of a node, in ms; at least 2 x heartbeat (default 3000).
-    #[arg(long)]
-    pub lease_ms: Option<u64>,
-    /// [leader] Extra wait after a lease before a node is dead, in ms (default 500).
-    #[arg(long)]
-    pub grace_ms: Option<u64>,
-    /// [worker] Unique worker id.
-    #[arg(long)]
-    pub id: Option<String>,
-    /// [worker, client] Leader address HOST:PORT (default 127.0.0.1:7070).
-    #[arg(long)]
-    pub leader: Option<String>,
-    /// [worker] Store directory (files and catalog).
-    #[arg(long)]
-    pub store: Option<PathBuf>,
-    /// [worker] Most clients this worker takes (default 1000).
-    #[arg(long)]
-    pub capacity: Option<u32>,
-    /// [worker] Private key for clients added without --key (mode 0600).
-    #[arg(long)]
-    pub ssh_key: Option<PathBuf>,
-    /// [worker] known_hosts pinning host keys, for clients added without --known-hosts.
-    #[arg(long)]
-    pub known_hosts: Option<PathBuf>,
-    /// [worker] Pause between listings of an idle client, in ms (default 1000).
-    #[arg(long)]
-    pub poll_ms: Option<u64>,
-    /// [worker] How long a file must stay unchanged to count as complete, in ms (default 1000).
-    #[arg(long)]
-    pub settle_ms: Option<u64>,
-    /// [worker] How files travel: "auto" (batch mode where the host lets the key run GNU tar
-    /// and mv, else SFTP) or "sftp" (never runs commands on producing hosts). Default auto.
-    #[arg(long, value_name = "auto|sftp")]
-    pub transfer: Option<String>,
-    /// [client] Name of the client this agent runs for (as given to `sqdctl add-client`).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// [client] The stats directory on this host.
-    #[arg(long)]
-    pub watch: Option<PathBuf>,
-    /// [client] Backlog age in seconds that makes the agent complain (default 60).
-    #[arg(long)]
-    pub complain_after_s: Option<u64>,
-    /// Log filter (e.g. info, debug, sqd=debug); RUST_LOG wins when set.
-    #[arg(long)]
-    pub log_level: Option<String>,
-    /// Log format: text or json.
-    #[arg(long)]
-    pub log_format: Option<String>,
+    pub leader: LeaderFlags,
+    pub worker: WorkerFlags,
+    pub client: ClientFlags,
+    /// Long names of the mode flags given on the command line, in help order.
+    given: Vec<String>,
+}
+
+/// Flags given that the mode does not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} not valid with --mode {mode}; see `sqd --mode {mode} start --help`", flags.join(", "))]
+pub struct ForeignFlags {
+    pub flags: Vec<String>,
+    pub mode: &'static str,
 }
 
 impl StartArgs {
-    /// Flags given that the mode does not take.
-    pub fn foreign_flags(&self, mode: Mode) -> Vec<&'static str> {
-        let given: [(&str, bool, &[Mode]); 19] = [
-            (
-                "--listen",
-                self.listen.is_some(),
-                &[Mode::Leader, Mode::Worker],
-            ),
-            (
-                "--metrics",
-                self.metrics.is_some(),
-                &[Mode::Leader, Mode::Worker],
-            ),
-            ("--state-dir", self.state_dir.is_some(), &[Mode::Leader]),
-            (
-                "--cluster",
-                self.cluster.is_some(),
-                &[Mode::Leader, Mode::Worker],
-            ),
-            (
-                "--heartbeat-ms",
-                self.heartbeat_ms.is_some(),
-                &[Mode::Leader],
-            ),
-            ("--lease-ms", self.lease_ms.is_some(), &[Mode::Leader]),
-            ("--grace-ms", self.grace_ms.is_some(), &[Mode::Leader]),
-            ("--id", self.id.is_some(), &[Mode::Worker]),
-            (
-                "--leader",
-                self.leader.is_some(),
-                &[Mode::Worker, Mode::Client],
-            ),
-            ("--store", self.store.is_some(), &[Mode::Worker]),
-            ("--capacity", self.capacity.is_some(), &[Mode::Worker]),
-            ("--ssh-key", self.ssh_key.is_some(), &[Mode::Worker]),
-            ("--known-hosts", self.known_hosts.is_some(), &[Mode::Worker]),
-            ("--poll-ms", self.poll_ms.is_some(), &[Mode::Worker]),
-            ("--settle-ms", self.settle_ms.is_some(), &[Mode::Worker]),
-            ("--transfer", self.transfer.is_some(), &[Mode::Worker]),
-            ("--name", self.name.is_some(), &[Mode::Client]),
-            ("--watch", self.watch.is_some(), &[Mode::Client]),
-            (
-                "--complain-after-s",
-                self.complain_after_s.is_some(),
-                &[Mode::Client],
-            ),
-        ];
-        given
+    /// Refuses the flags given that `mode` does not take, naming them all.
+    pub fn check_mode(&self, mode: Mode) -> Result<(), ForeignFlags> {
+        let own = mode_flags(mode);
+        let flags: Vec<String> = self
+            .given
             .iter()
-            .filter(|(_, set, modes)| *set && !modes.contains(&mode))
-            .map(|(flag, _, _)| *flag)
-            .collect()
+            .filter(|long| {
+                !own.get_arguments()
+                    .any(|a| a.get_long() == Some(long.as_str()))
+            })
+            .map(|long| format!("--{long}"))
+            .collect();
+        if flags.is_empty() {
+            Ok(())
+        } else {
+            Err(ForeignFlags {
+                flags,
+                mode: mode.as_str(),
+            })
+        }
     }
 }
+
+/// The flags `mode` takes, as declared by its flag struct.
+fn mode_flags(mode: Mode) -> Command {
+    let cmd = Command::new(mode.as_str());
+    match mode {
+        Mode::Leader => LeaderFlags::augment_args(cmd),
+        Mode::Worker => WorkerFlags::augment_args(cmd),
+        Mode::Client => ClientFlags::augment_args(cmd),
+    }
+}
+
+/// Every mode's flags once, each with the modes that take it; flags of every mode come last.
+fn all_flags() -> Vec<(Arg, Vec<Mode>)> {
+    let mut all: Vec<(Arg, Vec<Mode>)> = Vec::new();
+    for mode in Mode::ALL {
+        for arg in mode_flags(mode).get_arguments() {
+            match all.iter_mut().find(|(a, _)| a.get_id() == arg.get_id()) {
+                Some((_, modes)) => modes.push(mode),
+                None => all.push((arg.clone(), vec![mode])),
+            }
+        }
+    }
+    all.sort_by_key(|(_, modes)| modes.len() == Mode::ALL.len());
+    all
+}
+
+/// Leads the help of a flag that not every mode takes with those modes, e.g. `[leader]`.
+fn tag_modes(arg: Arg, modes: &[Mode]) -> Arg {
+    if modes.len() == Mode::ALL.len() {
+        return arg;
+    }
+    let names: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+    let tag = format!("[{}]", names.join(", "));
+    let help = arg.get_help().map(|h| format!("{tag} {h}"));
+    let long_help = arg.get_long_help().map(|h| format!("{tag} {h}"));
+    let arg = match help {
+        Some(h) => arg.help(h),
+        None => arg,
+    };
+    match long_help {
+        Some(h) => arg.long_help(h),
+        None => arg,
+    }
+}
+
+impl Args for StartArgs {
+    fn augment_args(cmd: Command) -> Command {
+        let config = Arg::new("config")
+            .long("config")
+            .value_name("CONFIG")
+            .action(ArgAction::Set)
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("TOML config file; flags override its values");
+        let cmd = cmd.arg(config.display_order(0));
+        all_flags()
+            .into_iter()
+            .enumerate()
+            .fold(cmd, |cmd, (i, (arg, modes))| {
+                cmd.arg(tag_modes(arg, &modes).display_order(i + 1))
+            })
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for StartArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let given = all_flags()
+            .iter()
+            .filter(|(a, _)| m.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+            .filter_map(|(a, _)| a.get_long().map(str::to_owned))
+            .collect();
+        Ok(StartArgs {
+            config: m.get_one::<PathBuf>("config").cloned(),
+            leader: LeaderFlags::from_arg_matches(m)?,
+            worker: WorkerFlags::from_arg_matches(m)?,
+            client: ClientFlags::from_arg_matches(m)?,
+            given,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+/// The `sqd` command, with the flags of modes other than `mode` (when known) left out of
+/// `start --help` and `stop --help`; they are still parsed, to be explained by
+/// [`StartArgs::check_mode`].
+pub(crate) fn command(mode: Option<Mode>) -> Command {
+    let cmd = Cli::command();
+    let Some(mode) = mode else {
+        return cmd;
+    };
+    let own = mode_flags(mode);
+    let foreign: Vec<String> = all_flags()
+        .into_iter()
+        .map(|(a, _)| a.get_id().to_string())
+        .filter(|id| !own.get_arguments().any(|a| a.get_id() == id.as_str()))
+        .collect();
+    ["start", "stop"].into_iter().fold(cmd, |cmd, action| {
+        cmd.mut_subcommand(action, |sub| {
+            foreign
+                .iter()
+                .fold(sub, |sub, id| sub.mut_arg(id, |a| a.hide(true)))
+        })
+    })
+}
+
+/// The mode named on a command line (`--mode M` or `--mode=M`), before it is parsed, so that
+/// help can show that mode's flags alone. Anything unclear is `None`: parsing reports it.
+fn mode_in(args: &[OsString]) -> Option<Mode> {
+    use clap::ValueEnum;
+    let mut words = args.iter().skip(1).map(|a| a.to_str());
+    while let Some(word) = words.next() {
+        let value = match word {
+            Some("--mode") => words.next()??,
+            Some(w) => match w.strip_prefix("--mode=") {
+                Some(v) => v,
+                None => continue,
+            },
+            None => continue,
+        };
+        return Mode::from_str(value, false).ok();
+    }
+    None
+}
+
+/// Parses `sqd`'s command line; the error (also for `--help` and `--version`) is clap's, to be
+/// shown with [`clap::Error::exit`].
+pub fn try_parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let matches = command(mode_in(&args)).try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+#[cfg(test)]
+mod tests;

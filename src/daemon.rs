@@ -10,6 +10,8 @@ use tokio::sync::watch;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Failures of the pid/lock file and of stopping a daemon. Each message carries its cause
+/// (the fields are not `source`s, so a printed chain does not repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(
@@ -20,10 +22,16 @@ pub enum DaemonError {
         dir: PathBuf,
         pid: String,
     },
-    #[error("cannot use {path}: {source}")]
+    #[error("cannot create the {what}'s directory {dir}: {error}")]
+    CreateDir {
+        what: String,
+        dir: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot use {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("no {what} is running for {path} (no pid file, or it is not locked)")]
     NotRunning { what: String, path: PathBuf },
@@ -35,11 +43,11 @@ pub enum DaemonError {
         path: PathBuf,
         content: String,
     },
-    #[error("cannot signal {what} pid {pid}: {source}")]
+    #[error("cannot signal {what} pid {pid}: {error}")]
     Signal {
         what: String,
         pid: i32,
-        source: nix::Error,
+        error: nix::Error,
     },
     #[error(
         "{what} pid {pid} did not stop within {secs} s; it may still be finishing work, or kill it with `kill -9 {pid}`"
@@ -48,23 +56,27 @@ pub enum DaemonError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
-    move |source| DaemonError::Io {
+    move |error| DaemonError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
 /// An exclusive lock on `<dir>/<what>.pid` holding this process's id; released on drop (or
 /// by the kernel when the process dies, so `kill -9` leaves no stale lock).
 #[derive(Debug)]
-pub struct PidLock {
+pub(crate) struct PidLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl PidLock {
-    pub fn acquire(dir: &Path, what: &str) -> Result<Self, DaemonError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    /// Creates `dir` (with its parents) if missing, then takes the lock in it.
+    pub(crate) fn acquire(dir: &Path, what: &str) -> Result<Self, DaemonError> {
+        std::fs::create_dir_all(dir).map_err(|error| DaemonError::CreateDir {
+            what: what.to_owned(),
+            dir: dir.to_owned(),
+            error,
+        })?;
         let path = pid_path(dir, what);
         let mut file = OpenOptions::new()
             .read(true)
@@ -90,15 +102,11 @@ impl PidLock {
         file.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
         writeln!(file, "{}", std::process::id()).map_err(io_err(&path))?;
         file.sync_all().map_err(io_err(&path))?;
-        Ok(PidLock { _file: file, path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(PidLock { _file: file })
     }
 }
 
-pub fn pid_path(dir: &Path, what: &str) -> PathBuf {
+fn pid_path(dir: &Path, what: &str) -> PathBuf {
     dir.join(format!("{what}.pid"))
 }
 
@@ -126,11 +134,11 @@ pub fn stop(dir: &Path, what: &str, wait: Duration) -> Result<i32, DaemonError> 
         content: content.trim().to_owned(),
     })?;
     let target = nix::unistd::Pid::from_raw(pid);
-    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM).map_err(|source| {
+    nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM).map_err(|error| {
         DaemonError::Signal {
             what: what.to_owned(),
             pid,
-            source,
+            error,
         }
     })?;
     let deadline = Instant::now() + wait;
@@ -172,29 +180,47 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 /// Waits until `rx` turns true (or its sender is gone).
-pub async fn wait_for(mut rx: watch::Receiver<bool>) {
+pub(crate) async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Writes the address a daemon actually bound (`ADDR\n`), so scripts and tests that asked
 /// for port 0 can find it.
-pub fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> Result<(), DaemonError> {
-    std::fs::write(path, format!("{addr}\n")).map_err(|source| DaemonError::Io {
+pub(crate) fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> Result<(), DaemonError> {
+    std::fs::write(path, format!("{addr}\n")).map_err(|error| DaemonError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogSetupError {
+    #[error("RUST_LOG={value:?}: {error}")]
+    RustLog {
+        value: String,
+        error: tracing_subscriber::filter::ParseError,
+    },
+    #[error("log_level {value:?}: {error}")]
+    LogLevel {
+        value: String,
+        error: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot set up logging: {0}")]
+    Init(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// Sets up `tracing`: `RUST_LOG` wins over the configured level; text or JSON lines on stderr.
-pub fn init_logging(log: &LogConfig) -> Result<(), String> {
+pub fn init_logging(log: &LogConfig) -> Result<(), LogSetupError> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => {
-            EnvFilter::try_new(&v).map_err(|e| format!("RUST_LOG={v:?}: {e}"))?
+        Ok(value) if !value.is_empty() => {
+            EnvFilter::try_new(&value).map_err(|error| LogSetupError::RustLog { value, error })?
         }
-        _ => {
-            EnvFilter::try_new(&log.level).map_err(|e| format!("log_level {:?}: {e}", log.level))?
-        }
+        _ => EnvFilter::try_new(&log.level).map_err(|error| LogSetupError::LogLevel {
+            value: log.level.clone(),
+            error,
+        })?,
     };
     // Colour only for a person at a terminal: files and journald get plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -208,7 +234,7 @@ pub fn init_logging(log: &LogConfig) -> Result<(), String> {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    result.map_err(|e| format!("cannot set up logging: {e}"))
+    result.map_err(LogSetupError::Init)
 }
 
 #[cfg(test)]

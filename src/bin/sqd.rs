@@ -4,22 +4,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Parser;
 
-use sqd::cli::{Action, Cli, ModeArg, StartArgs};
-use sqd::config::{
-    self, ClientConfig, ClientFlags, LeaderConfig, LeaderFlags, Mode, WorkerConfig, WorkerFlags,
-};
+use sqd::cli::{Action, StartArgs};
+use sqd::config::{self, ClientConfig, LeaderConfig, LogConfig, Mode, WorkerConfig};
 use sqd::daemon;
 
 fn main() {
-    let cli = Cli::parse();
-    let mode = match cli.mode {
-        ModeArg::Leader => Mode::Leader,
-        ModeArg::Worker => Mode::Worker,
-        ModeArg::Client => Mode::Client,
-    };
-    if let Err(e) = run(mode, cli.action) {
+    let cli = sqd::cli::try_parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
+    if let Err(e) = run(cli.mode, cli.action) {
         eprintln!("sqd: error: {e:#}");
         std::process::exit(1);
     }
@@ -28,7 +20,7 @@ fn main() {
 fn run(mode: Mode, action: Action) -> anyhow::Result<()> {
     match action {
         Action::Init { config } => init(mode, config),
-        Action::Start(args) => start(mode, args),
+        Action::Start(args) => start(mode, &args),
         Action::Stop(args) => stop(mode, args),
     }
 }
@@ -58,73 +50,29 @@ enum Loaded {
     Client(ClientConfig),
 }
 
-fn load(mode: Mode, args: StartArgs) -> anyhow::Result<Loaded> {
-    let foreign = args.foreign_flags(mode);
-    if !foreign.is_empty() {
-        bail!(
-            "{} not valid with --mode {}; see `sqd --mode {} start --help`",
-            foreign.join(", "),
-            mode.as_str(),
-            mode.as_str()
-        );
+impl Loaded {
+    fn log(&self) -> &LogConfig {
+        match self {
+            Loaded::Leader(c) => &c.log,
+            Loaded::Worker(c) => &c.log,
+            Loaded::Client(c) => &c.log,
+        }
     }
+}
+
+fn load(mode: Mode, args: &StartArgs) -> anyhow::Result<Loaded> {
+    args.check_mode(mode)?;
     let file = args.config.as_deref();
     Ok(match mode {
-        Mode::Leader => Loaded::Leader(LeaderConfig::load(
-            file,
-            &LeaderFlags {
-                listen: args.listen,
-                metrics: args.metrics,
-                state_dir: args.state_dir,
-                cluster: args.cluster,
-                heartbeat_ms: args.heartbeat_ms,
-                lease_ms: args.lease_ms,
-                grace_ms: args.grace_ms,
-                log_level: args.log_level,
-                log_format: args.log_format,
-            },
-        )?),
-        Mode::Worker => Loaded::Worker(WorkerConfig::load(
-            file,
-            &WorkerFlags {
-                id: args.id,
-                leader: args.leader,
-                store: args.store,
-                listen: args.listen,
-                metrics: args.metrics,
-                capacity: args.capacity,
-                ssh_key: args.ssh_key,
-                known_hosts: args.known_hosts,
-                poll_ms: args.poll_ms,
-                settle_ms: args.settle_ms,
-                transfer: args.transfer,
-                cluster: args.cluster,
-                log_level: args.log_level,
-                log_format: args.log_format,
-            },
-        )?),
-        Mode::Client => Loaded::Client(ClientConfig::load(
-            file,
-            &ClientFlags {
-                name: args.name,
-                leader: args.leader,
-                watch: args.watch,
-                complain_after_s: args.complain_after_s,
-                log_level: args.log_level,
-                log_format: args.log_format,
-            },
-        )?),
+        Mode::Leader => Loaded::Leader(LeaderConfig::load(file, &args.leader)?),
+        Mode::Worker => Loaded::Worker(WorkerConfig::load(file, &args.worker)?),
+        Mode::Client => Loaded::Client(ClientConfig::load(file, &args.client)?),
     })
 }
 
-fn start(mode: Mode, args: StartArgs) -> anyhow::Result<()> {
+fn start(mode: Mode, args: &StartArgs) -> anyhow::Result<()> {
     let loaded = load(mode, args)?;
-    let log = match &loaded {
-        Loaded::Leader(c) => &c.log,
-        Loaded::Worker(c) => &c.log,
-        Loaded::Client(c) => &c.log,
-    };
-    daemon::init_logging(log).map_err(anyhow::Error::msg)?;
+    daemon::init_logging(loaded.log())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -151,12 +99,9 @@ fn start(mode: Mode, args: StartArgs) -> anyhow::Result<()> {
 fn stop(mode: Mode, mut args: StartArgs) -> anyhow::Result<()> {
     // Only the directory holding the pid file matters here: stand in for required keys that
     // do not locate it, so `stop --store DIR` works without the worker id.
-    match mode {
-        Mode::Worker if args.id.is_none() => args.id = Some("stopping".into()),
-        Mode::Client if args.name.is_none() => args.name = Some("stopping".into()),
-        _ => {}
-    }
-    let loaded = load(mode, args)?;
+    args.worker.id.get_or_insert_with(|| "stopping".into());
+    args.client.name.get_or_insert_with(|| "stopping".into());
+    let loaded = load(mode, &args)?;
     let dir: &Path;
     let holder;
     match &loaded {

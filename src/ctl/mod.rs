@@ -1,10 +1,10 @@
 //! `sqdctl`: the operator's commands against the leader's admin API.
 
-pub mod output;
+mod output;
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::{self, admin_service_client::AdminServiceClient};
@@ -37,25 +37,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Register a producing host; answered once the leader made it durable.
-    AddClient {
-        /// Unique client name (letters, digits, '_', '.', '-').
-        name: String,
-        /// SSH target the workers pull from: USER@HOST[:PORT].
-        #[arg(long)]
-        ssh: String,
-        /// Absolute directory holding the stats files on that host.
-        #[arg(long)]
-        path: String,
-        /// Private key file on the workers (default: the worker's configured key).
-        #[arg(long)]
-        key: Option<String>,
-        /// known_hosts file on the workers pinning the host key (default: the worker's).
-        #[arg(long)]
-        known_hosts: Option<String>,
-        /// Only pull file names matching this glob (default: every complete file).
-        #[arg(long)]
-        pattern: Option<String>,
-    },
+    AddClient(AddClientArgs),
     /// Forget a client; its worker stops pulling from it.
     RemoveClient { name: String },
     /// Move every client off a worker and give it nothing new until `undrain-worker`.
@@ -99,6 +81,49 @@ pub enum Command {
     },
 }
 
+/// The arguments of `add-client`: the client's spec as the operator writes it.
+#[derive(Debug, Args)]
+pub struct AddClientArgs {
+    /// Unique client name (letters, digits, '_', '.', '-').
+    name: String,
+    /// SSH target the workers pull from: USER@HOST[:PORT].
+    #[arg(long)]
+    ssh: String,
+    /// Absolute directory holding the stats files on that host.
+    #[arg(long)]
+    path: String,
+    /// Private key file on the workers (default: the worker's configured key).
+    #[arg(long)]
+    key: Option<String>,
+    /// known_hosts file on the workers pinning the host key (default: the worker's).
+    #[arg(long)]
+    known_hosts: Option<String>,
+    /// Only pull file names matching this glob (default: every complete file).
+    #[arg(long)]
+    pattern: Option<String>,
+}
+
+impl AddClientArgs {
+    /// The spec these arguments describe, checked here so a bad one needs no leader to be
+    /// explained.
+    fn spec(&self) -> Result<ClientSpec, CtlError> {
+        let spec = ClientSpec {
+            name: self.name.clone(),
+            ssh: self.ssh.clone(),
+            path: self.path.clone(),
+            key_file: self.key.clone().unwrap_or_default(),
+            known_hosts: self.known_hosts.clone().unwrap_or_default(),
+            pattern: self.pattern.clone().unwrap_or_default(),
+        };
+        let problems = spec.problems();
+        if problems.is_empty() {
+            Ok(spec)
+        } else {
+            Err(CtlError::Usage(problems.join("; ")))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Program {
     Sqd,
@@ -128,25 +153,47 @@ impl CtlError {
     }
 }
 
-async fn connect(cli: &Cli) -> Result<AdminServiceClient<Channel>, CtlError> {
-    let unreachable = |reason: String| CtlError::Unreachable {
-        addr: cli.leader.clone(),
-        reason,
-    };
-    let endpoint = Endpoint::from_shared(format!("http://{}", cli.leader))
-        .map_err(|e| {
-            CtlError::Usage(format!(
-                "--leader {:?} is not a valid HOST:PORT: {e}",
-                cli.leader
-            ))
-        })?
-        .connect_timeout(Duration::from_secs(cli.timeout))
-        .timeout(Duration::from_secs(cli.timeout));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| unreachable(error_chain(&e)))?;
-    Ok(AdminServiceClient::new(channel))
+/// The leader's admin API, and the address it was reached at (named when it goes away).
+struct Admin<'a> {
+    client: AdminServiceClient<Channel>,
+    leader: &'a str,
+}
+
+impl<'a> Admin<'a> {
+    async fn connect(cli: &'a Cli) -> Result<Self, CtlError> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", cli.leader))
+            .map_err(|e| {
+                CtlError::Usage(format!(
+                    "--leader {:?} is not a valid HOST:PORT: {e}",
+                    cli.leader
+                ))
+            })?
+            .connect_timeout(Duration::from_secs(cli.timeout))
+            .timeout(Duration::from_secs(cli.timeout));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| CtlError::Unreachable {
+                addr: cli.leader.clone(),
+                reason: error_chain(&e),
+            })?;
+        Ok(Admin {
+            client: AdminServiceClient::new(channel),
+            leader: &cli.leader,
+        })
+    }
+
+    /// A failed call: the leader gone or too slow, or its refusal.
+    fn failed(&self, s: tonic::Status) -> CtlError {
+        use tonic::Code;
+        match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded => CtlError::Unreachable {
+                addr: self.leader.to_owned(),
+                reason: s.message().to_owned(),
+            },
+            _ => CtlError::Refused(s.message().to_owned()),
+        }
+    }
 }
 
 /// The `--json` form of a view: one pretty-printed object on stdout.
@@ -166,32 +213,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-fn from_status(cli: &Cli, s: tonic::Status) -> CtlError {
-    use tonic::Code;
-    match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded => CtlError::Unreachable {
-            addr: cli.leader.clone(),
-            reason: s.message().to_owned(),
-        },
-        _ => CtlError::Refused(s.message().to_owned()),
-    }
-}
-
-/// Commands that need no leader.
-fn run_local(command: &Command) -> Option<Result<(), CtlError>> {
+/// Writes the completion script of `program` for `shell` on stdout.
+fn completions(shell: clap_complete::Shell, program: Program) {
     use clap::CommandFactory;
-    match command {
-        Command::Completions { shell, program } => {
-            let (mut cmd, name) = match program {
-                Program::Sqd => (crate::cli::Cli::command(), "sqd"),
-                Program::Sqdctl => (Cli::command(), "sqdctl"),
-            };
-            clap_complete::generate(*shell, &mut cmd, name, &mut std::io::stdout());
-            Some(Ok(()))
-        }
-        Command::Man { out_dir } => Some(write_man_pages(out_dir)),
-        _ => None,
-    }
+    let (mut cmd, name) = match program {
+        Program::Sqd => (crate::cli::command(None), "sqd"),
+        Program::Sqdctl => (Cli::command(), "sqdctl"),
+    };
+    clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
 }
 
 fn write_man_pages(dir: &std::path::Path) -> Result<(), CtlError> {
@@ -204,7 +233,7 @@ fn write_man_pages(dir: &std::path::Path) -> Result<(), CtlError> {
     };
     std::fs::create_dir_all(dir).map_err(fail)?;
     let mut written = Vec::new();
-    for cmd in [crate::cli::Cli::command(), Cli::command()] {
+    for cmd in [crate::cli::command(None), Cli::command()] {
         let name = cmd.get_name().to_owned();
         let mut pages = vec![(name.clone(), cmd.clone())];
         for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
@@ -223,165 +252,165 @@ fn write_man_pages(dir: &std::path::Path) -> Result<(), CtlError> {
     Ok(())
 }
 
-/// Runs one command, printing its result on stdout.
+/// Runs one command, printing its result on stdout. Only the commands that need the leader
+/// connect to it, and a bad argument is explained before that.
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
-    if let Some(result) = run_local(&cli.command) {
-        return result;
-    }
-    // Validate locally first: a bad argument needs no leader to be explained.
-    if let Command::AddClient {
-        name,
-        ssh,
-        path,
-        key,
-        known_hosts,
-        pattern,
-    } = &cli.command
-    {
-        let spec = ClientSpec {
-            name: name.clone(),
-            ssh: ssh.clone(),
-            path: path.clone(),
-            key_file: key.clone().unwrap_or_default(),
-            known_hosts: known_hosts.clone().unwrap_or_default(),
-            pattern: pattern.clone().unwrap_or_default(),
-        };
-        let problems = spec.problems();
-        if !problems.is_empty() {
-            return Err(CtlError::Usage(problems.join("; ")));
-        }
-    }
-    let mut admin = connect(&cli).await?;
     match &cli.command {
-        Command::AddClient {
-            name,
-            ssh,
-            path,
-            key,
-            known_hosts,
-            pattern,
-        } => {
-            let client = proto::ClientSpec {
-                name: name.clone(),
-                ssh: ssh.clone(),
-                path: path.clone(),
-                key_file: key.clone().unwrap_or_default(),
-                known_hosts: known_hosts.clone().unwrap_or_default(),
-                pattern: pattern.clone().unwrap_or_default(),
-            };
-            let resp = admin
-                .add_client(proto::AddClientRequest {
-                    client: Some(client),
-                })
-                .await
-                .map_err(|s| from_status(&cli, s))?
-                .into_inner();
-            if resp.worker.is_empty() {
-                println!(
-                    "added client {name}; no worker is available yet, it will be assigned when one registers"
-                );
-            } else {
-                println!(
-                    "added client {name} -> worker {} (epoch {})",
-                    resp.worker, resp.epoch
-                );
-            }
-        }
-        Command::RemoveClient { name } => {
-            admin
-                .remove_client(proto::RemoveClientRequest { name: name.clone() })
-                .await
-                .map_err(|s| from_status(&cli, s))?;
-            println!("removed client {name}");
-        }
-        Command::DrainWorker { id } => {
-            let resp = admin
-                .drain_worker(proto::DrainWorkerRequest { id: id.clone() })
-                .await
-                .map_err(|s| from_status(&cli, s))?
-                .into_inner();
-            println!(
-                "draining worker {id}: {} client(s) moving to other workers",
-                resp.moved.len()
-            );
-            if !resp.unassigned.is_empty() {
-                println!(
-                    "warning: no other worker can take {} client(s), they are unassigned: {}",
-                    resp.unassigned.len(),
-                    resp.unassigned.join(", ")
-                );
-            }
-        }
-        Command::UndrainWorker { id } => {
-            admin
-                .undrain_worker(proto::DrainWorkerRequest { id: id.clone() })
-                .await
-                .map_err(|s| from_status(&cli, s))?;
-            println!("worker {id} takes clients again");
-        }
+        Command::AddClient(args) => add_client(&cli, args.spec()?).await,
+        Command::RemoveClient { name } => remove_client(&cli, name).await,
+        Command::DrainWorker { id } => drain_worker(&cli, id).await,
+        Command::UndrainWorker { id } => undrain_worker(&cli, id).await,
         Command::Status {
             json,
             watch,
             interval,
-        } => {
-            let style = output::Style::detect();
-            loop {
-                let status = admin
-                    .status(proto::StatusRequest {})
-                    .await
-                    .map_err(|s| from_status(&cli, s))?
-                    .into_inner();
-                let view = output::StatusView::from(status);
-                if *json {
-                    print_json(&view)?;
-                } else if *watch && style.tty {
-                    // Home + clear, then the frame: refreshes in place on a terminal.
-                    print!(
-                        "\x1b[H\x1b[2J{}",
-                        view.human(&style, crate::clock::unix_ms())
-                    );
-                    println!("\nevery {interval}s; Ctrl-C to stop");
-                } else {
-                    print!("{}", view.human(&style, crate::clock::unix_ms()));
-                }
-                if !*watch {
-                    break;
-                }
-                use std::io::Write;
-                let _ = std::io::stdout().flush();
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(*interval)) => {}
-                    _ = tokio::signal::ctrl_c() => break,
-                }
-                if !style.tty {
-                    println!();
-                }
-            }
-        }
+        } => status(&cli, *json, *watch, *interval).await,
         Command::Explain {
             client,
             limit,
             json,
-        } => {
-            let resp = admin
-                .explain(proto::ExplainRequest {
-                    client: client.clone(),
-                    limit: *limit,
-                })
-                .await
-                .map_err(|s| from_status(&cli, s))?
-                .into_inner();
-            let view = output::ExplainView::from(resp);
-            if *json {
-                print_json(&view)?;
-            } else {
-                print!(
-                    "{}",
-                    view.human(&output::Style::detect(), crate::clock::unix_ms())
-                );
-            }
+        } => explain(&cli, client, *limit, *json).await,
+        Command::Completions { shell, program } => {
+            completions(*shell, *program);
+            Ok(())
         }
-        Command::Completions { .. } | Command::Man { .. } => {}
+        Command::Man { out_dir } => write_man_pages(out_dir),
+    }
+}
+
+async fn add_client(cli: &Cli, spec: ClientSpec) -> Result<(), CtlError> {
+    let mut admin = Admin::connect(cli).await?;
+    let name = spec.name.clone();
+    let request = proto::AddClientRequest {
+        client: Some(spec.into()),
+    };
+    let resp = admin
+        .client
+        .add_client(request)
+        .await
+        .map_err(|s| admin.failed(s))?
+        .into_inner();
+    if resp.worker.is_empty() {
+        println!(
+            "added client {name}; no worker is available yet, it will be assigned when one registers"
+        );
+    } else {
+        println!(
+            "added client {name} -> worker {} (epoch {})",
+            resp.worker, resp.epoch
+        );
     }
     Ok(())
+}
+
+async fn remove_client(cli: &Cli, name: &str) -> Result<(), CtlError> {
+    let mut admin = Admin::connect(cli).await?;
+    let request = proto::RemoveClientRequest {
+        name: name.to_owned(),
+    };
+    admin
+        .client
+        .remove_client(request)
+        .await
+        .map_err(|s| admin.failed(s))?;
+    println!("removed client {name}");
+    Ok(())
+}
+
+async fn drain_worker(cli: &Cli, id: &str) -> Result<(), CtlError> {
+    let mut admin = Admin::connect(cli).await?;
+    let request = proto::DrainWorkerRequest { id: id.to_owned() };
+    let resp = admin
+        .client
+        .drain_worker(request)
+        .await
+        .map_err(|s| admin.failed(s))?
+        .into_inner();
+    println!(
+        "draining worker {id}: {} client(s) moving to other workers",
+        resp.moved.len()
+    );
+    if !resp.unassigned.is_empty() {
+        println!(
+            "warning: no other worker can take {} client(s), they are unassigned: {}",
+            resp.unassigned.len(),
+            resp.unassigned.join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn undrain_worker(cli: &Cli, id: &str) -> Result<(), CtlError> {
+    let mut admin = Admin::connect(cli).await?;
+    let request = proto::DrainWorkerRequest { id: id.to_owned() };
+    admin
+        .client
+        .undrain_worker(request)
+        .await
+        .map_err(|s| admin.failed(s))?;
+    println!("worker {id} takes clients again");
+    Ok(())
+}
+
+/// `status`, once or (`watch`) every `interval` seconds until Ctrl-C.
+async fn status(cli: &Cli, json: bool, watch: bool, interval: u64) -> Result<(), CtlError> {
+    let mut admin = Admin::connect(cli).await?;
+    let style = output::Style::detect();
+    loop {
+        let status = admin
+            .client
+            .status(proto::StatusRequest {})
+            .await
+            .map_err(|s| admin.failed(s))?
+            .into_inner();
+        let view = output::StatusView::from(status);
+        if json {
+            print_json(&view)?;
+        } else if watch && style.tty {
+            // Home + clear, then the frame: refreshes in place on a terminal.
+            print!(
+                "\x1b[H\x1b[2J{}",
+                view.human(&style, crate::clock::unix_ms())
+            );
+            println!("\nevery {interval}s; Ctrl-C to stop");
+        } else {
+            print!("{}", view.human(&style, crate::clock::unix_ms()));
+        }
+        if !watch {
+            return Ok(());
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        if !style.tty {
+            println!();
+        }
+    }
+}
+
+async fn explain(cli: &Cli, client: &str, limit: u32, json: bool) -> Result<(), CtlError> {
+    let mut admin = Admin::connect(cli).await?;
+    let request = proto::ExplainRequest {
+        client: client.to_owned(),
+        limit,
+    };
+    let resp = admin
+        .client
+        .explain(request)
+        .await
+        .map_err(|s| admin.failed(s))?
+        .into_inner();
+    let view = output::ExplainView::from(resp);
+    if json {
+        print_json(&view)
+    } else {
+        print!(
+            "{}",
+            view.human(&output::Style::detect(), crate::clock::unix_ms())
+        );
+        Ok(())
+    }
 }

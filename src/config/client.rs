@@ -1,0 +1,89 @@
+//! Config of `sqd --mode client` (the agent on a producing host): its flags, keys and defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{
+    ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, NodeFlags, Slot, merge, merge_int, rules,
+};
+
+/// Config of `sqd --mode client`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    /// Key `complain_after_s`, default 60: backlog age that makes the agent complain.
+    pub complain_after: Duration,
+    /// Key `name`, required; 1-128 characters of `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// Key `leader`, HOST:PORT, default `127.0.0.1:7070`.
+    pub leader: String,
+    /// Key `watch`, required.
+    pub watch: PathBuf,
+    pub log: LogConfig,
+}
+
+/// The client agent's command-line flags; `Some` overrides the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientFlags {
+    /// Name of the client this agent runs for (as given to `sqdctl add-client`).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub node: NodeFlags,
+    /// The stats directory on this host.
+    #[arg(long)]
+    pub watch: Option<PathBuf>,
+    /// Backlog age in seconds that makes the agent complain (default 60).
+    #[arg(long)]
+    pub complain_after_s: Option<u64>,
+    #[command(flatten)]
+    pub log: LogFlags,
+}
+
+const KEYS: &[&str] = &[
+    "name",
+    "leader",
+    "watch",
+    "complain_after_s",
+    "log_level",
+    "log_format",
+];
+const CLIENT_NAME_MAX: usize = 128;
+
+impl ClientConfig {
+    /// Reads `file` (if any), lays `flags` over it and the defaults under it, and checks it all.
+    pub fn load(file: Option<&Path>, flags: &ClientFlags) -> Result<Self, ConfigError> {
+        let mut l = super::Loader::open(file)?;
+        let name = l.string("name");
+        let leader = l.string("leader");
+        let watch: Slot<PathBuf> = l.path("watch");
+        let complain = l.integer("complain_after_s");
+        let log = l.log_keys();
+        l.unknown_keys(KEYS);
+
+        let name = l.require("name", "--name NAME", merge(flags.name.clone(), name));
+        let name = l.check("name", name, |v| rules::name(v, CLIENT_NAME_MAX));
+        let leader = merge(flags.node.leader.clone(), leader).or_default(DEFAULT_ADDR.into());
+        let leader = l.check("leader", leader, rules::leader_addr);
+        let watch = l.require("watch", "--watch DIR", merge(flags.watch.clone(), watch));
+        let watch = l.check("watch", watch, rules::non_empty_path);
+        let complain = merge_int(flags.complain_after_s, complain);
+        let complain = l.ranged::<u64>("complain_after_s", complain, 60, (1, 86_400));
+        let log = l.log(log, &flags.log);
+
+        let built = match (name, leader, watch, complain, log) {
+            (Some(name), Some(leader), Some(watch), Some(complain), Some(log)) => {
+                Some(ClientConfig {
+                    complain_after: Duration::from_secs(complain.value),
+                    name: name.value,
+                    leader: leader.value,
+                    watch: watch.value,
+                    log,
+                })
+            }
+            _ => None,
+        };
+        l.finish(built)
+    }
+}

@@ -1,0 +1,255 @@
+//! Config of `sqd --mode worker`: its flags, its keys and defaults, and the loading steps
+//! (where it stands in the cluster, how it reaches producing hosts, how fast it pulls).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::{
+    CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, NodeFlags, ServeFlags,
+    Slot, Sourced, TransferMode, merge, merge_int, rules,
+};
+
+/// Config of `sqd --mode worker`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    /// Key `id`, required; 1-64 characters of `[A-Za-z0-9_.-]`.
+    pub id: String,
+    /// Key `leader`, HOST:PORT, default `127.0.0.1:7070`.
+    pub leader: String,
+    /// Key `store`, required.
+    pub store: PathBuf,
+    /// Key `listen`, optional.
+    pub listen: Option<SocketAddr>,
+    /// Key `metrics`, optional: where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics: Option<SocketAddr>,
+    /// Key `capacity`, default 1000; 1..=1000000.
+    pub capacity: u32,
+    /// Key `ssh_key`: private key for clients added without `--key`.
+    pub ssh_key: Option<PathBuf>,
+    /// Key `known_hosts`: pinned host keys for clients added without `--known-hosts`.
+    pub known_hosts: Option<PathBuf>,
+    /// Key `poll_ms`, default 1000: pause between directory listings when idle.
+    pub poll_ms: u64,
+    /// Key `settle_ms`, default 1000: how long a file must stay unchanged to count as complete.
+    pub settle_ms: u64,
+    /// Key `batch_files`, default 1000: most files claimed and committed per cycle.
+    pub batch_files: usize,
+    /// Key `transfers_in_flight`, default 256: concurrent SFTP file transfers per client.
+    pub transfers_in_flight: usize,
+    /// Key `max_file_mb`, default 4096: larger files are left in place with an error.
+    pub max_file_bytes: u64,
+    /// Key `transfer`, default `auto`: batch mode where the host allows it, else SFTP;
+    /// `sftp` never runs commands on the producing hosts.
+    pub transfer: TransferMode,
+    /// Key `cluster`, optional; same rule as the leader's.
+    pub cluster: Option<String>,
+    pub log: LogConfig,
+}
+
+/// The worker's command-line flags; `Some` overrides the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WorkerFlags {
+    /// Unique worker id.
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub node: NodeFlags,
+    /// Store directory (files and catalog).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    #[command(flatten)]
+    pub serve: ServeFlags,
+    /// Most clients this worker takes (default 1000).
+    #[arg(long)]
+    pub capacity: Option<u32>,
+    /// Private key for clients added without --key (mode 0600).
+    #[arg(long)]
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts pinning host keys, for clients added without --known-hosts.
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+    /// Pause between listings of an idle client, in ms (default 1000).
+    #[arg(long)]
+    pub poll_ms: Option<u64>,
+    /// How long a file must stay unchanged to count as complete, in ms (default 1000).
+    #[arg(long)]
+    pub settle_ms: Option<u64>,
+    /// How files travel: "auto" (batch mode where the host lets the key run GNU tar
+    /// and mv, else SFTP) or "sftp" (never runs commands on producing hosts). Default auto.
+    #[arg(long, value_name = "auto|sftp")]
+    pub transfer: Option<String>,
+    #[command(flatten)]
+    pub log: LogFlags,
+}
+
+const KEYS: &[&str] = &[
+    "id",
+    "leader",
+    "store",
+    "listen",
+    "metrics",
+    "capacity",
+    "cluster",
+    "ssh_key",
+    "known_hosts",
+    "poll_ms",
+    "settle_ms",
+    "batch_files",
+    "transfers_in_flight",
+    "max_file_mb",
+    "transfer",
+    "log_level",
+    "log_format",
+];
+const WORKER_ID_MAX: usize = 64;
+const CAPACITY: (i128, i128) = (1, 1_000_000);
+
+/// The worker's keys as the file gives them, before flags and defaults.
+struct FileKeys {
+    id: Slot<String>,
+    leader: Slot<String>,
+    store: Slot<PathBuf>,
+    listen: Slot<String>,
+    metrics: Slot<String>,
+    capacity: Slot<i128>,
+    cluster: Slot<String>,
+    ssh_key: Slot<PathBuf>,
+    known_hosts: Slot<PathBuf>,
+    pace: PaceKeys,
+    transfer: Slot<String>,
+    log: LogSlots,
+}
+
+/// The keys of how fast the worker pulls.
+struct PaceKeys {
+    poll_ms: Slot<i128>,
+    settle_ms: Slot<i128>,
+    batch_files: Slot<i128>,
+    in_flight: Slot<i128>,
+    max_file_mb: Slot<i128>,
+}
+
+impl FileKeys {
+    fn take(l: &mut super::Loader) -> Self {
+        let keys = FileKeys {
+            id: l.string("id"),
+            leader: l.string("leader"),
+            store: l.path("store"),
+            listen: l.string("listen"),
+            metrics: l.string("metrics"),
+            capacity: l.integer("capacity"),
+            cluster: l.string("cluster"),
+            ssh_key: l.path("ssh_key"),
+            known_hosts: l.path("known_hosts"),
+            pace: PaceKeys {
+                poll_ms: l.integer("poll_ms"),
+                settle_ms: l.integer("settle_ms"),
+                batch_files: l.integer("batch_files"),
+                in_flight: l.integer("transfers_in_flight"),
+                max_file_mb: l.integer("max_file_mb"),
+            },
+            transfer: l.string("transfer"),
+            log: l.log_keys(),
+        };
+        l.unknown_keys(KEYS);
+        keys
+    }
+}
+
+/// How fast the worker pulls, checked.
+struct Pace {
+    poll_ms: u64,
+    settle_ms: u64,
+    batch_files: usize,
+    transfers_in_flight: usize,
+    max_file_bytes: u64,
+}
+
+impl WorkerConfig {
+    /// Reads `file` (if any), lays `flags` over it and the defaults under it, and checks it all.
+    pub fn load(file: Option<&Path>, flags: &WorkerFlags) -> Result<Self, ConfigError> {
+        let mut l = super::Loader::open(file)?;
+        let keys = FileKeys::take(&mut l);
+        let id = l.require("id", "--id ID", merge(flags.id.clone(), keys.id));
+        let id = l.check("id", id, |v| rules::name(v, WORKER_ID_MAX));
+        let leader = merge(flags.node.leader.clone(), keys.leader).or_default(DEFAULT_ADDR.into());
+        let leader = l.check("leader", leader, rules::leader_addr);
+        let store = l.require(
+            "store",
+            "--store DIR",
+            merge(flags.store.clone(), keys.store),
+        );
+        let store = l.check("store", store, rules::non_empty_path);
+        let serve = &flags.serve;
+        let listen = l.check(
+            "listen",
+            merge(serve.listen.clone(), keys.listen),
+            rules::socket_addr,
+        );
+        let metrics = merge(serve.metrics.clone(), keys.metrics);
+        let metrics = l.check("metrics", metrics, rules::socket_addr);
+        let capacity = merge_int(flags.capacity, keys.capacity);
+        let capacity = l.ranged::<u32>("capacity", capacity, 1000, CAPACITY);
+        let cluster = merge(serve.cluster.clone(), keys.cluster);
+        let cluster = l.check("cluster", cluster, |v| rules::name(v, CLUSTER_MAX));
+        let ssh_key = merge(flags.ssh_key.clone(), keys.ssh_key);
+        let ssh_key = l.check("ssh_key", ssh_key, rules::absolute_path);
+        let known_hosts = merge(flags.known_hosts.clone(), keys.known_hosts);
+        let known_hosts = l.check("known_hosts", known_hosts, rules::absolute_path);
+        let pace = pace(&mut l, keys.pace, flags);
+        let transfer = merge(flags.transfer.clone(), keys.transfer).or_default("auto".into());
+        let transfer = l.check("transfer", transfer, rules::transfer_mode);
+        let log = l.log(keys.log, &flags.log);
+
+        let built = match (id, leader, store, capacity, pace, transfer, log) {
+            (
+                Some(id),
+                Some(leader),
+                Some(store),
+                Some(capacity),
+                Some(pace),
+                Some(transfer),
+                Some(log),
+            ) => Some(WorkerConfig {
+                id: id.value,
+                leader: leader.value,
+                store: store.value,
+                listen: Sourced::value_of(listen),
+                metrics: Sourced::value_of(metrics),
+                capacity: capacity.value,
+                cluster: Sourced::value_of(cluster),
+                ssh_key: Sourced::value_of(ssh_key),
+                known_hosts: Sourced::value_of(known_hosts),
+                poll_ms: pace.poll_ms,
+                settle_ms: pace.settle_ms,
+                batch_files: pace.batch_files,
+                transfers_in_flight: pace.transfers_in_flight,
+                max_file_bytes: pace.max_file_bytes,
+                transfer: transfer.value,
+                log,
+            }),
+            _ => None,
+        };
+        l.finish(built)
+    }
+}
+
+/// Checks how fast the worker pulls; only `poll_ms` and `settle_ms` have flags.
+fn pace(l: &mut super::Loader, keys: PaceKeys, flags: &WorkerFlags) -> Option<Pace> {
+    let poll = merge_int(flags.poll_ms, keys.poll_ms);
+    let poll = l.ranged::<u64>("poll_ms", poll, 1000, (10, 600_000));
+    let settle = merge_int(flags.settle_ms, keys.settle_ms);
+    let settle = l.ranged::<u64>("settle_ms", settle, 1000, (0, 3_600_000));
+    let batch = l.ranged::<usize>("batch_files", keys.batch_files, 1000, (1, 100_000));
+    let in_flight = l.ranged::<usize>("transfers_in_flight", keys.in_flight, 256, (1, 1024));
+    let max_file_mb = l.ranged::<u64>("max_file_mb", keys.max_file_mb, 4096, (1, 1 << 30));
+    Some(Pace {
+        poll_ms: poll?.value,
+        settle_ms: settle?.value,
+        batch_files: batch?.value,
+        transfers_in_flight: in_flight?.value,
+        max_file_bytes: max_file_mb?.value.saturating_mul(1024 * 1024),
+    })
+}

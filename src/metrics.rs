@@ -13,7 +13,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,6 +23,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
+
+use crate::leader::liveness::WorkerState;
+use crate::leader::reason::{AssignmentReason, Code};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabel {
@@ -33,13 +38,26 @@ pub struct RoleLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
-    pub state: &'static str,
+pub(crate) struct StateLabel {
+    pub(crate) state: WorkerState,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: AssignmentReason,
+}
+
+// Labels are spelled as everywhere else (`sqdctl`, the audit log), not as Rust names.
+impl EncodeLabelValue for WorkerState {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for AssignmentReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,10 +76,10 @@ fn client(name: &str) -> ClientLabel {
 pub struct LeaderMetrics {
     pub heartbeats: Counter,
     pub sessions: Family<RoleLabel, Gauge>,
-    pub workers: Family<StateLabel, Gauge>,
+    pub(crate) workers: Family<StateLabel, Gauge>,
     pub clients_unassigned: Gauge,
     /// Assignment changes by reason (new, failover, drain, rebalance, backlog, unassigned).
-    pub assignments: Family<ReasonLabel, Counter>,
+    pub(crate) assignments: Family<ReasonLabel, Counter>,
     pub refused_registrations: Counter,
     /// From a dead worker's last heartbeat to one of its clients being given to another.
     pub failover_seconds: Histogram,
@@ -366,7 +384,9 @@ mod tests {
         leader.heartbeats.inc();
         leader
             .assignments
-            .get_or_create(&ReasonLabel { reason: "failover" })
+            .get_or_create(&ReasonLabel {
+                reason: AssignmentReason::Failover,
+            })
             .inc();
         leader.set_client("c1", 3, 300, (1, 10));
         worker.committed("c1", 2, 200);

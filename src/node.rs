@@ -16,6 +16,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
+use crate::codec::MAX_MESSAGE_BYTES;
 use crate::proto::leader_message::Body;
 use crate::proto::node_service_client::NodeServiceClient;
 use crate::proto::{self, NodeMessage, node_message};
@@ -195,8 +196,7 @@ async fn session<H: Handler>(
             return lost(false);
         }
     };
-    let mut client =
-        NodeServiceClient::new(channel).max_decoding_message_size(crate::leader::MAX_MESSAGE_BYTES);
+    let mut client = NodeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let (out, rx) = mpsc::channel::<NodeMessage>(1024);
     let register_sent = Instant::now();
     let register = proto::Register {

@@ -1,7 +1,6 @@
 //! What a client is (name, SSH target, directory, pattern) and the rules its fields obey,
-//! shared by `sqdctl` (early, friendly errors) and the leader (authoritative check).
-
-use crate::proto;
+//! shared by `sqdctl` (early, friendly errors) and the leader (authoritative check). Its
+//! protobuf form converts in `services::convert`.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSpec {
@@ -130,32 +129,6 @@ impl ClientSpec {
             }
         }
         problems
-    }
-}
-
-impl From<proto::ClientSpec> for ClientSpec {
-    fn from(p: proto::ClientSpec) -> Self {
-        ClientSpec {
-            name: p.name,
-            ssh: p.ssh,
-            path: p.path,
-            key_file: p.key_file,
-            known_hosts: p.known_hosts,
-            pattern: p.pattern,
-        }
-    }
-}
-
-impl From<ClientSpec> for proto::ClientSpec {
-    fn from(s: ClientSpec) -> Self {
-        proto::ClientSpec {
-            name: s.name,
-            ssh: s.ssh,
-            path: s.path,
-            key_file: s.key_file,
-            known_hosts: s.known_hosts,
-            pattern: s.pattern,
-        }
     }
 }
 

@@ -48,20 +48,14 @@ impl AuditEntry {
 /// `registry` is read for the context of the words (who died, for how long it was silent).
 pub(crate) fn of_event(registry: &Registry, now: Millis, event: &Event) -> Option<AuditEntry> {
     match event {
-        Event::Moved {
-            client,
-            from,
-            to,
-            epoch,
-            reason,
-        } => {
-            let detail = move_detail(registry, now, from.as_deref(), to.as_deref(), *reason);
+        Event::Moved(m) => {
+            let detail = move_detail(registry, now, m.from.as_deref(), m.to.as_deref(), m.reason);
             Some(AuditEntry::now(
-                client,
+                &m.client,
                 AuditKind::Moved,
-                (from.clone(), to.clone()),
-                *epoch,
-                *reason,
+                (m.from.clone(), m.to.clone()),
+                m.epoch,
+                m.reason,
                 detail,
             ))
         }

@@ -19,8 +19,8 @@ use super::audit::{self, AuditEntry};
 use super::liveness::{Liveness, Millis};
 use super::reason::{AssignmentReason, AuditKind, Code};
 use super::registry::{
-    ClientSpec, Effects, Event, Outbound, Progress, Refusal, Registry, RegistryError, SessionId,
-    WorkerHello,
+    ClientSpec, Effects, Event, Order, Outbound, Progress, Refusal, Registry, RegistryError,
+    SessionId, WorkerHello,
 };
 use super::state::{State, StateError};
 use super::status::{self, Explanation, LeaderInfo, StatusView};
@@ -42,14 +42,7 @@ pub(crate) enum ToNode {
     },
     /// Everything an accepted worker owns, right after `Registered`.
     AssignmentSet(Vec<(ClientSpec, u64)>),
-    Assign {
-        spec: ClientSpec,
-        epoch: u64,
-    },
-    Revoke {
-        client: String,
-        epoch: u64,
-    },
+    Order(Order),
     HeartbeatAck {
         seq: u64,
     },
@@ -106,6 +99,10 @@ pub(crate) struct Drained {
 }
 
 type Reply<T> = oneshot::Sender<Result<T, CoreError>>;
+
+/// An accepted registration: a worker's complete assignment set, and the effects to carry
+/// out after `Registered` went out.
+type Admitted = Result<(Option<Vec<(ClientSpec, u64)>>, Effects), Refusal>;
 
 pub(crate) enum Command {
     Register {
@@ -344,33 +341,45 @@ impl Core {
             self.refuse(&outbox, reason, false);
             return Ok(());
         }
-        let addr = if hello.addr.is_empty() {
-            peer
-        } else {
-            hello.addr.clone()
+        let mut hello = hello;
+        if hello.addr.is_empty() {
+            hello.addr = peer;
+        }
+        let admitted = match hello.role {
+            Some(NodeRole::Worker) => self.admit_worker(session, &hello, now)?,
+            Some(NodeRole::Agent) => self.admit_agent(session, &hello, now),
+            None => Err(Refusal {
+                reason: "registration without a role (worker or agent)".to_owned(),
+                retryable: false,
+            }),
         };
-        match hello.role {
-            Some(NodeRole::Worker) => self.register_worker(session, &hello, &addr, outbox, now),
-            Some(NodeRole::Agent) => self.register_agent(session, &hello, &addr, outbox, now),
-            None => {
-                let reason = "registration without a role (worker or agent)".to_owned();
-                self.refuse(&outbox, reason, false);
+        match admitted {
+            Ok((assignments, fx)) => {
+                let _ = outbox.send(Box::new(self.accepted()));
+                if let Some(set) = assignments {
+                    let _ = outbox.send(Box::new(ToNode::AssignmentSet(set)));
+                }
+                self.sessions.insert(session, outbox);
+                self.carry_out(fx)
+            }
+            Err(refusal) => {
+                self.refuse(&outbox, refusal.reason, refusal.retryable);
                 Ok(())
             }
         }
     }
 
-    fn register_worker(
+    /// Registers a worker; what it owns and the effects left to carry out once it is told
+    /// it was accepted (the durable part is persisted here, before anything is sent).
+    fn admit_worker(
         &mut self,
         session: SessionId,
         hello: &NodeHello,
-        addr: &str,
-        outbox: Outbox,
         now: Millis,
-    ) -> Result<(), StateError> {
+    ) -> Result<Admitted, StateError> {
         let worker = WorkerHello {
             id: &hello.id,
-            addr,
+            addr: &hello.addr,
             version: &hello.version,
             capacity: hello.capacity.max(1),
             held: &hello.held,
@@ -379,46 +388,29 @@ impl Core {
             Ok(registration) => registration,
             Err(refusal) => {
                 warn!(worker = %hello.id, version = %hello.version, reason = %refusal.reason, "registration refused");
-                self.refuse(&outbox, refusal.reason, refusal.retryable);
-                return Ok(());
+                return Ok(Err(refusal));
             }
         };
         // Persist first: the set and any new assignments depend on it.
-        self.state.apply(&registration.effects.durable)?;
-        info!(worker = %hello.id, addr = %addr, version = %hello.version, held = hello.held.len(),
-              clients = registration.assignments.len(), "worker registered");
-        let _ = outbox.send(Box::new(self.accepted()));
-        let _ = outbox.send(Box::new(ToNode::AssignmentSet(registration.assignments)));
-        self.sessions.insert(session, outbox);
         let mut fx = registration.effects;
+        self.state.apply(&fx.durable)?;
         fx.durable.clear();
-        self.carry_out(fx)
+        info!(worker = %hello.id, addr = %hello.addr, version = %hello.version, held = hello.held.len(),
+              clients = registration.assignments.len(), "worker registered");
+        Ok(Ok((Some(registration.assignments), fx)))
     }
 
-    fn register_agent(
-        &mut self,
-        session: SessionId,
-        hello: &NodeHello,
-        addr: &str,
-        outbox: Outbox,
-        now: Millis,
-    ) -> Result<(), StateError> {
-        match self
+    fn admit_agent(&mut self, session: SessionId, hello: &NodeHello, now: Millis) -> Admitted {
+        let admitted = self
             .registry
-            .register_agent(&hello.id, &hello.version, session, now)
-        {
-            Ok(fx) => {
-                info!(client = %hello.id, addr = %addr, "agent registered");
-                let _ = outbox.send(Box::new(self.accepted()));
-                self.sessions.insert(session, outbox);
-                self.carry_out(fx)
-            }
+            .register_agent(&hello.id, &hello.version, session, now);
+        match &admitted {
+            Ok(_) => info!(client = %hello.id, addr = %hello.addr, "agent registered"),
             Err(refusal) => {
-                warn!(client = %hello.id, reason = %refusal.reason, "agent registration refused");
-                self.refuse(&outbox, refusal.reason, refusal.retryable);
-                Ok(())
+                warn!(client = %hello.id, reason = %refusal.reason, "agent registration refused")
             }
         }
+        admitted.map(|fx| (None, fx))
     }
 
     fn accepted(&self) -> ToNode {
@@ -556,12 +548,7 @@ impl Core {
         }
         for (session, msg) in fx.messages {
             match msg {
-                Outbound::Assign { spec, epoch } => {
-                    self.send(session, ToNode::Assign { spec, epoch });
-                }
-                Outbound::Revoke { client, epoch } => {
-                    self.send(session, ToNode::Revoke { client, epoch });
-                }
+                Outbound::Order(order) => self.send(session, ToNode::Order(order)),
                 Outbound::Close => {
                     self.sessions.remove(&session);
                 }
@@ -579,15 +566,16 @@ impl Core {
     }
 
     fn count_event(&self, event: &Event, now: Millis) {
-        let Event::Moved { from, reason, .. } = event else {
+        let Event::Moved(m) = event else {
             return;
         };
         self.metrics
             .assignments
-            .get_or_create(&ReasonLabel { reason: *reason })
+            .get_or_create(&ReasonLabel { reason: m.reason })
             .inc();
-        if *reason == AssignmentReason::Failover
-            && let Some(last) = from
+        if m.reason == AssignmentReason::Failover
+            && let Some(last) = m
+                .from
                 .as_deref()
                 .and_then(|id| self.registry.workers().find(|w| w.id == id))
                 .and_then(|w| w.last_heartbeat)
@@ -623,18 +611,12 @@ fn log_event(event: &Event) {
             warn!(worker = %worker, "worker dead: lease expired; its clients move")
         }
         Event::AgentDown { client } => info!(client = %client, "agent down"),
-        Event::Moved {
-            client,
-            from,
-            to,
-            epoch,
-            reason,
-        } => info!(
-            client = %client,
-            from = from.as_deref().unwrap_or("-"),
-            to = to.as_deref().unwrap_or("-"),
-            epoch,
-            reason = reason.as_str(),
+        Event::Moved(m) => info!(
+            client = %m.client,
+            from = m.from.as_deref().unwrap_or("-"),
+            to = m.to.as_deref().unwrap_or("-"),
+            epoch = m.epoch,
+            reason = m.reason.as_str(),
             "assignment changed"
         ),
         Event::ReleaseRequested {

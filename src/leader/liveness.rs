@@ -51,6 +51,20 @@ impl Timing {
     }
 }
 
+#[cfg(test)]
+impl Timing {
+    /// Heartbeat 100 ms, lease 300 ms, grace 100 ms: suspect after 200 ms of silence, dead
+    /// after 400 ms.
+    pub(crate) fn for_tests() -> Self {
+        Timing {
+            heartbeat_ms: 100,
+            lease_ms: 300,
+            grace_ms: 100,
+            max_moves_per_tick: 2,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Liveness {
     Alive,
@@ -103,18 +117,9 @@ impl WorkerState {
 mod tests {
     use super::*;
 
-    fn timing() -> Timing {
-        Timing {
-            heartbeat_ms: 100,
-            lease_ms: 300,
-            grace_ms: 100,
-            max_moves_per_tick: 2,
-        }
-    }
-
     #[test]
     fn silence_makes_suspect_then_dead() {
-        let t = timing();
+        let t = Timing::for_tests();
         assert_eq!(t.judge(Liveness::Alive, 0, 200), Liveness::Alive);
         assert_eq!(t.judge(Liveness::Alive, 0, 201), Liveness::Suspect);
         assert_eq!(t.judge(Liveness::Suspect, 0, 400), Liveness::Suspect);

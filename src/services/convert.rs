@@ -4,7 +4,7 @@
 
 use crate::leader::audit::AuditEntry;
 use crate::leader::core::{Assigned, Drained, NodeHello, NodeRole, SessionTerms, ToNode};
-use crate::leader::registry::Progress;
+use crate::leader::registry::{Order, Progress};
 use crate::leader::status::{ClientStatus, Explanation, StatusView, WorkerStatus};
 use crate::proto::{self, leader_message::Body};
 use crate::spec::ClientSpec;
@@ -118,8 +118,10 @@ impl From<ToNode> for proto::LeaderMessage {
             ToNode::AssignmentSet(set) => Body::AssignmentSet(proto::AssignmentSet {
                 assignments: set.into_iter().map(assign).collect(),
             }),
-            ToNode::Assign { spec, epoch } => Body::Assign(assign((spec, epoch))),
-            ToNode::Revoke { client, epoch } => Body::Revoke(proto::Revoke { client, epoch }),
+            ToNode::Order(Order::Assign { spec, epoch }) => Body::Assign(assign((spec, epoch))),
+            ToNode::Order(Order::Revoke { client, epoch }) => {
+                Body::Revoke(proto::Revoke { client, epoch })
+            }
             ToNode::HeartbeatAck { seq } => Body::HeartbeatAck(proto::HeartbeatAck { seq }),
             ToNode::Wake { client, epoch } => Body::Wake(proto::Wake { client, epoch }),
         };

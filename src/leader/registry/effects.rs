@@ -22,19 +22,31 @@ pub(crate) enum Durable {
     NextEpoch(u64),
 }
 
-/// A message for one session.
+/// What a worker is told to do about one client.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Order {
+    /// Serve the client under this epoch (C2).
+    Assign { spec: ClientSpec, epoch: u64 },
+    /// Stop serving the client and confirm with `Released` (handoff, C1).
+    Revoke { client: String, epoch: u64 },
+}
+
+/// What happens to one session.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outbound {
-    Assign {
-        spec: ClientSpec,
-        epoch: u64,
-    },
-    Revoke {
-        client: String,
-        epoch: u64,
-    },
+    Order(Order),
     /// Close the session (fenced, superseded or declared dead).
     Close,
+}
+
+impl Outbound {
+    pub(crate) fn assign(spec: ClientSpec, epoch: u64) -> Self {
+        Outbound::Order(Order::Assign { spec, epoch })
+    }
+
+    pub(crate) fn revoke(client: String, epoch: u64) -> Self {
+        Outbound::Order(Order::Revoke { client, epoch })
+    }
 }
 
 /// Something worth one structured log line.
@@ -49,18 +61,23 @@ pub(crate) enum Event {
     AgentDown {
         client: String,
     },
-    Moved {
-        client: String,
-        from: Option<String>,
-        to: Option<String>,
-        epoch: u64,
-        reason: AssignmentReason,
-    },
+    Moved(Move),
     ReleaseRequested {
         client: String,
         worker: String,
         reason: AssignmentReason,
     },
+}
+
+/// A client's assignment changed: from an owner (or none) to another (or none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Move {
+    pub(crate) client: String,
+    pub(crate) from: Option<String>,
+    pub(crate) to: Option<String>,
+    /// The new epoch; the last one when the client became unassigned.
+    pub(crate) epoch: u64,
+    pub(crate) reason: AssignmentReason,
 }
 
 #[derive(Debug, Default)]

@@ -20,7 +20,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
-pub(crate) use self::effects::{Durable, Effects, Event, Outbound};
+pub(crate) use self::effects::{Durable, Effects, Event, Order, Outbound};
 #[cfg(test)]
 use self::model::Owner;
 pub(crate) use self::model::{
@@ -190,13 +190,8 @@ impl Registry {
             .ok_or_else(|| RegistryError::UnknownClient(name.to_owned()))?;
         let mut fx = Effects::default();
         if let Some(session) = client.worker.as_deref().and_then(|w| self.session_of(w)) {
-            fx.messages.push((
-                session,
-                Outbound::Revoke {
-                    client: client.spec.name.clone(),
-                    epoch: client.epoch,
-                },
-            ));
+            let revoke = Outbound::revoke(client.spec.name.clone(), client.epoch);
+            fx.messages.push((session, revoke));
         }
         if let Agent::Up { session, .. } = client.agent {
             fx.messages.push((session, Outbound::Close));

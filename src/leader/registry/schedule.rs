@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::Registry;
-use super::effects::{Durable, Effects, Event, Outbound};
+use super::effects::{Durable, Effects, Event, Move, Outbound};
 use super::model::{Agent, SessionId, Worker};
 use crate::leader::liveness::{Liveness, Millis};
 use crate::leader::reason::AssignmentReason;
@@ -113,13 +113,8 @@ impl Registry {
         };
         c.releasing_since = Some(now);
         if let Some(session) = session {
-            fx.messages.push((
-                session,
-                Outbound::Revoke {
-                    client: client.to_owned(),
-                    epoch: c.epoch,
-                },
-            ));
+            let revoke = Outbound::revoke(client.to_owned(), c.epoch);
+            fx.messages.push((session, revoke));
         }
         c.handoff = Some((from.clone(), reason));
         fx.events.push(Event::ReleaseRequested {
@@ -155,22 +150,17 @@ impl Registry {
             epoch: c.epoch,
         });
         if let Some(session) = session {
-            fx.messages.push((
-                session,
-                Outbound::Assign {
-                    spec: c.spec.clone(),
-                    epoch: c.epoch,
-                },
-            ));
+            let assign = Outbound::assign(c.spec.clone(), c.epoch);
+            fx.messages.push((session, assign));
         }
         let (from, reason) = move_reason(from, why, c.handoff.take(), first_placement, &to);
-        fx.events.push(Event::Moved {
+        fx.events.push(Event::Moved(Move {
             client: client.to_owned(),
             from,
             to,
             epoch: c.epoch,
             reason,
-        });
+        }));
     }
 
     /// Clients whose agent complains while their worker is clearly busier than another one:
@@ -245,28 +235,26 @@ impl Registry {
         }
         let mut assigned = BTreeMap::new();
         for event in &fx.events {
-            if let Event::Moved {
-                client,
-                to: Some(to),
-                epoch,
-                ..
-            } = event
-            {
-                // A new owner is alive, not draining and connected; its epoch strictly grew.
-                debug_assert!(
-                    self.workers.get(to).and_then(candidate_role) == Some(CandidateRole::Eligible),
-                    "{client} given to {to}, which may not take clients"
-                );
-                debug_assert!(
-                    before.get(client).is_none_or(|old| epoch > old),
-                    "{client}: epoch {epoch} did not grow"
-                );
-                // No client is given to two workers by one schedule.
-                debug_assert!(
-                    assigned.insert(client, to).is_none(),
-                    "{client} assigned twice"
-                );
-            }
+            let Event::Moved(m) = event else { continue };
+            let Some(to) = &m.to else { continue };
+            // A new owner is alive, not draining and connected; its epoch strictly grew.
+            debug_assert!(
+                self.workers.get(to).and_then(candidate_role) == Some(CandidateRole::Eligible),
+                "{} given to {to}, which may not take clients",
+                m.client
+            );
+            debug_assert!(
+                before.get(&m.client).is_none_or(|old| m.epoch > *old),
+                "{}: epoch {} did not grow",
+                m.client,
+                m.epoch
+            );
+            // No client is given to two workers by one schedule.
+            debug_assert!(
+                assigned.insert(&m.client, to).is_none(),
+                "{} assigned twice",
+                m.client
+            );
         }
     }
 

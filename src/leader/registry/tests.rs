@@ -4,12 +4,7 @@ use proptest::prelude::*;
 const V: &str = env!("CARGO_PKG_VERSION");
 
 fn timing() -> Timing {
-    Timing {
-        heartbeat_ms: 100,
-        lease_ms: 300,
-        grace_ms: 100,
-        max_moves_per_tick: 2,
-    }
+    Timing::for_tests()
 }
 
 fn spec(name: &str) -> ClientSpec {
@@ -39,12 +34,12 @@ impl Fleet {
             let mut next = Vec::new();
             for (session, msg) in pending {
                 match msg {
-                    Outbound::Assign { spec, epoch } => {
+                    Outbound::Order(Order::Assign { spec, epoch }) => {
                         if let Some(h) = self.held.get_mut(&session) {
                             h.insert(spec.name, epoch);
                         }
                     }
-                    Outbound::Revoke { client, epoch } => {
+                    Outbound::Order(Order::Revoke { client, epoch }) => {
                         let released = self.held.get_mut(&session).and_then(|h| h.remove(&client));
                         if let Some(e) = released {
                             assert!(e <= epoch);
@@ -155,7 +150,7 @@ fn drain_hands_off_and_reassigns_only_after_release() {
     assert!(
         fx.messages
             .iter()
-            .all(|(s, m)| !(*s == 2 && matches!(m, Outbound::Assign { .. })))
+            .all(|(s, m)| !(*s == 2 && matches!(m, Outbound::Order(Order::Assign { .. }))))
     );
     fleet.apply(&mut reg, fx, 10);
     let c = reg.client("c").unwrap();

@@ -4,6 +4,7 @@
 //! The metric handles are cheap clones of shared atomics: the code that observes an event
 //! updates them directly, and a scrape only encodes.
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use std::fmt::Write as _;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -24,17 +24,18 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::leader::core::NodeRole;
 use crate::leader::liveness::WorkerState;
 use crate::leader::reason::{AssignmentReason, Code};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClientLabel {
-    pub client: String,
+pub(crate) struct ClientLabel {
+    pub(crate) client: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RoleLabel {
-    pub role: &'static str,
+pub(crate) struct RoleLabel {
+    pub(crate) role: NodeRole,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +55,12 @@ impl EncodeLabelValue for WorkerState {
     }
 }
 
+impl EncodeLabelValue for NodeRole {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
 impl EncodeLabelValue for AssignmentReason {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
         encoder.write_str(self.as_str())
@@ -61,8 +68,8 @@ impl EncodeLabelValue for AssignmentReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
+pub(crate) struct KindLabel {
+    pub(crate) kind: &'static str,
 }
 
 fn client(name: &str) -> ClientLabel {
@@ -73,24 +80,24 @@ fn client(name: &str) -> ClientLabel {
 
 /// What the leader counts.
 #[derive(Clone)]
-pub struct LeaderMetrics {
-    pub heartbeats: Counter,
-    pub sessions: Family<RoleLabel, Gauge>,
+pub(crate) struct LeaderMetrics {
+    pub(crate) heartbeats: Counter,
+    pub(crate) sessions: Family<RoleLabel, Gauge>,
     pub(crate) workers: Family<StateLabel, Gauge>,
-    pub clients_unassigned: Gauge,
+    pub(crate) clients_unassigned: Gauge,
     /// Assignment changes by reason (new, failover, drain, rebalance, backlog, unassigned).
     pub(crate) assignments: Family<ReasonLabel, Counter>,
-    pub refused_registrations: Counter,
+    pub(crate) refused_registrations: Counter,
     /// From a dead worker's last heartbeat to one of its clients being given to another.
-    pub failover_seconds: Histogram,
-    pub client_files: Family<ClientLabel, Gauge>,
-    pub client_bytes: Family<ClientLabel, Gauge>,
-    pub client_backlog_files: Family<ClientLabel, Gauge>,
-    pub client_backlog_bytes: Family<ClientLabel, Gauge>,
+    pub(crate) failover_seconds: Histogram,
+    pub(crate) client_files: Family<ClientLabel, Gauge>,
+    pub(crate) client_bytes: Family<ClientLabel, Gauge>,
+    pub(crate) client_backlog_files: Family<ClientLabel, Gauge>,
+    pub(crate) client_backlog_bytes: Family<ClientLabel, Gauge>,
 }
 
 impl LeaderMetrics {
-    pub fn new(registry: &mut Registry) -> Self {
+    pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = LeaderMetrics {
             heartbeats: Counter::default(),
             sessions: Family::default(),
@@ -159,7 +166,7 @@ impl LeaderMetrics {
         m
     }
 
-    pub fn set_client(&self, name: &str, files: u64, bytes: u64, backlog: (u64, u64)) {
+    pub(crate) fn set_client(&self, name: &str, files: u64, bytes: u64, backlog: (u64, u64)) {
         let label = client(name);
         self.client_files.get_or_create(&label).set(clamp(files));
         self.client_bytes.get_or_create(&label).set(clamp(bytes));
@@ -171,7 +178,7 @@ impl LeaderMetrics {
             .set(clamp(backlog.1));
     }
 
-    pub fn forget_client(&self, name: &str) {
+    pub(crate) fn forget_client(&self, name: &str) {
         let label = client(name);
         self.client_files.remove(&label);
         self.client_bytes.remove(&label);
@@ -183,23 +190,23 @@ impl LeaderMetrics {
 /// What a worker counts.
 #[derive(Clone)]
 pub struct WorkerMetrics {
-    pub files_committed: Family<ClientLabel, Counter>,
-    pub bytes_committed: Family<ClientLabel, Counter>,
-    pub backlog_files: Family<ClientLabel, Gauge>,
-    pub backlog_bytes: Family<ClientLabel, Gauge>,
+    pub(crate) files_committed: Family<ClientLabel, Counter>,
+    pub(crate) bytes_committed: Family<ClientLabel, Counter>,
+    pub(crate) backlog_files: Family<ClientLabel, Gauge>,
+    pub(crate) backlog_bytes: Family<ClientLabel, Gauge>,
     /// Pull errors by kind (connect, auth, host_key_unknown, dir_missing, store, ...).
-    pub pull_errors: Family<KindLabel, Counter>,
-    pub ssh_connects: Counter,
-    pub ssh_reconnects: Counter,
+    pub(crate) pull_errors: Family<KindLabel, Counter>,
+    pub(crate) ssh_connects: Counter,
+    pub(crate) ssh_reconnects: Counter,
     /// Duration of one group commit (stage → durable), per batch.
-    pub commit_seconds: Histogram,
-    pub store_bytes: Gauge,
-    pub clients: Gauge,
-    pub lease_valid: Gauge,
+    pub(crate) commit_seconds: Histogram,
+    pub(crate) store_bytes: Gauge,
+    pub(crate) clients: Gauge,
+    pub(crate) lease_valid: Gauge,
 }
 
 impl WorkerMetrics {
-    pub fn new(registry: &mut Registry) -> Self {
+    pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = WorkerMetrics {
             files_committed: Family::default(),
             bytes_committed: Family::default(),
@@ -268,25 +275,25 @@ impl WorkerMetrics {
         m
     }
 
-    pub fn committed(&self, name: &str, files: u64, bytes: u64) {
+    pub(crate) fn committed(&self, name: &str, files: u64, bytes: u64) {
         let label = client(name);
         self.files_committed.get_or_create(&label).inc_by(files);
         self.bytes_committed.get_or_create(&label).inc_by(bytes);
         self.store_bytes.inc_by(clamp(bytes));
     }
 
-    pub fn backlog(&self, name: &str, files: u64, bytes: u64) {
+    pub(crate) fn backlog(&self, name: &str, files: u64, bytes: u64) {
         let label = client(name);
         self.backlog_files.get_or_create(&label).set(clamp(files));
         self.backlog_bytes.get_or_create(&label).set(clamp(bytes));
     }
 
-    pub fn error(&self, kind: &'static str) {
+    pub(crate) fn error(&self, kind: &'static str) {
         self.pull_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
     /// The client left this worker: its gauges would only mislead.
-    pub fn forget_client(&self, name: &str) {
+    pub(crate) fn forget_client(&self, name: &str) {
         let label = client(name);
         self.backlog_files.remove(&label);
         self.backlog_bytes.remove(&label);
@@ -298,7 +305,7 @@ fn clamp(v: u64) -> i64 {
 }
 
 /// Tells `/readyz` whether this process should receive work; `Err` carries the reason.
-pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub(crate) type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 #[derive(Clone)]
 struct Endpoint {
@@ -317,7 +324,7 @@ pub struct MetricsError {
 
 /// Binds the metrics address now (so a taken port fails the start) and returns the server
 /// future, which runs until `shutdown` completes.
-pub async fn bind(
+pub(crate) async fn bind(
     addr: SocketAddr,
     registry: Registry,
     ready: Readiness,
@@ -388,6 +395,18 @@ mod tests {
                 reason: AssignmentReason::Failover,
             })
             .inc();
+        leader
+            .workers
+            .get_or_create(&StateLabel {
+                state: WorkerState::Draining,
+            })
+            .set(2);
+        leader
+            .sessions
+            .get_or_create(&RoleLabel {
+                role: NodeRole::Agent,
+            })
+            .set(4);
         leader.set_client("c1", 3, 300, (1, 10));
         worker.committed("c1", 2, 200);
         worker.error("auth");
@@ -396,6 +415,8 @@ mod tests {
         for line in [
             "sqd_leader_heartbeats_received_total 1",
             "sqd_leader_assignment_changes_total{reason=\"failover\"} 1",
+            "sqd_leader_workers{state=\"draining\"} 2",
+            "sqd_leader_sessions{role=\"agent\"} 4",
             "sqd_leader_client_files_committed{client=\"c1\"} 3",
             "sqd_worker_files_committed_total{client=\"c1\"} 2",
             "sqd_worker_bytes_committed_total{client=\"c1\"} 200",

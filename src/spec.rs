@@ -36,10 +36,10 @@ pub struct SshTarget {
     pub port: u16,
 }
 
-pub const MAX_NAME_LEN: usize = 128;
+pub(crate) const MAX_NAME_LEN: usize = 128;
 
 /// Checks a client or worker name: 1–128 of `[A-Za-z0-9_.-]`, not starting with `.` or `-`.
-pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), String> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));

@@ -60,10 +60,19 @@ pub(crate) struct SessionTerms {
     pub(crate) lease_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum NodeRole {
     Worker,
     Agent,
+}
+
+impl NodeRole {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Worker => "worker",
+            NodeRole::Agent => "agent",
+        }
+    }
 }
 
 /// What a node says when it opens a session.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::audit::AuditEntry;
+use super::core::NodeRole;
 use super::liveness::{Millis, WorkerState};
 use super::registry::{Agent, Client, ClientSpec, Registry};
 use crate::metrics::{LeaderMetrics, RoleLabel, StateLabel};
@@ -151,11 +152,15 @@ pub(crate) fn refresh_gauges(registry: &Registry, metrics: &LeaderMetrics) {
     }
     metrics
         .sessions
-        .get_or_create(&RoleLabel { role: "worker" })
+        .get_or_create(&RoleLabel {
+            role: NodeRole::Worker,
+        })
         .set(worker_sessions);
     metrics
         .sessions
-        .get_or_create(&RoleLabel { role: "agent" })
+        .get_or_create(&RoleLabel {
+            role: NodeRole::Agent,
+        })
         .set(agents);
     metrics.clients_unassigned.set(unassigned);
 }

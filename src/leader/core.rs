@@ -336,7 +336,7 @@ impl Core {
     fn register(
         &mut self,
         session: SessionId,
-        hello: NodeHello,
+        mut hello: NodeHello,
         peer: String,
         outbox: Outbox,
         now: Millis,
@@ -350,7 +350,6 @@ impl Core {
             self.refuse(&outbox, reason, false);
             return Ok(());
         }
-        let mut hello = hello;
         if hello.addr.is_empty() {
             hello.addr = peer;
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::leader::reason::AssignmentReason;
 use proptest::prelude::*;
 
 const V: &str = env!("CARGO_PKG_VERSION");
@@ -435,4 +436,45 @@ proptest! {
             prop_assert!(counts[counts.len() - 1] - counts[0] <= 1, "unbalanced {counts:?}");
         }
     }
+}
+
+fn moves(events: &[Event]) -> Vec<(Option<&str>, Option<&str>, AssignmentReason)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Moved(m) => Some((m.from.as_deref(), m.to.as_deref(), m.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every change says why, in the codes the audit log, metrics and `explain` use.
+#[test]
+fn each_move_carries_its_reason() {
+    use AssignmentReason::{Drain, Failover, New};
+    let mut reg = Registry::new(timing(), V, 1);
+    reg.register_worker(hello("a", &[]), 1, 0).unwrap();
+    let fx = reg.add_client(spec("c"), 0).unwrap();
+    assert_eq!(moves(&fx.events), vec![(None, Some("a"), New)]);
+    reg.register_worker(hello("b", &[]), 2, 0).unwrap();
+
+    let fx = reg.set_draining("a", true, 10).unwrap();
+    assert_eq!(
+        fx.events,
+        vec![Event::ReleaseRequested {
+            client: "c".into(),
+            worker: "a".into(),
+            reason: Drain,
+        }]
+    );
+    let epoch = reg.client("c").unwrap().epoch;
+    let fx = reg.released(1, "c", epoch, 20);
+    assert_eq!(moves(&fx.events), vec![(Some("a"), Some("b"), Drain)]);
+
+    reg.set_draining("a", false, 30).unwrap();
+    reg.session_closed(2);
+    let dead = timing().dead_after() + 1;
+    assert!(reg.heartbeat(1, 0.0, dead));
+    let fx = reg.tick(dead);
+    assert_eq!(moves(&fx.events), vec![(Some("b"), Some("a"), Failover)]);
 }

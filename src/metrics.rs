@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -98,72 +98,45 @@ pub(crate) struct LeaderMetrics {
 
 impl LeaderMetrics {
     pub(crate) fn new(registry: &mut Registry) -> Self {
-        let m = LeaderMetrics {
-            heartbeats: Counter::default(),
-            sessions: Family::default(),
-            workers: Family::default(),
-            clients_unassigned: Gauge::default(),
-            assignments: Family::default(),
-            refused_registrations: Counter::default(),
-            failover_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
-            client_files: Family::default(),
-            client_bytes: Family::default(),
-            client_backlog_files: Family::default(),
-            client_backlog_bytes: Family::default(),
-        };
-        let r = registry.sub_registry_with_prefix("sqd_leader");
-        r.register(
-            "heartbeats_received",
-            "Heartbeats received from workers and agents",
-            m.heartbeats.clone(),
-        );
-        r.register("sessions", "Open node sessions by role", m.sessions.clone());
-        r.register(
-            "workers",
-            "Known workers by state (alive, suspect, dead, draining, refused)",
-            m.workers.clone(),
-        );
-        r.register(
-            "clients_unassigned",
-            "Clients without a worker",
-            m.clients_unassigned.clone(),
-        );
-        r.register(
-            "assignment_changes",
-            "Assignment changes by reason",
-            m.assignments.clone(),
-        );
-        r.register(
-            "registrations_refused",
-            "Registrations refused (version, cluster, duplicate id)",
-            m.refused_registrations.clone(),
-        );
-        r.register(
-            "failover_seconds",
-            "Time from a dead worker's last heartbeat to its client being reassigned",
-            m.failover_seconds.clone(),
-        );
-        r.register(
-            "client_files_committed",
-            "Files committed per client, as reported by workers",
-            m.client_files.clone(),
-        );
-        r.register(
-            "client_bytes_committed",
-            "Bytes committed per client, as reported by workers",
-            m.client_bytes.clone(),
-        );
-        r.register(
-            "client_backlog_files",
-            "Files waiting at the client at its owner's last listing",
-            m.client_backlog_files.clone(),
-        );
-        r.register(
-            "client_backlog_bytes",
-            "Bytes waiting at the client at its owner's last listing",
-            m.client_backlog_bytes.clone(),
-        );
-        m
+        let mut r = Register(registry.sub_registry_with_prefix("sqd_leader"));
+        LeaderMetrics {
+            heartbeats: r.add(
+                "heartbeats_received",
+                "Heartbeats received from workers and agents",
+            ),
+            sessions: r.add("sessions", "Open node sessions by role"),
+            workers: r.add(
+                "workers",
+                "Known workers by state (alive, suspect, dead, draining, refused)",
+            ),
+            clients_unassigned: r.add("clients_unassigned", "Clients without a worker"),
+            assignments: r.add("assignment_changes", "Assignment changes by reason"),
+            refused_registrations: r.add(
+                "registrations_refused",
+                "Registrations refused (version, cluster, duplicate id)",
+            ),
+            failover_seconds: r.with(
+                "failover_seconds",
+                "Time from a dead worker's last heartbeat to its client being reassigned",
+                Histogram::new(exponential_buckets(0.25, 2.0, 10)),
+            ),
+            client_files: r.add(
+                "client_files_committed",
+                "Files committed per client, as reported by workers",
+            ),
+            client_bytes: r.add(
+                "client_bytes_committed",
+                "Bytes committed per client, as reported by workers",
+            ),
+            client_backlog_files: r.add(
+                "client_backlog_files",
+                "Files waiting at the client at its owner's last listing",
+            ),
+            client_backlog_bytes: r.add(
+                "client_backlog_bytes",
+                "Bytes waiting at the client at its owner's last listing",
+            ),
+        }
     }
 
     pub(crate) fn set_client(&self, name: &str, files: u64, bytes: u64, backlog: (u64, u64)) {
@@ -207,72 +180,42 @@ pub struct WorkerMetrics {
 
 impl WorkerMetrics {
     pub(crate) fn new(registry: &mut Registry) -> Self {
-        let m = WorkerMetrics {
-            files_committed: Family::default(),
-            bytes_committed: Family::default(),
-            backlog_files: Family::default(),
-            backlog_bytes: Family::default(),
-            pull_errors: Family::default(),
-            ssh_connects: Counter::default(),
-            ssh_reconnects: Counter::default(),
-            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            store_bytes: Gauge::default(),
-            clients: Gauge::default(),
-            lease_valid: Gauge::default(),
-        };
-        let r = registry.sub_registry_with_prefix("sqd_worker");
-        r.register(
-            "files_committed",
-            "Files committed into the store by this worker",
-            m.files_committed.clone(),
-        );
-        r.register(
-            "bytes_committed",
-            "Bytes committed into the store by this worker",
-            m.bytes_committed.clone(),
-        );
-        r.register(
-            "backlog_files",
-            "Complete files waiting at the client at the last listing",
-            m.backlog_files.clone(),
-        );
-        r.register(
-            "backlog_bytes",
-            "Bytes of complete files waiting at the client at the last listing",
-            m.backlog_bytes.clone(),
-        );
-        r.register(
-            "pull_errors",
-            "Failed connects and pull cycles by kind",
-            m.pull_errors.clone(),
-        );
-        r.register(
-            "ssh_connects",
-            "SSH sessions established",
-            m.ssh_connects.clone(),
-        );
-        r.register(
-            "ssh_reconnects",
-            "SSH sessions established again after one was lost or failed",
-            m.ssh_reconnects.clone(),
-        );
-        r.register(
-            "commit_seconds",
-            "Duration of one group commit into the store",
-            m.commit_seconds.clone(),
-        );
-        r.register(
-            "store_bytes",
-            "Bytes in the store's catalog",
-            m.store_bytes.clone(),
-        );
-        r.register("clients", "Clients being served", m.clients.clone());
-        r.register(
-            "lease_valid",
-            "1 while the worker holds a valid lease from the leader",
-            m.lease_valid.clone(),
-        );
-        m
+        let mut r = Register(registry.sub_registry_with_prefix("sqd_worker"));
+        WorkerMetrics {
+            files_committed: r.add(
+                "files_committed",
+                "Files committed into the store by this worker",
+            ),
+            bytes_committed: r.add(
+                "bytes_committed",
+                "Bytes committed into the store by this worker",
+            ),
+            backlog_files: r.add(
+                "backlog_files",
+                "Complete files waiting at the client at the last listing",
+            ),
+            backlog_bytes: r.add(
+                "backlog_bytes",
+                "Bytes of complete files waiting at the client at the last listing",
+            ),
+            pull_errors: r.add("pull_errors", "Failed connects and pull cycles by kind"),
+            ssh_connects: r.add("ssh_connects", "SSH sessions established"),
+            ssh_reconnects: r.add(
+                "ssh_reconnects",
+                "SSH sessions established again after one was lost or failed",
+            ),
+            commit_seconds: r.with(
+                "commit_seconds",
+                "Duration of one group commit into the store",
+                Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            ),
+            store_bytes: r.add("store_bytes", "Bytes in the store's catalog"),
+            clients: r.add("clients", "Clients being served"),
+            lease_valid: r.add(
+                "lease_valid",
+                "1 while the worker holds a valid lease from the leader",
+            ),
+        }
     }
 
     pub(crate) fn committed(&self, name: &str, files: u64, bytes: u64) {
@@ -297,6 +240,20 @@ impl WorkerMetrics {
         let label = client(name);
         self.backlog_files.remove(&label);
         self.backlog_bytes.remove(&label);
+    }
+}
+
+/// Registers each metric where it is created, so its name, help and type stand together.
+struct Register<'a>(&'a mut Registry);
+
+impl Register<'_> {
+    fn add<M: Metric + Clone + Default>(&mut self, name: &str, help: &str) -> M {
+        self.with(name, help, M::default())
+    }
+
+    fn with<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
     }
 }
 

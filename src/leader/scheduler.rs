@@ -72,6 +72,22 @@ pub(crate) fn plan(
     let homeless = ledger.count_current(placements);
     let mut decisions = ledger.place(homeless);
     ledger.rebalance(placements, max_rebalance_moves, &mut decisions);
+    debug_assert!(
+        decisions.iter().all(|d| d.to.as_deref().is_none_or(|to| {
+            candidates
+                .iter()
+                .any(|c| c.id == to && c.role == CandidateRole::Eligible)
+        })),
+        "a client planned onto a worker that may not take clients"
+    );
+    debug_assert!(
+        decisions
+            .iter()
+            .filter(|d| d.reason == MoveReason::Rebalance)
+            .count()
+            <= max_rebalance_moves,
+        "more rebalancing moves than allowed"
+    );
     decisions
 }
 

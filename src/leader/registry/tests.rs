@@ -324,117 +324,213 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A registry driven by generated operations, with the worker side modelled by [`Fleet`].
+struct Sim {
+    reg: Registry,
+    fleet: Fleet,
+    now: Millis,
+    next_session: SessionId,
+    workers: Vec<(String, Option<SessionId>)>,
+    last_epoch: BTreeMap<String, u64>,
+    clients: usize,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Sim {
+            reg: Registry::new(timing(), V, 1),
+            fleet: Fleet::default(),
+            now: 0,
+            next_session: 1,
+            workers: Vec::new(),
+            last_epoch: BTreeMap::new(),
+            clients: 0,
+        }
+    }
+
+    fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
+        let now = self.now;
+        match op {
+            Op::AddWorker => {
+                let id = format!("w{}", self.workers.len());
+                let s = self.connect(&id)?;
+                self.workers.push((id, Some(s)));
+            }
+            Op::AddClient => {
+                let fx = self
+                    .reg
+                    .add_client(spec(&format!("c{}", self.clients)), now)
+                    .unwrap();
+                self.clients += 1;
+                self.fleet.apply(&mut self.reg, fx, now);
+            }
+            Op::Heartbeats(dt) => self.heartbeats(dt),
+            Op::Crash(i) | Op::Leave(i) | Op::Drain(i) | Op::Undrain(i) | Op::Reconnect(i)
+                if self.workers.is_empty() =>
+            {
+                let _ = i;
+            }
+            Op::Crash(i) => {
+                let i = i % self.workers.len();
+                if let Some(s) = self.workers[i].1.take() {
+                    // The process died: it holds nothing from now on, but the
+                    // leader must still wait out its lease.
+                    self.fleet.held.remove(&s);
+                    let fx = self.reg.session_closed(s);
+                    self.fleet.apply(&mut self.reg, fx, now);
+                }
+            }
+            Op::Leave(i) => {
+                let i = i % self.workers.len();
+                if let Some(s) = self.workers[i].1.take() {
+                    self.fleet.held.remove(&s);
+                    let fx = self.reg.worker_leaving(s, now);
+                    self.fleet.apply(&mut self.reg, fx, now);
+                }
+            }
+            Op::Drain(i) | Op::Undrain(i) => {
+                let drain = matches!(op, Op::Drain(_));
+                let i = i % self.workers.len();
+                let fx = self
+                    .reg
+                    .set_draining(&self.workers[i].0, drain, now)
+                    .unwrap();
+                self.fleet.apply(&mut self.reg, fx, now);
+            }
+            Op::Reconnect(i) => {
+                let i = i % self.workers.len();
+                if self.workers[i].1.is_none() {
+                    let id = self.workers[i].0.clone();
+                    self.workers[i].1 = Some(self.connect(&id)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers worker `id` on a new session, as a fresh process holding nothing.
+    fn connect(&mut self, id: &str) -> Result<SessionId, TestCaseError> {
+        let s = self.next_session;
+        self.next_session += 1;
+        match self.reg.register_worker(hello(id, &[]), s, self.now) {
+            Ok(r) => {
+                self.fleet.held.insert(
+                    s,
+                    r.assignments
+                        .iter()
+                        .map(|(c, e)| (c.name.clone(), *e))
+                        .collect(),
+                );
+                self.fleet.apply(&mut self.reg, r.effects, self.now);
+                Ok(s)
+            }
+            Err(e) => Err(TestCaseError::fail(format!("refused: {}", e.reason))),
+        }
+    }
+
+    /// Time passes by `dt`; every connected worker heartbeats, then the leader ticks.
+    fn heartbeats(&mut self, dt: u64) {
+        self.now += dt;
+        for (_, s) in &self.workers {
+            if let Some(s) = s {
+                self.reg.heartbeat(*s, 0.1, self.now);
+            }
+        }
+        let fx = self.reg.tick(self.now);
+        self.fleet.apply(&mut self.reg, fx, self.now);
+    }
+
+    /// What must hold after every operation.
+    fn check_ownership(&mut self) -> Result<(), TestCaseError> {
+        // C1: at most one session holds any client.
+        let mut holders: BTreeMap<&str, usize> = BTreeMap::new();
+        for held in self.fleet.held.values() {
+            for c in held.keys() {
+                *holders.entry(c.as_str()).or_default() += 1;
+            }
+        }
+        for (c, n) in &holders {
+            prop_assert!(*n <= 1, "{c} held by {n} sessions");
+        }
+        // Owners are known, non-dead workers; epochs never go down.
+        for (client, owner) in self.reg.owners() {
+            if let Some(o) = owner {
+                let w = self.reg.workers().find(|w| w.id == o.worker);
+                prop_assert!(
+                    w.is_some_and(|w| w.liveness != Liveness::Dead),
+                    "{client} on dead {}",
+                    o.worker
+                );
+                let prev = self
+                    .last_epoch
+                    .insert(client.to_owned(), o.epoch)
+                    .unwrap_or(0);
+                prop_assert!(o.epoch >= prev);
+            }
+        }
+        Ok(())
+    }
+
+    /// Once quiet: every client is on an alive worker that agrees, balanced within one.
+    fn check_settled(&self) -> Result<(), TestCaseError> {
+        let reg = &self.reg;
+        let eligible: Vec<&Worker> = reg
+            .workers()
+            .filter(|w| w.liveness == Liveness::Alive && !w.draining)
+            .collect();
+        let mut counts: Vec<usize> = eligible
+            .iter()
+            .map(|w| {
+                reg.owners()
+                    .filter(|(_, o)| o.is_some_and(|o| o.worker == w.id))
+                    .count()
+            })
+            .collect();
+        if eligible.is_empty() {
+            return Ok(());
+        }
+        for (client, owner) in reg.owners() {
+            let o = owner.ok_or_else(|| TestCaseError::fail(format!("{client} unassigned")))?;
+            prop_assert!(
+                eligible.iter().any(|w| w.id == o.worker),
+                "{client} on {}",
+                o.worker
+            );
+            // The worker side agrees.
+            let session = reg
+                .workers()
+                .find(|w| w.id == o.worker)
+                .and_then(|w| w.session)
+                .unwrap();
+            prop_assert_eq!(
+                self.fleet.held.get(&session).and_then(|h| h.get(client)),
+                Some(&o.epoch)
+            );
+        }
+        counts.sort_unstable();
+        prop_assert!(
+            counts[counts.len() - 1] - counts[0] <= 1,
+            "unbalanced {counts:?}"
+        );
+        Ok(())
+    }
+}
+
 proptest! {
     /// Never two owners, never an assignment to a non-alive worker, epochs only grow,
     /// and (once quiet) every client is on an alive worker, balanced within one.
     #[test]
     fn ownership_invariants_hold_under_any_history(ops in proptest::collection::vec(op(), 1..60)) {
-        let mut reg = Registry::new(timing(), V, 1);
-        let mut fleet = Fleet::default();
-        let mut now: Millis = 0;
-        let mut next_session: SessionId = 1;
-        let mut workers: Vec<(String, Option<SessionId>)> = Vec::new();
-        let mut last_epoch: BTreeMap<String, u64> = BTreeMap::new();
-        let mut clients = 0;
+        let mut sim = Sim::new();
         for op in ops {
-            match op {
-                Op::AddWorker => {
-                    let id = format!("w{}", workers.len());
-                    let s = next_session; next_session += 1;
-                    let r = reg.register_worker(hello(&id, &[]), s, now).unwrap();
-                    fleet.held.insert(s, r.assignments.iter().map(|(c, e)| (c.name.clone(), *e)).collect());
-                    fleet.apply(&mut reg, r.effects, now);
-                    workers.push((id, Some(s)));
-                }
-                Op::AddClient => {
-                    let fx = reg.add_client(spec(&format!("c{clients}")), now).unwrap();
-                    clients += 1;
-                    fleet.apply(&mut reg, fx, now);
-                }
-                Op::Heartbeats(dt) => {
-                    now += dt;
-                    for (_, s) in &workers {
-                        if let Some(s) = s { reg.heartbeat(*s, 0.1, now); }
-                    }
-                    let fx = reg.tick(now);
-                    fleet.apply(&mut reg, fx, now);
-                }
-                Op::Crash(i) | Op::Leave(i) | Op::Drain(i) | Op::Undrain(i) | Op::Reconnect(i) if workers.is_empty() => { let _ = i; }
-                Op::Crash(i) => {
-                    let i = i % workers.len();
-                    if let Some(s) = workers[i].1.take() {
-                        // The process died: it holds nothing from now on, but the
-                        // leader must still wait out its lease.
-                        fleet.held.remove(&s);
-                        let fx = reg.session_closed(s);
-                        fleet.apply(&mut reg, fx, now);
-                    }
-                }
-                Op::Leave(i) => {
-                    let i = i % workers.len();
-                    if let Some(s) = workers[i].1.take() {
-                        fleet.held.remove(&s);
-                        let fx = reg.worker_leaving(s, now);
-                        fleet.apply(&mut reg, fx, now);
-                    }
-                }
-                Op::Drain(i) | Op::Undrain(i) => {
-                    let drain = matches!(op, Op::Drain(_));
-                    let i = i % workers.len();
-                    let fx = reg.set_draining(&workers[i].0, drain, now).unwrap();
-                    fleet.apply(&mut reg, fx, now);
-                }
-                Op::Reconnect(i) => {
-                    let i = i % workers.len();
-                    if workers[i].1.is_none() {
-                        let s = next_session; next_session += 1;
-                        match reg.register_worker(hello(&workers[i].0, &[]), s, now) {
-                            Ok(r) => {
-                                fleet.held.insert(s, r.assignments.iter().map(|(c, e)| (c.name.clone(), *e)).collect());
-                                fleet.apply(&mut reg, r.effects, now);
-                                workers[i].1 = Some(s);
-                            }
-                            Err(e) => prop_assert!(false, "refused: {}", e.reason),
-                        }
-                    }
-                }
-            }
-            // C1: at most one session holds any client.
-            let mut holders: BTreeMap<&str, usize> = BTreeMap::new();
-            for held in fleet.held.values() {
-                for c in held.keys() { *holders.entry(c.as_str()).or_default() += 1; }
-            }
-            for (c, n) in &holders { prop_assert!(*n <= 1, "{c} held by {n} sessions"); }
-            // Owners are known, non-dead workers; epochs never go down.
-            for (client, owner) in reg.owners() {
-                if let Some(o) = owner {
-                    let w = reg.workers().find(|w| w.id == o.worker);
-                    prop_assert!(w.is_some_and(|w| w.liveness != Liveness::Dead), "{client} on dead {}", o.worker);
-                    let prev = last_epoch.insert(client.to_owned(), o.epoch).unwrap_or(0);
-                    prop_assert!(o.epoch >= prev);
-                }
-            }
+            sim.apply(op)?;
+            sim.check_ownership()?;
         }
         // Let everything settle: live workers heartbeat for a long while.
         for _ in 0..40 {
-            now += 100;
-            for (_, s) in &workers { if let Some(s) = s { reg.heartbeat(*s, 0.1, now); } }
-            let fx = reg.tick(now);
-            fleet.apply(&mut reg, fx, now);
+            sim.heartbeats(100);
         }
-        let eligible: Vec<&Worker> = reg.workers().filter(|w| w.liveness == Liveness::Alive && !w.draining).collect();
-        let mut counts: Vec<usize> = eligible.iter().map(|w| reg.owners().filter(|(_, o)| o.is_some_and(|o| o.worker == w.id)).count()).collect();
-        if !eligible.is_empty() {
-            for (client, owner) in reg.owners() {
-                let o = owner.ok_or_else(|| TestCaseError::fail(format!("{client} unassigned")))?;
-                prop_assert!(eligible.iter().any(|w| w.id == o.worker), "{client} on {}", o.worker);
-                // The worker side agrees.
-                let session = reg.workers().find(|w| w.id == o.worker).and_then(|w| w.session).unwrap();
-                prop_assert_eq!(fleet.held.get(&session).and_then(|h| h.get(client)), Some(&o.epoch));
-            }
-            counts.sort_unstable();
-            prop_assert!(counts[counts.len() - 1] - counts[0] <= 1, "unbalanced {counts:?}");
-        }
+        sim.check_settled()?;
     }
 }
 

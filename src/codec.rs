@@ -1,4 +1,5 @@
-//! The protobuf codec of every sqd gRPC service: prost's, with small initial buffers.
+//! The protobuf codec of every sqd gRPC service: prost's, with small initial buffers, and the
+//! largest message either side of a session accepts.
 //!
 //! tonic allocates an encode and a decode buffer of `buffer_size` (8 KiB by default) for each
 //! stream and keeps them for the stream's life. A leader holds one long-lived session stream
@@ -11,6 +12,9 @@ use std::marker::PhantomData;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
+/// Largest gRPC message the leader and nodes accept (hazard 27).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Initial size of a stream's encode and decode buffers.
 const BUFFER_SIZE: usize = 1024;
 /// tonic's default: how much encoded data a stream gathers before it yields.
@@ -21,7 +25,7 @@ fn settings() -> BufferSettings {
 }
 
 #[derive(Debug, Clone)]
-pub struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
+pub(crate) struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
 
 impl<T, U> Default for SmallBufferCodec<T, U> {
     fn default() -> Self {

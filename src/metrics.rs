@@ -4,6 +4,7 @@
 //! The metric handles are cheap clones of shared atomics: the code that observes an event
 //! updates them directly, and a scrape only encodes.
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,38 +14,62 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus_client::encoding::EncodeLabelSet;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::leader::core::NodeRole;
+use crate::leader::liveness::WorkerState;
+use crate::leader::reason::{AssignmentReason, Code};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClientLabel {
-    pub client: String,
+pub(crate) struct ClientLabel {
+    pub(crate) client: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RoleLabel {
-    pub role: &'static str,
+pub(crate) struct RoleLabel {
+    pub(crate) role: NodeRole,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabel {
-    pub state: &'static str,
+pub(crate) struct StateLabel {
+    pub(crate) state: WorkerState,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: AssignmentReason,
+}
+
+// Labels are spelled as everywhere else (`sqdctl`, the audit log), not as Rust names.
+impl EncodeLabelValue for WorkerState {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for NodeRole {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for AssignmentReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
+pub(crate) struct KindLabel {
+    pub(crate) kind: &'static str,
 }
 
 fn client(name: &str) -> ClientLabel {
@@ -55,93 +80,66 @@ fn client(name: &str) -> ClientLabel {
 
 /// What the leader counts.
 #[derive(Clone)]
-pub struct LeaderMetrics {
-    pub heartbeats: Counter,
-    pub sessions: Family<RoleLabel, Gauge>,
-    pub workers: Family<StateLabel, Gauge>,
-    pub clients_unassigned: Gauge,
+pub(crate) struct LeaderMetrics {
+    pub(crate) heartbeats: Counter,
+    pub(crate) sessions: Family<RoleLabel, Gauge>,
+    pub(crate) workers: Family<StateLabel, Gauge>,
+    pub(crate) clients_unassigned: Gauge,
     /// Assignment changes by reason (new, failover, drain, rebalance, backlog, unassigned).
-    pub assignments: Family<ReasonLabel, Counter>,
-    pub refused_registrations: Counter,
+    pub(crate) assignments: Family<ReasonLabel, Counter>,
+    pub(crate) refused_registrations: Counter,
     /// From a dead worker's last heartbeat to one of its clients being given to another.
-    pub failover_seconds: Histogram,
-    pub client_files: Family<ClientLabel, Gauge>,
-    pub client_bytes: Family<ClientLabel, Gauge>,
-    pub client_backlog_files: Family<ClientLabel, Gauge>,
-    pub client_backlog_bytes: Family<ClientLabel, Gauge>,
+    pub(crate) failover_seconds: Histogram,
+    pub(crate) client_files: Family<ClientLabel, Gauge>,
+    pub(crate) client_bytes: Family<ClientLabel, Gauge>,
+    pub(crate) client_backlog_files: Family<ClientLabel, Gauge>,
+    pub(crate) client_backlog_bytes: Family<ClientLabel, Gauge>,
 }
 
 impl LeaderMetrics {
-    pub fn new(registry: &mut Registry) -> Self {
-        let m = LeaderMetrics {
-            heartbeats: Counter::default(),
-            sessions: Family::default(),
-            workers: Family::default(),
-            clients_unassigned: Gauge::default(),
-            assignments: Family::default(),
-            refused_registrations: Counter::default(),
-            failover_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
-            client_files: Family::default(),
-            client_bytes: Family::default(),
-            client_backlog_files: Family::default(),
-            client_backlog_bytes: Family::default(),
-        };
-        let r = registry.sub_registry_with_prefix("sqd_leader");
-        r.register(
-            "heartbeats_received",
-            "Heartbeats received from workers and agents",
-            m.heartbeats.clone(),
-        );
-        r.register("sessions", "Open node sessions by role", m.sessions.clone());
-        r.register(
-            "workers",
-            "Known workers by state (alive, suspect, dead, draining, refused)",
-            m.workers.clone(),
-        );
-        r.register(
-            "clients_unassigned",
-            "Clients without a worker",
-            m.clients_unassigned.clone(),
-        );
-        r.register(
-            "assignment_changes",
-            "Assignment changes by reason",
-            m.assignments.clone(),
-        );
-        r.register(
-            "registrations_refused",
-            "Registrations refused (version, cluster, duplicate id)",
-            m.refused_registrations.clone(),
-        );
-        r.register(
-            "failover_seconds",
-            "Time from a dead worker's last heartbeat to its client being reassigned",
-            m.failover_seconds.clone(),
-        );
-        r.register(
-            "client_files_committed",
-            "Files committed per client, as reported by workers",
-            m.client_files.clone(),
-        );
-        r.register(
-            "client_bytes_committed",
-            "Bytes committed per client, as reported by workers",
-            m.client_bytes.clone(),
-        );
-        r.register(
-            "client_backlog_files",
-            "Files waiting at the client at its owner's last listing",
-            m.client_backlog_files.clone(),
-        );
-        r.register(
-            "client_backlog_bytes",
-            "Bytes waiting at the client at its owner's last listing",
-            m.client_backlog_bytes.clone(),
-        );
-        m
+    pub(crate) fn new(registry: &mut Registry) -> Self {
+        let mut r = Register(registry.sub_registry_with_prefix("sqd_leader"));
+        LeaderMetrics {
+            heartbeats: r.add(
+                "heartbeats_received",
+                "Heartbeats received from workers and agents",
+            ),
+            sessions: r.add("sessions", "Open node sessions by role"),
+            workers: r.add(
+                "workers",
+                "Known workers by state (alive, suspect, dead, draining, refused)",
+            ),
+            clients_unassigned: r.add("clients_unassigned", "Clients without a worker"),
+            assignments: r.add("assignment_changes", "Assignment changes by reason"),
+            refused_registrations: r.add(
+                "registrations_refused",
+                "Registrations refused (version, cluster, duplicate id)",
+            ),
+            failover_seconds: r.with(
+                "failover_seconds",
+                "Time from a dead worker's last heartbeat to its client being reassigned",
+                Histogram::new(exponential_buckets(0.25, 2.0, 10)),
+            ),
+            client_files: r.add(
+                "client_files_committed",
+                "Files committed per client, as reported by workers",
+            ),
+            client_bytes: r.add(
+                "client_bytes_committed",
+                "Bytes committed per client, as reported by workers",
+            ),
+            client_backlog_files: r.add(
+                "client_backlog_files",
+                "Files waiting at the client at its owner's last listing",
+            ),
+            client_backlog_bytes: r.add(
+                "client_backlog_bytes",
+                "Bytes waiting at the client at its owner's last listing",
+            ),
+        }
     }
 
-    pub fn set_client(&self, name: &str, files: u64, bytes: u64, backlog: (u64, u64)) {
+    pub(crate) fn set_client(&self, name: &str, files: u64, bytes: u64, backlog: (u64, u64)) {
         let label = client(name);
         self.client_files.get_or_create(&label).set(clamp(files));
         self.client_bytes.get_or_create(&label).set(clamp(bytes));
@@ -153,7 +151,7 @@ impl LeaderMetrics {
             .set(clamp(backlog.1));
     }
 
-    pub fn forget_client(&self, name: &str) {
+    pub(crate) fn forget_client(&self, name: &str) {
         let label = client(name);
         self.client_files.remove(&label);
         self.client_bytes.remove(&label);
@@ -165,113 +163,97 @@ impl LeaderMetrics {
 /// What a worker counts.
 #[derive(Clone)]
 pub struct WorkerMetrics {
-    pub files_committed: Family<ClientLabel, Counter>,
-    pub bytes_committed: Family<ClientLabel, Counter>,
-    pub backlog_files: Family<ClientLabel, Gauge>,
-    pub backlog_bytes: Family<ClientLabel, Gauge>,
+    pub(crate) files_committed: Family<ClientLabel, Counter>,
+    pub(crate) bytes_committed: Family<ClientLabel, Counter>,
+    pub(crate) backlog_files: Family<ClientLabel, Gauge>,
+    pub(crate) backlog_bytes: Family<ClientLabel, Gauge>,
     /// Pull errors by kind (connect, auth, host_key_unknown, dir_missing, store, ...).
-    pub pull_errors: Family<KindLabel, Counter>,
-    pub ssh_connects: Counter,
-    pub ssh_reconnects: Counter,
+    pub(crate) pull_errors: Family<KindLabel, Counter>,
+    pub(crate) ssh_connects: Counter,
+    pub(crate) ssh_reconnects: Counter,
     /// Duration of one group commit (stage → durable), per batch.
-    pub commit_seconds: Histogram,
-    pub store_bytes: Gauge,
-    pub clients: Gauge,
-    pub lease_valid: Gauge,
+    pub(crate) commit_seconds: Histogram,
+    pub(crate) store_bytes: Gauge,
+    pub(crate) clients: Gauge,
+    pub(crate) lease_valid: Gauge,
 }
 
 impl WorkerMetrics {
-    pub fn new(registry: &mut Registry) -> Self {
-        let m = WorkerMetrics {
-            files_committed: Family::default(),
-            bytes_committed: Family::default(),
-            backlog_files: Family::default(),
-            backlog_bytes: Family::default(),
-            pull_errors: Family::default(),
-            ssh_connects: Counter::default(),
-            ssh_reconnects: Counter::default(),
-            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            store_bytes: Gauge::default(),
-            clients: Gauge::default(),
-            lease_valid: Gauge::default(),
-        };
-        let r = registry.sub_registry_with_prefix("sqd_worker");
-        r.register(
-            "files_committed",
-            "Files committed into the store by this worker",
-            m.files_committed.clone(),
-        );
-        r.register(
-            "bytes_committed",
-            "Bytes committed into the store by this worker",
-            m.bytes_committed.clone(),
-        );
-        r.register(
-            "backlog_files",
-            "Complete files waiting at the client at the last listing",
-            m.backlog_files.clone(),
-        );
-        r.register(
-            "backlog_bytes",
-            "Bytes of complete files waiting at the client at the last listing",
-            m.backlog_bytes.clone(),
-        );
-        r.register(
-            "pull_errors",
-            "Failed connects and pull cycles by kind",
-            m.pull_errors.clone(),
-        );
-        r.register(
-            "ssh_connects",
-            "SSH sessions established",
-            m.ssh_connects.clone(),
-        );
-        r.register(
-            "ssh_reconnects",
-            "SSH sessions established again after one was lost or failed",
-            m.ssh_reconnects.clone(),
-        );
-        r.register(
-            "commit_seconds",
-            "Duration of one group commit into the store",
-            m.commit_seconds.clone(),
-        );
-        r.register(
-            "store_bytes",
-            "Bytes in the store's catalog",
-            m.store_bytes.clone(),
-        );
-        r.register("clients", "Clients being served", m.clients.clone());
-        r.register(
-            "lease_valid",
-            "1 while the worker holds a valid lease from the leader",
-            m.lease_valid.clone(),
-        );
-        m
+    pub(crate) fn new(registry: &mut Registry) -> Self {
+        let mut r = Register(registry.sub_registry_with_prefix("sqd_worker"));
+        WorkerMetrics {
+            files_committed: r.add(
+                "files_committed",
+                "Files committed into the store by this worker",
+            ),
+            bytes_committed: r.add(
+                "bytes_committed",
+                "Bytes committed into the store by this worker",
+            ),
+            backlog_files: r.add(
+                "backlog_files",
+                "Complete files waiting at the client at the last listing",
+            ),
+            backlog_bytes: r.add(
+                "backlog_bytes",
+                "Bytes of complete files waiting at the client at the last listing",
+            ),
+            pull_errors: r.add("pull_errors", "Failed connects and pull cycles by kind"),
+            ssh_connects: r.add("ssh_connects", "SSH sessions established"),
+            ssh_reconnects: r.add(
+                "ssh_reconnects",
+                "SSH sessions established again after one was lost or failed",
+            ),
+            commit_seconds: r.with(
+                "commit_seconds",
+                "Duration of one group commit into the store",
+                Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            ),
+            store_bytes: r.add("store_bytes", "Bytes in the store's catalog"),
+            clients: r.add("clients", "Clients being served"),
+            lease_valid: r.add(
+                "lease_valid",
+                "1 while the worker holds a valid lease from the leader",
+            ),
+        }
     }
 
-    pub fn committed(&self, name: &str, files: u64, bytes: u64) {
+    pub(crate) fn committed(&self, name: &str, files: u64, bytes: u64) {
         let label = client(name);
         self.files_committed.get_or_create(&label).inc_by(files);
         self.bytes_committed.get_or_create(&label).inc_by(bytes);
         self.store_bytes.inc_by(clamp(bytes));
     }
 
-    pub fn backlog(&self, name: &str, files: u64, bytes: u64) {
+    pub(crate) fn backlog(&self, name: &str, files: u64, bytes: u64) {
         let label = client(name);
         self.backlog_files.get_or_create(&label).set(clamp(files));
         self.backlog_bytes.get_or_create(&label).set(clamp(bytes));
     }
 
-    pub fn error(&self, kind: &'static str) {
+    pub(crate) fn error(&self, kind: &'static str) {
         self.pull_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
     /// The client left this worker: its gauges would only mislead.
-    pub fn forget_client(&self, name: &str) {
+    pub(crate) fn forget_client(&self, name: &str) {
         let label = client(name);
         self.backlog_files.remove(&label);
         self.backlog_bytes.remove(&label);
+    }
+}
+
+/// Registers each metric where it is created, so its name, help and type stand together.
+struct Register<'a>(&'a mut Registry);
+
+impl Register<'_> {
+    fn add<M: Metric + Clone + Default>(&mut self, name: &str, help: &str) -> M {
+        self.with(name, help, M::default())
+    }
+
+    fn with<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
     }
 }
 
@@ -280,7 +262,7 @@ fn clamp(v: u64) -> i64 {
 }
 
 /// Tells `/readyz` whether this process should receive work; `Err` carries the reason.
-pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub(crate) type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 #[derive(Clone)]
 struct Endpoint {
@@ -299,7 +281,7 @@ pub struct MetricsError {
 
 /// Binds the metrics address now (so a taken port fails the start) and returns the server
 /// future, which runs until `shutdown` completes.
-pub async fn bind(
+pub(crate) async fn bind(
     addr: SocketAddr,
     registry: Registry,
     ready: Readiness,
@@ -366,8 +348,22 @@ mod tests {
         leader.heartbeats.inc();
         leader
             .assignments
-            .get_or_create(&ReasonLabel { reason: "failover" })
+            .get_or_create(&ReasonLabel {
+                reason: AssignmentReason::Failover,
+            })
             .inc();
+        leader
+            .workers
+            .get_or_create(&StateLabel {
+                state: WorkerState::Draining,
+            })
+            .set(2);
+        leader
+            .sessions
+            .get_or_create(&RoleLabel {
+                role: NodeRole::Agent,
+            })
+            .set(4);
         leader.set_client("c1", 3, 300, (1, 10));
         worker.committed("c1", 2, 200);
         worker.error("auth");
@@ -376,6 +372,8 @@ mod tests {
         for line in [
             "sqd_leader_heartbeats_received_total 1",
             "sqd_leader_assignment_changes_total{reason=\"failover\"} 1",
+            "sqd_leader_workers{state=\"draining\"} 2",
+            "sqd_leader_sessions{role=\"agent\"} 4",
             "sqd_leader_client_files_committed{client=\"c1\"} 3",
             "sqd_worker_files_committed_total{client=\"c1\"} 2",
             "sqd_worker_bytes_committed_total{client=\"c1\"} 200",

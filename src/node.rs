@@ -14,23 +14,25 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tracing::{debug, info, warn};
 
+use crate::codec::MAX_MESSAGE_BYTES;
 use crate::proto::leader_message::Body;
 use crate::proto::node_service_client::NodeServiceClient;
 use crate::proto::{self, NodeMessage, node_message};
 
 /// Messages this node sends on the current session.
-pub type NodeOutbox = mpsc::Sender<NodeMessage>;
+pub(crate) type NodeOutbox = mpsc::Sender<NodeMessage>;
 
 #[derive(Debug, Clone)]
-pub struct Identity {
-    pub role: proto::NodeRole,
-    pub id: String,
-    pub version: String,
-    pub addr: String,
-    pub cluster: String,
-    pub capacity: u32,
+pub(crate) struct Identity {
+    pub(crate) role: proto::NodeRole,
+    pub(crate) id: String,
+    pub(crate) version: String,
+    pub(crate) addr: String,
+    pub(crate) cluster: String,
+    pub(crate) capacity: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +44,7 @@ pub enum NodeError {
 }
 
 /// What the role does with the session.
-pub trait Handler {
+pub(crate) trait Handler {
     /// Assignments still held, reported in `Register` so the leader can reconcile.
     fn held(&self) -> Vec<proto::Assignment>;
     /// The load index sent with every heartbeat.
@@ -81,44 +83,44 @@ impl Default for Lease {
 
 impl Lease {
     /// Extends the lease to `sent_at + lease`; never shortens it.
-    pub fn renew(&self, sent_at: Instant, lease: Duration) {
+    pub(crate) fn renew(&self, sent_at: Instant, lease: Duration) {
         let until = (sent_at + lease)
             .saturating_duration_since(self.base)
             .as_nanos();
         let until = u64::try_from(until).unwrap_or(u64::MAX).max(1);
         self.valid_until.fetch_max(until, Ordering::AcqRel);
     }
-    pub fn is_valid(&self, now: Instant) -> bool {
+    pub(crate) fn is_valid(&self, now: Instant) -> bool {
         let until = self.valid_until.load(Ordering::Acquire);
         let now =
             u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
         until != 0 && now < until
     }
     /// Whether the lease is valid right now.
-    pub fn valid_now(&self) -> bool {
+    pub(crate) fn valid_now(&self) -> bool {
         self.is_valid(Instant::now())
     }
 }
 
 /// Capped exponential backoff with jitter.
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     max: Duration,
     base: Duration,
 }
 
 impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
+    pub(crate) fn new(base: Duration, max: Duration) -> Self {
         Backoff {
             next: base,
             max,
             base,
         }
     }
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.base;
     }
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         // Up to 25% jitter so a fleet does not reconnect in lockstep after a leader restart.
@@ -138,7 +140,7 @@ enum End {
 
 /// Holds a session with the leader until `shutdown`; returns an error only when the leader
 /// refused this node for good (version, cluster).
-pub async fn run<H: Handler>(
+pub(crate) async fn run<H: Handler>(
     ident: &Identity,
     leader: &str,
     handler: &mut H,
@@ -187,16 +189,85 @@ async fn session<H: Handler>(
     lease: &Lease,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<End, NodeError> {
-    let lost = |was_registered| Ok(End::Lost { was_registered });
+    let Some(accepted) = register(ident, endpoint, handler, lease).await? else {
+        return Ok(End::Lost {
+            was_registered: false,
+        });
+    };
+    handler.session_started();
+    serve(accepted, handler, lease, shutdown).await
+}
+
+/// A session the leader accepted.
+struct Accepted {
+    out: NodeOutbox,
+    inbound: Streaming<proto::LeaderMessage>,
+    lease: Duration,
+    heartbeat: Duration,
+}
+
+/// Opens a session and registers; `None` when it is worth trying again later, an error when
+/// the leader refused this node for good.
+async fn register<H: Handler>(
+    ident: &Identity,
+    endpoint: &tonic::transport::Endpoint,
+    handler: &H,
+    lease: &Lease,
+) -> Result<Option<Accepted>, NodeError> {
+    let Some((out, mut inbound, register_sent)) = open(ident, endpoint, handler).await else {
+        return Ok(None);
+    };
+    let registered = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
+        Ok(Some(Ok(proto::LeaderMessage {
+            body: Some(Body::Registered(r)),
+        }))) => r,
+        Ok(Some(Err(e))) => {
+            warn!(error = %e.message(), "session failed before registration; retrying");
+            return Ok(None);
+        }
+        _ => return Ok(None),
+    };
+    if !registered.accepted {
+        if registered.retryable {
+            warn!(reason = %registered.reason, "leader refused registration; will retry");
+            return Ok(None);
+        }
+        let role = match ident.role {
+            proto::NodeRole::Agent => "agent",
+            _ => "worker",
+        };
+        return Err(NodeError::Refused {
+            role,
+            reason: registered.reason,
+        });
+    }
+    let lease_len = Duration::from_millis(u64::from(registered.lease_ms.max(1)));
+    lease.renew(register_sent, lease_len);
+    info!(leader = %endpoint.uri(), cluster = %registered.cluster, leader_version = %registered.leader_version,
+          heartbeat_ms = registered.heartbeat_ms, lease_ms = registered.lease_ms, "registered with the leader");
+    Ok(Some(Accepted {
+        out,
+        inbound,
+        lease: lease_len,
+        heartbeat: Duration::from_millis(u64::from(registered.heartbeat_ms.max(10))),
+    }))
+}
+
+/// Connects and sends `Register`: the outbox, the leader's stream and when `Register` was
+/// sent (the first lease runs from then). `None` when the leader cannot be reached.
+async fn open<H: Handler>(
+    ident: &Identity,
+    endpoint: &tonic::transport::Endpoint,
+    handler: &H,
+) -> Option<(NodeOutbox, Streaming<proto::LeaderMessage>, Instant)> {
     let channel = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => {
             debug!(leader = %endpoint.uri(), error = %e, "cannot reach the leader; retrying");
-            return lost(false);
+            return None;
         }
     };
-    let mut client =
-        NodeServiceClient::new(channel).max_decoding_message_size(crate::leader::MAX_MESSAGE_BYTES);
+    let mut client = NodeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let (out, rx) = mpsc::channel::<NodeMessage>(1024);
     let register_sent = Instant::now();
     let register = proto::Register {
@@ -208,101 +279,122 @@ async fn session<H: Handler>(
         capacity: ident.capacity,
         held: handler.held(),
     };
-    if out
-        .send(body(node_message::Body::Register(register)))
+    out.send(body(node_message::Body::Register(register)))
         .await
-        .is_err()
-    {
-        return lost(false);
-    }
-    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
+        .ok()?;
+    match client.session(ReceiverStream::new(rx)).await {
+        Ok(r) => Some((out, r.into_inner(), register_sent)),
         Err(e) => {
             warn!(error = %e.message(), "leader rejected the session; retrying");
-            return lost(false);
+            None
         }
-    };
-    let registered = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
-        Ok(Some(Ok(proto::LeaderMessage {
-            body: Some(Body::Registered(r)),
-        }))) => r,
-        Ok(Some(Err(e))) => {
-            warn!(error = %e.message(), "session failed before registration; retrying");
-            return lost(false);
-        }
-        _ => return lost(false),
-    };
-    let role = match ident.role {
-        proto::NodeRole::Agent => "agent",
-        _ => "worker",
-    };
-    if !registered.accepted {
-        if registered.retryable {
-            warn!(reason = %registered.reason, "leader refused registration; will retry");
-            return lost(false);
-        }
-        return Err(NodeError::Refused {
-            role,
-            reason: registered.reason,
-        });
     }
-    let lease_len = Duration::from_millis(u64::from(registered.lease_ms.max(1)));
-    let heartbeat = Duration::from_millis(u64::from(registered.heartbeat_ms.max(10)));
-    lease.renew(register_sent, lease_len);
-    info!(leader = %endpoint.uri(), cluster = %registered.cluster, leader_version = %registered.leader_version,
-          heartbeat_ms = registered.heartbeat_ms, lease_ms = registered.lease_ms, "registered with the leader");
-    handler.session_started();
+}
 
-    let mut seq = 0u64;
-    let mut sent: VecDeque<(u64, Instant)> = VecDeque::new();
+/// Heartbeats in flight: an ack renews the lease from when its heartbeat was sent (C3).
+#[derive(Default)]
+struct InFlight {
+    seq: u64,
+    sent: VecDeque<(u64, Instant)>,
+}
+
+impl InFlight {
+    /// The sequence number of a heartbeat sent now.
+    fn send(&mut self) -> u64 {
+        self.seq += 1;
+        self.sent.push_back((self.seq, Instant::now()));
+        if self.sent.len() > 64 {
+            self.sent.pop_front();
+        }
+        self.seq
+    }
+
+    /// When the heartbeat `seq` was sent, if it is still in flight; older ones are dropped.
+    fn acked(&mut self, seq: u64) -> Option<Instant> {
+        while let Some(&(s, at)) = self.sent.front() {
+            if s > seq {
+                break;
+            }
+            self.sent.pop_front();
+            if s == seq {
+                return Some(at);
+            }
+        }
+        None
+    }
+}
+
+/// Heartbeats, renews the lease from acks and passes the leader's messages to the handler
+/// until the session breaks or this node shuts down.
+async fn serve<H: Handler>(
+    accepted: Accepted,
+    handler: &mut H,
+    lease: &Lease,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<End, NodeError> {
+    let Accepted {
+        out,
+        mut inbound,
+        lease: lease_len,
+        heartbeat,
+    } = accepted;
+    let lost = Ok(End::Lost {
+        was_registered: true,
+    });
+    let mut in_flight = InFlight::default();
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             _ = beat.tick() => {
-                seq += 1;
-                sent.push_back((seq, Instant::now()));
-                if sent.len() > 64 {
-                    sent.pop_front();
-                }
+                let seq = in_flight.send();
                 let hb = proto::Heartbeat { seq, load: handler.load(), clients: handler.progress() };
                 if out.send(body(node_message::Body::Heartbeat(hb))).await.is_err() {
-                    return lost(true);
+                    return lost;
                 }
             }
             _ = check.tick() => handler.lease(lease.is_valid(Instant::now()), Some(&out)),
             msg = inbound.next() => match msg {
                 Some(Ok(proto::LeaderMessage { body: Some(Body::HeartbeatAck(ack)) })) => {
-                    while let Some(&(s, at)) = sent.front() {
-                        if s > ack.seq { break; }
-                        sent.pop_front();
-                        if s == ack.seq { lease.renew(at, lease_len); }
+                    if let Some(at) = in_flight.acked(ack.seq) {
+                        lease.renew(at, lease_len);
                     }
                 }
                 Some(Ok(proto::LeaderMessage { body: Some(b) })) => handler.message(b, &out),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     warn!(error = %e.message(), "lost the session with the leader; reconnecting");
-                    return lost(true);
+                    return lost;
                 }
                 None => {
                     warn!("the leader closed the session; reconnecting");
-                    return lost(true);
+                    return lost;
                 }
             },
             _ = shutdown.changed() => {
-                handler.shutdown().await;
-                let _ = out.send(body(node_message::Body::Leaving(proto::Leaving {}))).await;
-                drop(out);
-                // Give the leader a moment to read `Leaving` before the stream closes.
-                let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                    while inbound.next().await.is_some() {}
-                }).await;
+                leave(handler, out, inbound).await;
                 return Ok(End::Shutdown);
             }
         }
     }
+}
+
+/// Stops all work, says `Leaving` and gives the leader a moment to read it.
+async fn leave<H: Handler>(
+    handler: &mut H,
+    out: NodeOutbox,
+    mut inbound: Streaming<proto::LeaderMessage>,
+) {
+    handler.shutdown().await;
+    let _ = out
+        .send(body(node_message::Body::Leaving(proto::Leaving {})))
+        .await;
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while inbound.next().await.is_some() {}
+    })
+    .await;
 }
 
 fn body(b: node_message::Body) -> NodeMessage {
@@ -324,6 +416,18 @@ mod tests {
         // A late ack for an older heartbeat does not shorten the lease.
         lease.renew(t0 - Duration::from_millis(50), Duration::from_millis(100));
         assert!(lease.is_valid(t0 + Duration::from_millis(99)));
+    }
+
+    #[test]
+    fn an_ack_finds_its_heartbeat_and_drops_older_ones() {
+        let mut in_flight = InFlight::default();
+        let first = in_flight.send();
+        let second = in_flight.send();
+        let third = in_flight.send();
+        assert!(in_flight.acked(second).is_some());
+        assert_eq!(in_flight.acked(first), None, "older than an ack: gone");
+        assert!(in_flight.acked(third).is_some());
+        assert_eq!(in_flight.acked(third), None, "acked once");
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! What a client is (name, SSH target, directory, pattern) and the rules its fields obey,
-//! shared by `sqdctl` (early, friendly errors) and the leader (authoritative check).
-
-use crate::proto;
+//! shared by `sqdctl` (early, friendly errors) and the leader (authoritative check). Its
+//! protobuf form converts in `services::convert`.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSpec {
@@ -37,25 +36,50 @@ pub struct SshTarget {
     pub port: u16,
 }
 
-pub const MAX_NAME_LEN: usize = 128;
+pub(crate) const MAX_NAME_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what} {name:?} is not a valid name: use 1-{MAX_NAME_LEN} letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+)]
+pub(crate) struct BadName {
+    what: &'static str,
+    name: String,
+}
 
 /// Checks a client or worker name: 1–128 of `[A-Za-z0-9_.-]`, not starting with `.` or `-`.
-pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), BadName> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     if name.is_empty() || name.len() > MAX_NAME_LEN || !ok_chars || name.starts_with(['.', '-']) {
-        return Err(format!(
-            "{what} {name:?} is not a valid name: use 1-{MAX_NAME_LEN} letters, digits, '_', '.' or '-', not starting with '.' or '-'"
-        ));
+        return Err(BadName {
+            what,
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ssh target {target:?} {why}; expected USER@HOST[:PORT], e.g. stats@10.0.0.5:22")]
+pub struct BadSshTarget {
+    target: String,
+    why: &'static str,
+}
+
+// `worker::pull` still gathers its SSH setup errors as text.
+impl From<BadSshTarget> for String {
+    fn from(e: BadSshTarget) -> String {
+        e.to_string()
+    }
+}
+
 impl SshTarget {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| {
-            format!("ssh target {s:?} {why}; expected USER@HOST[:PORT], e.g. stats@10.0.0.5:22")
+    pub fn parse(s: &str) -> Result<Self, BadSshTarget> {
+        let bad = |why: &'static str| BadSshTarget {
+            target: s.to_owned(),
+            why,
         };
         let (user, rest) = s.split_once('@').ok_or_else(|| bad("has no user"))?;
         if user.is_empty() || user.contains(|c: char| c.is_whitespace() || c == '@') {
@@ -99,10 +123,10 @@ impl ClientSpec {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if let Err(e) = check_name("client name", &self.name) {
-            problems.push(e);
+            problems.push(e.to_string());
         }
         if let Err(e) = SshTarget::parse(&self.ssh) {
-            problems.push(e);
+            problems.push(e.to_string());
         }
         if !self.path.starts_with('/') {
             problems.push(format!(
@@ -130,32 +154,6 @@ impl ClientSpec {
             }
         }
         problems
-    }
-}
-
-impl From<proto::ClientSpec> for ClientSpec {
-    fn from(p: proto::ClientSpec) -> Self {
-        ClientSpec {
-            name: p.name,
-            ssh: p.ssh,
-            path: p.path,
-            key_file: p.key_file,
-            known_hosts: p.known_hosts,
-            pattern: p.pattern,
-        }
-    }
-}
-
-impl From<ClientSpec> for proto::ClientSpec {
-    fn from(s: ClientSpec) -> Self {
-        proto::ClientSpec {
-            name: s.name,
-            ssh: s.ssh,
-            path: s.path,
-            key_file: s.key_file,
-            known_hosts: s.known_hosts,
-            pattern: s.pattern,
-        }
     }
 }
 
@@ -188,6 +186,18 @@ mod tests {
         ] {
             assert!(SshTarget::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong_and_what_is_expected() {
+        assert_eq!(
+            SshTarget::parse("h").unwrap_err().to_string(),
+            "ssh target \"h\" has no user; expected USER@HOST[:PORT], e.g. stats@10.0.0.5:22"
+        );
+        assert_eq!(
+            check_name("client name", "-x").unwrap_err().to_string(),
+            "client name \"-x\" is not a valid name: use 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+        );
     }
 
     #[test]

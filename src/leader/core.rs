@@ -5,6 +5,8 @@
 //! One thread keeps ordering trivial (a tick never interleaves with a registration) and lets
 //! SQLite be used synchronously. A persistence failure stops the core: memory may then be ahead
 //! of disk, but nothing depending on it has left the process, so a restart is safe (fail-stop).
+//!
+//! Commands and replies carry domain types; `services` converts them from and to protobuf.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -13,23 +15,108 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use super::audit::{self, AuditEntry};
+use super::liveness::{Liveness, Millis};
+use super::reason::{AssignmentReason, AuditKind, Code};
 use super::registry::{
-    Agent, Client, ClientSpec, Effects, Event, Liveness, Millis, Outbound, Progress, Registry,
-    RegistryError, SessionId, Worker, WorkerHello,
+    ClientSpec, Effects, Event, Order, Outbound, Progress, Refusal, Registry, RegistryError,
+    SessionId, WorkerHello,
 };
-use super::state::{AuditEntry, State, StateError};
-use crate::metrics::{LeaderMetrics, ReasonLabel, RoleLabel, StateLabel};
-use crate::proto::{self, LeaderMessage, leader_message::Body};
+use super::state::{State, StateError};
+use super::status::{self, Explanation, LeaderInfo, StatusView};
+use crate::metrics::{LeaderMetrics, ReasonLabel};
 
 /// Where a session's outbound messages go; dropping it ends the session's response stream.
 /// Boxed: an unbounded channel allocates 32 slots at once, and a leader holds one channel per
 /// node (11,000 x 32 x 152 bytes unboxed).
-pub type Outbox = mpsc::UnboundedSender<Box<LeaderMessage>>;
+pub(crate) type Outbox = mpsc::UnboundedSender<Box<ToNode>>;
 
-pub enum Command {
+/// A message from the leader to one node.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ToNode {
+    /// The answer to `Register`.
+    Registered {
+        leader_version: String,
+        cluster: String,
+        outcome: Result<SessionTerms, Refusal>,
+    },
+    /// Everything an accepted worker owns, right after `Registered`.
+    AssignmentSet(Vec<(ClientSpec, u64)>),
+    Order(Order),
+    HeartbeatAck {
+        seq: u64,
+    },
+    /// An agent saw new files of `client`.
+    Wake {
+        client: String,
+        epoch: u64,
+    },
+}
+
+/// The timing an accepted node must keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionTerms {
+    pub(crate) heartbeat_ms: u64,
+    pub(crate) lease_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum NodeRole {
+    Worker,
+    Agent,
+}
+
+impl NodeRole {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Worker => "worker",
+            NodeRole::Agent => "agent",
+        }
+    }
+}
+
+/// What a node says when it opens a session.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeHello {
+    /// `None`: the node named no role it could have.
+    pub(crate) role: Option<NodeRole>,
+    pub(crate) id: String,
+    pub(crate) version: String,
+    /// Its address as it reports it; empty: use the peer address.
+    pub(crate) addr: String,
+    /// Empty: any cluster.
+    pub(crate) cluster: String,
+    pub(crate) capacity: u32,
+    /// (client, epoch) a worker still holds from an earlier session.
+    pub(crate) held: Vec<(String, u64)>,
+}
+
+/// Where an added client went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Assigned {
+    pub(crate) worker: Option<String>,
+    pub(crate) epoch: u64,
+}
+
+/// What draining a worker does to its clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Drained {
+    /// Clients that move to other workers by handoff.
+    pub(crate) moved: Vec<String>,
+    /// Clients that become unassigned: no other worker can take them.
+    pub(crate) unassigned: Vec<String>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, CoreError>>;
+
+/// An accepted registration: a worker's complete assignment set, and the effects to carry
+/// out after `Registered` went out.
+type Admitted = Result<(Option<Vec<(ClientSpec, u64)>>, Effects), Refusal>;
+
+pub(crate) enum Command {
     Register {
         session: SessionId,
-        register: proto::Register,
+        hello: NodeHello,
         peer: String,
         outbox: Outbox,
     },
@@ -37,7 +124,7 @@ pub enum Command {
         session: SessionId,
         seq: u64,
         load: f64,
-        progress: Vec<proto::ClientProgress>,
+        progress: Vec<(String, Progress)>,
     },
     Released {
         session: SessionId,
@@ -56,29 +143,29 @@ pub enum Command {
     },
     AddClient {
         spec: ClientSpec,
-        reply: oneshot::Sender<Result<proto::AddClientResponse, CoreError>>,
+        reply: Reply<Assigned>,
     },
     RemoveClient {
         name: String,
-        reply: oneshot::Sender<Result<(), CoreError>>,
+        reply: Reply<()>,
     },
     Drain {
         id: String,
         drain: bool,
-        reply: oneshot::Sender<Result<proto::DrainWorkerResponse, CoreError>>,
+        reply: Reply<Drained>,
     },
     Status {
-        reply: oneshot::Sender<proto::StatusResponse>,
+        reply: oneshot::Sender<StatusView>,
     },
     Explain {
         client: String,
         limit: usize,
-        reply: oneshot::Sender<Result<proto::ExplainResponse, CoreError>>,
+        reply: Reply<Explanation>,
     },
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CoreError {
+pub(crate) enum CoreError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("{}", .0.join("; "))]
@@ -94,17 +181,17 @@ pub enum CoreError {
 
 /// A cheap, cloneable way to talk to the core from async code.
 #[derive(Clone)]
-pub struct CoreHandle {
+pub(crate) struct CoreHandle {
     tx: Sender<Command>,
 }
 
 impl CoreHandle {
-    pub fn send(&self, cmd: Command) -> Result<(), CoreError> {
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), CoreError> {
         self.tx.send(cmd).map_err(|_| CoreError::Stopped)
     }
 
     /// Sends a command built around a reply channel and waits for the answer.
-    pub async fn ask<T>(
+    pub(crate) async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, CoreError> {
@@ -112,12 +199,6 @@ impl CoreHandle {
         self.send(make(tx))?;
         rx.await.map_err(|_| CoreError::Stopped)
     }
-}
-
-pub struct LeaderInfo {
-    pub addr: String,
-    pub cluster: String,
-    pub version: String,
 }
 
 struct Core {
@@ -134,7 +215,7 @@ const GAUGE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Starts the core thread. It ends when every handle is dropped, or with an error when the
 /// state could not be persisted.
-pub fn spawn(
+pub(crate) fn spawn(
     registry: Registry,
     state: State,
     info: LeaderInfo,
@@ -180,7 +261,7 @@ impl Core {
                 next_tick = Instant::now() + period;
             }
             if Instant::now() >= next_gauges {
-                self.refresh_gauges();
+                status::refresh_gauges(&self.registry, &self.metrics);
                 next_gauges = Instant::now() + GAUGE_PERIOD;
             }
         }
@@ -191,10 +272,10 @@ impl Core {
         match cmd {
             Command::Register {
                 session,
-                register,
+                hello,
                 peer,
                 outbox,
-            } => self.register(session, register, peer, outbox, now)?,
+            } => self.register(session, hello, peer, outbox, now)?,
             Command::Heartbeat {
                 session,
                 seq,
@@ -202,12 +283,11 @@ impl Core {
                 progress,
             } => {
                 self.metrics.heartbeats.inc();
-                let progress = progress.into_iter().map(progress_from_proto).collect();
                 if self
                     .registry
                     .heartbeat_with_progress(session, load, progress, now)
                 {
-                    self.send(session, Body::HeartbeatAck(proto::HeartbeatAck { seq }));
+                    self.send(session, ToNode::HeartbeatAck { seq });
                 }
             }
             Command::Released {
@@ -221,7 +301,7 @@ impl Core {
             }
             Command::FilesReady { session } => {
                 if let Some((to, client, epoch)) = self.registry.wake_target(session) {
-                    self.send(to, Body::Wake(proto::Wake { client, epoch }));
+                    self.send(to, ToNode::Wake { client, epoch });
                 }
             }
             Command::Leaving { session } => {
@@ -238,7 +318,7 @@ impl Core {
             Command::RemoveClient { name, reply } => answer(reply, self.remove_client(&name))?,
             Command::Drain { id, drain, reply } => answer(reply, self.drain(&id, drain, now))?,
             Command::Status { reply } => {
-                let _ = reply.send(self.status(now));
+                let _ = reply.send(status::status(&self.registry, &self.info, now));
             }
             Command::Explain {
                 client,
@@ -251,124 +331,118 @@ impl Core {
         Ok(())
     }
 
+    /// Answers a node's `Register`: refused for another cluster or without a role, otherwise
+    /// handed to the registry as a worker or an agent.
     fn register(
         &mut self,
         session: SessionId,
-        reg: proto::Register,
+        mut hello: NodeHello,
         peer: String,
         outbox: Outbox,
         now: Millis,
     ) -> Result<(), StateError> {
-        let role = proto::NodeRole::try_from(reg.role).unwrap_or(proto::NodeRole::Unspecified);
-        let refuse = |reason: String, retryable: bool| {
-            self.metrics.refused_registrations.inc();
-            let _ = outbox.send(Box::new(message(Body::Registered(proto::Registered {
-                accepted: false,
-                reason,
-                retryable,
-                leader_version: self.info.version.clone(),
-                cluster: self.info.cluster.clone(),
-                heartbeat_ms: 0,
-                lease_ms: 0,
-            }))));
-        };
-        if !reg.cluster.is_empty() && reg.cluster != self.info.cluster {
+        if !hello.cluster.is_empty() && hello.cluster != self.info.cluster {
             let reason = format!(
                 "this leader serves cluster {:?}, not {:?}; fix --cluster on the node or point it at the right leader",
-                self.info.cluster, reg.cluster
+                self.info.cluster, hello.cluster
             );
-            warn!(node = %reg.id, reason = %reason, "registration refused");
-            refuse(reason, false);
+            warn!(node = %hello.id, reason = %reason, "registration refused");
+            self.refuse(&outbox, reason, false);
             return Ok(());
         }
-        let addr = if reg.addr.is_empty() {
-            peer
-        } else {
-            reg.addr.clone()
+        if hello.addr.is_empty() {
+            hello.addr = peer;
+        }
+        let admitted = match hello.role {
+            Some(NodeRole::Worker) => self.admit_worker(session, &hello, now)?,
+            Some(NodeRole::Agent) => self.admit_agent(session, &hello, now),
+            None => Err(Refusal {
+                reason: "registration without a role (worker or agent)".to_owned(),
+                retryable: false,
+            }),
         };
-        let accepted = proto::Registered {
-            accepted: true,
-            reason: String::new(),
-            retryable: false,
-            leader_version: self.info.version.clone(),
-            cluster: self.info.cluster.clone(),
-            heartbeat_ms: self.registry.timing().heartbeat_ms as u32,
-            lease_ms: self.registry.timing().lease_ms as u32,
-        };
-        match role {
-            proto::NodeRole::Worker => {
-                let held: Vec<(String, u64)> = reg
-                    .held
-                    .iter()
-                    .map(|a| (a.client.clone(), a.epoch))
-                    .collect();
-                let hello = WorkerHello {
-                    id: &reg.id,
-                    addr: &addr,
-                    version: &reg.version,
-                    capacity: reg.capacity.max(1),
-                    held: &held,
-                };
-                match self.registry.register_worker(hello, session, now) {
-                    Ok(registration) => {
-                        // Persist first: the set and any new assignments depend on it.
-                        self.state.apply(&registration.effects.durable)?;
-                        info!(worker = %reg.id, addr = %addr, version = %reg.version, held = held.len(), clients = registration.assignments.len(), "worker registered");
-                        let _ = outbox.send(Box::new(message(Body::Registered(accepted))));
-                        let set = proto::AssignmentSet {
-                            assignments: registration
-                                .assignments
-                                .into_iter()
-                                .map(|(spec, epoch)| proto::Assign {
-                                    client: Some(spec.into()),
-                                    epoch,
-                                })
-                                .collect(),
-                        };
-                        let _ = outbox.send(Box::new(message(Body::AssignmentSet(set))));
-                        self.sessions.insert(session, outbox);
-                        let mut fx = registration.effects;
-                        fx.durable.clear();
-                        self.carry_out(fx)?;
-                    }
-                    Err(refusal) => {
-                        warn!(worker = %reg.id, version = %reg.version, reason = %refusal.reason, "registration refused");
-                        refuse(refusal.reason, refusal.retryable);
-                    }
+        match admitted {
+            Ok((assignments, fx)) => {
+                let _ = outbox.send(Box::new(self.accepted()));
+                if let Some(set) = assignments {
+                    let _ = outbox.send(Box::new(ToNode::AssignmentSet(set)));
                 }
+                self.sessions.insert(session, outbox);
+                self.carry_out(fx)
             }
-            proto::NodeRole::Agent => {
-                match self
-                    .registry
-                    .register_agent(&reg.id, &reg.version, session, now)
-                {
-                    Ok(fx) => {
-                        info!(client = %reg.id, addr = %addr, "agent registered");
-                        let _ = outbox.send(Box::new(message(Body::Registered(accepted))));
-                        self.sessions.insert(session, outbox);
-                        self.carry_out(fx)?;
-                    }
-                    Err(refusal) => {
-                        warn!(client = %reg.id, reason = %refusal.reason, "agent registration refused");
-                        refuse(refusal.reason, refusal.retryable);
-                    }
-                }
-            }
-            proto::NodeRole::Unspecified => {
-                refuse(
-                    "registration without a role (worker or agent)".into(),
-                    false,
-                );
+            Err(refusal) => {
+                self.refuse(&outbox, refusal.reason, refusal.retryable);
+                Ok(())
             }
         }
-        Ok(())
     }
 
-    fn add_client(
+    /// Registers a worker; what it owns and the effects left to carry out once it is told
+    /// it was accepted (the durable part is persisted here, before anything is sent).
+    fn admit_worker(
         &mut self,
-        spec: ClientSpec,
+        session: SessionId,
+        hello: &NodeHello,
         now: Millis,
-    ) -> Result<proto::AddClientResponse, CoreError> {
+    ) -> Result<Admitted, StateError> {
+        let worker = WorkerHello {
+            id: &hello.id,
+            addr: &hello.addr,
+            version: &hello.version,
+            capacity: hello.capacity.max(1),
+            held: &hello.held,
+        };
+        let registration = match self.registry.register_worker(worker, session, now) {
+            Ok(registration) => registration,
+            Err(refusal) => {
+                warn!(worker = %hello.id, version = %hello.version, reason = %refusal.reason, "registration refused");
+                return Ok(Err(refusal));
+            }
+        };
+        // Persist first: the set and any new assignments depend on it.
+        let mut fx = registration.effects;
+        self.state.apply(&fx.durable)?;
+        fx.durable.clear();
+        info!(worker = %hello.id, addr = %hello.addr, version = %hello.version, held = hello.held.len(),
+              clients = registration.assignments.len(), "worker registered");
+        Ok(Ok((Some(registration.assignments), fx)))
+    }
+
+    fn admit_agent(&mut self, session: SessionId, hello: &NodeHello, now: Millis) -> Admitted {
+        let admitted = self
+            .registry
+            .register_agent(&hello.id, &hello.version, session, now);
+        match &admitted {
+            Ok(_) => info!(client = %hello.id, addr = %hello.addr, "agent registered"),
+            Err(refusal) => {
+                warn!(client = %hello.id, reason = %refusal.reason, "agent registration refused")
+            }
+        }
+        admitted.map(|fx| (None, fx))
+    }
+
+    fn accepted(&self) -> ToNode {
+        let timing = self.registry.timing();
+        ToNode::Registered {
+            leader_version: self.info.version.clone(),
+            cluster: self.info.cluster.clone(),
+            outcome: Ok(SessionTerms {
+                heartbeat_ms: timing.heartbeat_ms,
+                lease_ms: timing.lease_ms,
+            }),
+        }
+    }
+
+    fn refuse(&self, outbox: &Outbox, reason: String, retryable: bool) {
+        self.metrics.refused_registrations.inc();
+        let _ = outbox.send(Box::new(ToNode::Registered {
+            leader_version: self.info.version.clone(),
+            cluster: self.info.cluster.clone(),
+            outcome: Err(Refusal { reason, retryable }),
+        }));
+    }
+
+    fn add_client(&mut self, spec: ClientSpec, now: Millis) -> Result<Assigned, CoreError> {
         let problems = spec.problems();
         if !problems.is_empty() {
             return Err(CoreError::Invalid(problems));
@@ -376,13 +450,12 @@ impl Core {
         self.registry.check_new_client(&spec.name)?;
         self.state.insert_client(&spec)?;
         let name = spec.name.clone();
-        let added = self.audit_entry(
+        let added = AuditEntry::now(
             &name,
-            "added",
-            None,
-            None,
+            AuditKind::Added,
+            (None, None),
             0,
-            "admin",
+            AssignmentReason::Admin,
             format!(
                 "added by sqdctl add-client (ssh {}, path {})",
                 spec.ssh, spec.path
@@ -395,28 +468,25 @@ impl Core {
             .client(&name)
             .ok_or_else(|| RegistryError::UnknownClient(name.clone()))?;
         info!(client = %name, worker = client.worker.as_deref().unwrap_or("-"), epoch = client.epoch, "client added");
-        Ok(proto::AddClientResponse {
-            worker: client.worker.clone().unwrap_or_default(),
+        Ok(Assigned {
+            worker: client.worker.clone(),
             epoch: client.epoch,
         })
     }
 
     fn remove_client(&mut self, name: &str) -> Result<(), CoreError> {
-        if self.registry.client(name).is_none() {
+        let Some(client) = self.registry.client(name) else {
             return Err(RegistryError::UnknownClient(name.to_owned()).into());
-        }
-        self.state.delete_client(name)?;
-        let epoch = self.registry.client(name).map_or(0, |c| c.epoch);
-        let from = self.registry.client(name).and_then(|c| c.worker.clone());
-        let removed = self.audit_entry(
+        };
+        let removed = AuditEntry::now(
             name,
-            "removed",
-            from,
-            None,
-            epoch,
-            "admin",
+            AuditKind::Removed,
+            (client.worker.clone(), None),
+            client.epoch,
+            AssignmentReason::Admin,
             "removed by sqdctl remove-client; its files stay in the stores".to_owned(),
         );
+        self.state.delete_client(name)?;
         let fx = self.registry.remove_client(name)?;
         self.metrics.forget_client(name);
         self.carry_out_with(fx, vec![removed])?;
@@ -424,12 +494,7 @@ impl Core {
         Ok(())
     }
 
-    fn drain(
-        &mut self,
-        id: &str,
-        drain: bool,
-        now: Millis,
-    ) -> Result<proto::DrainWorkerResponse, CoreError> {
+    fn drain(&mut self, id: &str, drain: bool, now: Millis) -> Result<Drained, CoreError> {
         let on_worker: Vec<String> = self
             .registry
             .clients()
@@ -440,17 +505,31 @@ impl Core {
         self.carry_out(fx)?;
         info!(worker = %id, draining = drain, "drain flag set");
         if !drain {
-            return Ok(proto::DrainWorkerResponse::default());
+            return Ok(Drained::default());
         }
         let other_worker = self.registry.workers().any(|w| {
             w.id != id && w.liveness == Liveness::Alive && !w.draining && w.session.is_some()
         });
-        let (moved, unassigned) = if other_worker {
-            (on_worker, Vec::new())
+        Ok(if other_worker {
+            Drained {
+                moved: on_worker,
+                unassigned: Vec::new(),
+            }
         } else {
-            (Vec::new(), on_worker)
-        };
-        Ok(proto::DrainWorkerResponse { moved, unassigned })
+            Drained {
+                moved: Vec::new(),
+                unassigned: on_worker,
+            }
+        })
+    }
+
+    fn explain(&self, name: &str, limit: usize) -> Result<Explanation, CoreError> {
+        let client = self.registry.client(name).map(status::client_status);
+        let history = self.state.audit_of(name, limit)?;
+        if client.is_none() && history.is_empty() {
+            return Err(RegistryError::UnknownClient(name.to_owned()).into());
+        }
+        Ok(Explanation { client, history })
     }
 
     /// Persists, logs, then sends: the only way effects leave the core.
@@ -464,28 +543,20 @@ impl Core {
         fx: Effects,
         mut audit: Vec<AuditEntry>,
     ) -> Result<(), StateError> {
-        for event in &fx.events {
-            if let Some(entry) = self.audit_of_event(event) {
-                audit.push(entry);
-            }
-        }
+        let now = self.now();
+        audit.extend(
+            fx.events
+                .iter()
+                .filter_map(|event| audit::of_event(&self.registry, now, event)),
+        );
         self.state.apply_with_audit(&fx.durable, &audit)?;
         for event in &fx.events {
             log_event(event);
-            self.count_event(event);
+            self.count_event(event, now);
         }
         for (session, msg) in fx.messages {
             match msg {
-                Outbound::Assign { spec, epoch } => self.send(
-                    session,
-                    Body::Assign(proto::Assign {
-                        client: Some(spec.into()),
-                        epoch,
-                    }),
-                ),
-                Outbound::Revoke { client, epoch } => {
-                    self.send(session, Body::Revoke(proto::Revoke { client, epoch }))
-                }
+                Outbound::Order(order) => self.send(session, ToNode::Order(order)),
                 Outbound::Close => {
                     self.sessions.remove(&session);
                 }
@@ -494,307 +565,38 @@ impl Core {
         Ok(())
     }
 
-    fn send(&mut self, session: SessionId, body: Body) {
+    fn send(&mut self, session: SessionId, message: ToNode) {
         if let Some(outbox) = self.sessions.get(&session)
-            && outbox.send(Box::new(message(body))).is_err()
+            && outbox.send(Box::new(message)).is_err()
         {
             self.sessions.remove(&session);
         }
     }
 
-    fn explain(&self, name: &str, limit: usize) -> Result<proto::ExplainResponse, CoreError> {
-        let client = self.registry.client(name).map(client_status);
-        let history = self.state.audit_of(name, limit)?;
-        if client.is_none() && history.is_empty() {
-            return Err(RegistryError::UnknownClient(name.to_owned()).into());
-        }
-        Ok(proto::ExplainResponse {
-            client,
-            history: history
-                .into_iter()
-                .map(|e| proto::AuditEntry {
-                    at_unix_ms: e.at_unix_ms,
-                    kind: e.kind,
-                    from_worker: e.from.unwrap_or_default(),
-                    to_worker: e.to.unwrap_or_default(),
-                    epoch: e.epoch,
-                    reason: e.reason,
-                    detail: e.detail,
-                })
-                .collect(),
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn audit_entry(
-        &self,
-        client: &str,
-        kind: &str,
-        from: Option<String>,
-        to: Option<String>,
-        epoch: u64,
-        reason: &str,
-        detail: String,
-    ) -> AuditEntry {
-        AuditEntry {
-            at_unix_ms: crate::clock::unix_ms(),
-            client: client.to_owned(),
-            kind: kind.to_owned(),
-            from,
-            to,
-            epoch,
-            reason: reason.to_owned(),
-            detail,
-        }
-    }
-
-    /// The audit line of an event that changes (or starts changing) a client's assignment.
-    fn audit_of_event(&self, event: &Event) -> Option<AuditEntry> {
-        match event {
-            Event::Moved {
-                client,
-                from,
-                to,
-                epoch,
-                reason,
-            } => {
-                let detail = self.move_detail(from.as_deref(), to.as_deref(), reason);
-                Some(self.audit_entry(
-                    client,
-                    "moved",
-                    from.clone(),
-                    to.clone(),
-                    *epoch,
-                    reason,
-                    detail,
-                ))
-            }
-            Event::ReleaseRequested {
-                client,
-                worker,
-                reason,
-            } => {
-                let epoch = self.registry.client(client).map_or(0, |c| c.epoch);
-                let why = match *reason {
-                    "backlog" => {
-                        "the client's agent reports its backlog growing while a less loaded worker exists"
-                    }
-                    "rebalance" => "the worker holds more than its share of clients",
-                    "drain" => "the worker is being drained",
-                    other => other,
-                };
-                let detail = format!("asked {worker} to release the client: {why}");
-                Some(self.audit_entry(
-                    client,
-                    "release_requested",
-                    Some(worker.clone()),
-                    None,
-                    epoch,
-                    reason,
-                    detail,
-                ))
-            }
-            _ => None,
-        }
-    }
-
-    fn move_detail(&self, from: Option<&str>, to: Option<&str>, reason: &str) -> String {
-        let from_name = from.unwrap_or("-");
-        let to_name = to.unwrap_or("-");
-        match reason {
-            "new" => format!("new client placed on the least loaded alive worker, {to_name}"),
-            "placed" => {
-                format!("the client had no worker; {to_name} was the least loaded alive one")
-            }
-            "unassigned" => {
-                format!("no alive worker could take the client (it was on {from_name})")
-            }
-            "failover" => {
-                let gone = from.and_then(|id| self.registry.workers().find(|w| w.id == id));
-                match gone {
-                    Some(w) if w.left => format!(
-                        "failover: {from_name} stopped (it said it was leaving); moved to {to_name}"
-                    ),
-                    Some(w) => {
-                        let silent = w
-                            .last_heartbeat
-                            .map(|t| self.now().saturating_sub(t))
-                            .map_or_else(
-                                || "never heard from".to_owned(),
-                                |ms| format!("no heartbeat for {:.1} s", ms as f64 / 1000.0),
-                            );
-                        format!(
-                            "failover: {from_name} was declared dead ({silent}, lease {} ms + grace {} ms); moved to {to_name}",
-                            self.registry.timing().lease_ms,
-                            self.registry.timing().grace_ms
-                        )
-                    }
-                    None => format!("failover: {from_name} is gone; moved to {to_name}"),
-                }
-            }
-            "drain" => {
-                format!("{from_name} is draining; moved to {to_name} after {from_name} released it")
-            }
-            "rebalance" => format!(
-                "rebalance: {from_name} held more than its share; moved to {to_name} after it released the client"
-            ),
-            "backlog" => format!(
-                "the agent reported a growing backlog on {from_name}; moved to the less loaded {to_name}"
-            ),
-            other => format!("{other}: {from_name} -> {to_name}"),
-        }
-    }
-
-    fn count_event(&self, event: &Event) {
-        if let Event::Moved { from, reason, .. } = event {
-            self.metrics
-                .assignments
-                .get_or_create(&ReasonLabel { reason })
-                .inc();
-            if *reason == "failover"
-                && let Some(last) = from
-                    .as_deref()
-                    .and_then(|id| self.registry.workers().find(|w| w.id == id))
-                    .and_then(|w| w.last_heartbeat)
-            {
-                let secs = self.now().saturating_sub(last) as f64 / 1000.0;
-                self.metrics.failover_seconds.observe(secs);
-            }
-        }
-    }
-
-    /// Gauges derived from the registry, refreshed on a timer rather than on every change.
-    fn refresh_gauges(&self) {
-        let mut states: HashMap<&'static str, i64> =
-            ["alive", "suspect", "dead", "draining", "refused"]
-                .into_iter()
-                .map(|s| (s, 0))
-                .collect();
-        let mut worker_sessions = 0;
-        for w in self.registry.workers() {
-            *states.entry(worker_state(w)).or_default() += 1;
-            worker_sessions += i64::from(w.session.is_some());
-        }
-        for (state, n) in states {
-            self.metrics
-                .workers
-                .get_or_create(&StateLabel { state })
-                .set(n);
-        }
-        let mut agents = 0;
-        let mut unassigned = 0;
-        for c in self.registry.clients() {
-            agents += i64::from(matches!(c.agent, Agent::Up { .. }));
-            unassigned += i64::from(c.worker.is_none());
-            let live = c.live_report();
-            self.metrics.set_client(
-                &c.spec.name,
-                c.sum_reports(|p| p.files_total),
-                c.sum_reports(|p| p.bytes_total),
-                live.map_or((0, 0), |p| (p.backlog_files, p.backlog_bytes)),
-            );
-        }
+    fn count_event(&self, event: &Event, now: Millis) {
+        let Event::Moved(m) = event else {
+            return;
+        };
         self.metrics
-            .sessions
-            .get_or_create(&RoleLabel { role: "worker" })
-            .set(worker_sessions);
-        self.metrics
-            .sessions
-            .get_or_create(&RoleLabel { role: "agent" })
-            .set(agents);
-        self.metrics.clients_unassigned.set(unassigned);
-    }
-
-    fn status(&self, now: Millis) -> proto::StatusResponse {
-        let mut workers: Vec<proto::WorkerStatus> = self
-            .registry
-            .workers()
-            .map(|w| {
-                let state = worker_state(w);
-                proto::WorkerStatus {
-                    id: w.id.clone(),
-                    addr: w.addr.clone(),
-                    state: state.to_owned(),
-                    version: w.version.clone(),
-                    load: w.load,
-                    clients: Vec::new(),
-                    last_heartbeat_ms: w
-                        .last_heartbeat
-                        .map_or(-1, |t| now.saturating_sub(t) as i64),
-                    reason: w.refused.clone().unwrap_or_default(),
-                    capacity: if w.capacity == u32::MAX {
-                        0
-                    } else {
-                        w.capacity
-                    },
-                }
-            })
-            .collect();
-        let clients = self
-            .registry
-            .clients()
-            .map(|c| {
-                if let Some(w) = c
-                    .worker
-                    .as_deref()
-                    .and_then(|id| workers.iter_mut().find(|w| w.id == id))
-                {
-                    w.clients.push(c.spec.name.clone());
-                }
-                client_status(c)
-            })
-            .collect();
-        proto::StatusResponse {
-            cluster: self.info.cluster.clone(),
-            leader_addr: self.info.addr.clone(),
-            leader_version: self.info.version.clone(),
-            workers,
-            clients,
+            .assignments
+            .get_or_create(&ReasonLabel { reason: m.reason })
+            .inc();
+        if m.reason == AssignmentReason::Failover
+            && let Some(last) = m
+                .from
+                .as_deref()
+                .and_then(|id| self.registry.workers().find(|w| w.id == id))
+                .and_then(|w| w.last_heartbeat)
+        {
+            let secs = now.saturating_sub(last) as f64 / 1000.0;
+            self.metrics.failover_seconds.observe(secs);
         }
-    }
-}
-
-fn worker_state(w: &Worker) -> &'static str {
-    match (w.liveness, w.draining, &w.refused) {
-        (Liveness::Dead, _, Some(_)) => "refused",
-        (Liveness::Dead, _, None) => "dead",
-        (_, true, _) => "draining",
-        (Liveness::Suspect, _, _) => "suspect",
-        (Liveness::Alive, _, _) => "alive",
-    }
-}
-
-fn client_status(c: &Client) -> proto::ClientStatus {
-    let live = c.live_report();
-    proto::ClientStatus {
-        files_today: c.sum_reports(|p| p.files_today),
-        bytes_today: c.sum_reports(|p| p.bytes_today),
-        backlog_files: live.map_or(0, |p| p.backlog_files),
-        backlog_bytes: live.map_or(0, |p| p.backlog_bytes),
-        oldest_backlog_s: live.map_or(0, |p| p.oldest_backlog_s),
-        rate_bps: live.map_or(0, |p| p.rate_bps),
-        last_commit_unix_ms: c
-            .reports
-            .values()
-            .map(|p| p.last_commit_unix_ms)
-            .max()
-            .unwrap_or(0),
-        spec: Some(c.spec.clone().into()),
-        worker: c.worker.clone().unwrap_or_default(),
-        epoch: c.epoch,
-        agent: c.agent.as_str().to_owned(),
-        files_total: c.sum_reports(|p| p.files_total),
-        bytes_total: c.sum_reports(|p| p.bytes_total),
-        last_error: live.and_then(|p| p.last_error.clone()).unwrap_or_default(),
     }
 }
 
 /// Replies to an admin request; a persistence failure is also returned so the core stops
 /// (fail-stop) after telling the requester.
-fn answer<T>(
-    reply: oneshot::Sender<Result<T, CoreError>>,
-    result: Result<T, CoreError>,
-) -> Result<(), StateError> {
+fn answer<T>(reply: Reply<T>, result: Result<T, CoreError>) -> Result<(), StateError> {
     match result {
         Err(CoreError::State(e)) => {
             error!(error = %e, "persisting leader state failed; stopping so a restart reloads the last durable state");
@@ -808,30 +610,6 @@ fn answer<T>(
     }
 }
 
-fn progress_from_proto(p: proto::ClientProgress) -> (String, Progress) {
-    (
-        p.client,
-        Progress {
-            epoch: p.epoch,
-            files_total: p.files_total,
-            bytes_total: p.bytes_total,
-            files_today: p.files_today,
-            bytes_today: p.bytes_today,
-            backlog_files: p.backlog_files,
-            backlog_bytes: p.backlog_bytes,
-            oldest_backlog_s: p.oldest_backlog_s,
-            rate_bps: p.rate_bps,
-            last_error: (!p.last_error.is_empty()).then_some(p.last_error),
-            behind: p.behind,
-            last_commit_unix_ms: p.last_commit_unix_ms,
-        },
-    )
-}
-
-fn message(body: Body) -> LeaderMessage {
-    LeaderMessage { body: Some(body) }
-}
-
 fn log_event(event: &Event) {
     match event {
         Event::WorkerSuspect { worker } => {
@@ -841,18 +619,12 @@ fn log_event(event: &Event) {
             warn!(worker = %worker, "worker dead: lease expired; its clients move")
         }
         Event::AgentDown { client } => info!(client = %client, "agent down"),
-        Event::Moved {
-            client,
-            from,
-            to,
-            epoch,
-            reason,
-        } => info!(
-            client = %client,
-            from = from.as_deref().unwrap_or("-"),
-            to = to.as_deref().unwrap_or("-"),
-            epoch,
-            reason,
+        Event::Moved(m) => info!(
+            client = %m.client,
+            from = m.from.as_deref().unwrap_or("-"),
+            to = m.to.as_deref().unwrap_or("-"),
+            epoch = m.epoch,
+            reason = m.reason.as_str(),
             "assignment changed"
         ),
         Event::ReleaseRequested {
@@ -860,7 +632,7 @@ fn log_event(event: &Event) {
             worker,
             reason,
         } => {
-            info!(client = %client, worker = %worker, reason, "asked worker to release client")
+            info!(client = %client, worker = %worker, reason = reason.as_str(), "asked worker to release client")
         }
     }
 }

@@ -1,14 +1,21 @@
 //! The leader: membership, liveness, assignment and the durable registry.
 //!
-//! [`registry`] and [`scheduler`] are pure; [`state`] persists; [`core`] is the one thread that
-//! owns them; [`run`] wires the core to the gRPC server.
+//! [`registry`], [`scheduler`], [`liveness`], [`audit`] and [`reason`] are pure; [`state`]
+//! persists; [`core`] is the one thread that owns them; [`run`] wires the core to the gRPC
+//! server.
 
-pub mod core;
-pub mod reconcile;
-pub mod registry;
-pub mod scheduler;
-pub mod state;
+pub(crate) mod audit;
+pub(crate) mod core;
+pub(crate) mod liveness;
+pub(crate) mod reason;
+#[allow(dead_code)] // not wired in yet: the restore-safe re-attach of the control-plane work
+pub(crate) mod reconcile;
+pub(crate) mod registry;
+pub(crate) mod scheduler;
+pub(crate) mod state;
+pub(crate) mod status;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -17,6 +24,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
+use crate::codec::MAX_MESSAGE_BYTES;
 use crate::config::LeaderConfig;
 use crate::daemon::{self, DaemonError, PidLock};
 use crate::proto::{
@@ -24,11 +32,10 @@ use crate::proto::{
 };
 use crate::services::{admin::AdminApi, node::NodeApi};
 use crate::version::VERSION;
-use registry::{Registry, Timing};
-use state::{State, StateError};
-
-/// Largest gRPC message the leader accepts (hazard 27).
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+use liveness::Timing;
+use registry::Registry;
+use state::{Loaded, State, StateError};
+use status::LeaderInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
@@ -62,65 +69,27 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let started = Instant::now();
     // Nothing is served before the state is loaded (C5).
     let (state, loaded) = State::open(&cfg.state_dir, &cfg.cluster)?;
-    let timing = Timing {
-        heartbeat_ms: cfg.heartbeat_ms,
-        lease_ms: cfg.lease_ms,
-        grace_ms: cfg.grace_ms,
-        max_moves_per_tick: cfg.max_moves_per_tick,
-    };
-    let mut registry = Registry::new(timing, VERSION, loaded.next_epoch);
-    for w in &loaded.workers {
-        registry.restore_worker(&w.id, &w.addr, &w.version, w.draining, 0);
-    }
-    let clients = loaded.clients.len();
-    for (spec, worker, epoch) in loaded.clients {
-        registry.restore_client(spec, worker, epoch);
-    }
-
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| LeaderError::Listen {
-            addr: cfg.listen.to_string(),
-            source,
-        })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| LeaderError::Listen {
-            addr: cfg.listen.to_string(),
-            source,
-        })?;
-    // Lets scripts and tests that asked for port 0 find the leader.
-    daemon::write_addr_file(&cfg.state_dir.join("leader.addr"), local)?;
-
-    let info = core::LeaderInfo {
+    let (clients, workers) = (loaded.clients.len(), loaded.workers.len());
+    let registry = restore(&cfg, loaded);
+    let (listener, local) = listen(&cfg).await?;
+    let info = LeaderInfo {
         addr: local.to_string(),
         cluster: cfg.cluster.clone(),
         version: VERSION.to_owned(),
     };
-    let mut prometheus = prometheus_client::registry::Registry::default();
-    let metrics = crate::metrics::LeaderMetrics::new(&mut prometheus);
-    if let Some(addr) = cfg.metrics {
-        // The state is loaded and the gRPC port bound by now: the leader is ready.
-        let ready: crate::metrics::Readiness = std::sync::Arc::new(|| Ok(()));
-        let (bound, serve) =
-            crate::metrics::bind(addr, prometheus, ready, daemon::wait_for(shutdown.clone()))
-                .await?;
-        daemon::write_addr_file(&cfg.state_dir.join("metrics.addr"), bound)?;
-        tokio::spawn(serve);
-    }
+    let metrics = serve_metrics(&cfg, &shutdown).await?;
     let (handle, core_thread) =
         core::spawn(registry, state, info, started, metrics).map_err(|source| LeaderError::Io {
             path: cfg.state_dir.clone(),
             source,
         })?;
-    info!(addr = %local, cluster = %cfg.cluster, version = VERSION, clients, workers = loaded.workers.len(),
+    info!(addr = %local, cluster = %cfg.cluster, version = VERSION, clients, workers,
           heartbeat_ms = cfg.heartbeat_ms, lease_ms = cfg.lease_ms, "leader serving");
 
     let node = NodeServiceServer::new(NodeApi::new(handle.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(handle.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    drop(handle);
+    let admin =
+        AdminServiceServer::new(AdminApi::new(handle)).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
     let (core_done_tx, core_done_rx) = tokio::sync::oneshot::channel();
@@ -152,4 +121,54 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
             }
         }
     }
+}
+
+/// The registry as the persisted state left it: known workers suspect with a fresh lease,
+/// clients with their last owners and epochs.
+fn restore(cfg: &LeaderConfig, loaded: Loaded) -> Registry {
+    let timing = Timing {
+        heartbeat_ms: cfg.heartbeat_ms,
+        lease_ms: cfg.lease_ms,
+        grace_ms: cfg.grace_ms,
+        max_moves_per_tick: cfg.max_moves_per_tick,
+    };
+    let mut registry = Registry::new(timing, VERSION, loaded.next_epoch);
+    for w in &loaded.workers {
+        registry.restore_worker(&w.id, &w.addr, &w.version, w.draining, 0);
+    }
+    for (spec, worker, epoch) in loaded.clients {
+        registry.restore_client(spec, worker, epoch);
+    }
+    registry
+}
+
+async fn listen(cfg: &LeaderConfig) -> Result<(TcpListener, SocketAddr), LeaderError> {
+    let failed = |source| LeaderError::Listen {
+        addr: cfg.listen.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(cfg.listen).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    // Lets scripts and tests that asked for port 0 find the leader.
+    daemon::write_addr_file(&cfg.state_dir.join("leader.addr"), local)?;
+    Ok((listener, local))
+}
+
+/// Registers the leader's metrics and, when configured, serves them.
+async fn serve_metrics(
+    cfg: &LeaderConfig,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<crate::metrics::LeaderMetrics, LeaderError> {
+    let mut prometheus = prometheus_client::registry::Registry::default();
+    let metrics = crate::metrics::LeaderMetrics::new(&mut prometheus);
+    if let Some(addr) = cfg.metrics {
+        // The state is loaded and the gRPC port bound by now: the leader is ready.
+        let ready: crate::metrics::Readiness = std::sync::Arc::new(|| Ok(()));
+        let (bound, serve) =
+            crate::metrics::bind(addr, prometheus, ready, daemon::wait_for(shutdown.clone()))
+                .await?;
+        daemon::write_addr_file(&cfg.state_dir.join("metrics.addr"), bound)?;
+        tokio::spawn(serve);
+    }
+    Ok(metrics)
 }

@@ -4,66 +4,57 @@
 //! No I/O, no clock, deterministic: the same input always gives the same plan, and planning
 //! again on the result of a plan moves nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A worker the scheduler may consider.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    pub id: String,
+pub(crate) struct Candidate {
+    pub(crate) id: String,
     /// `Eligible` workers take new clients; `Pinned` ones keep what they have but get nothing
     /// new and lose nothing (a suspect worker whose lease may still be valid, or a client in
     /// handoff).
-    pub role: CandidateRole,
+    pub(crate) role: CandidateRole,
     /// Most clients this worker accepts.
-    pub capacity: u32,
+    pub(crate) capacity: u32,
     /// Load index reported by the worker, used only to break ties.
-    pub load: f64,
+    pub(crate) load: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CandidateRole {
+pub(crate) enum CandidateRole {
     Eligible,
     Pinned,
 }
 
 /// Where one client is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placement {
-    pub client: String,
+pub(crate) struct Placement {
+    pub(crate) client: String,
     /// Current worker, if any. A worker that is not among the candidates (dead, draining,
     /// refused, unknown) means the client must be placed again.
-    pub worker: Option<String>,
+    pub(crate) worker: Option<String>,
     /// A client in handoff stays where it is until its old owner released it.
-    pub frozen: bool,
+    pub(crate) frozen: bool,
     /// A worker not to place this client on when another one has room (it fell behind there).
-    pub avoid: Option<String>,
+    pub(crate) avoid: Option<String>,
 }
 
 /// One decision of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub client: String,
-    pub from: Option<String>,
+pub(crate) struct Decision {
+    pub(crate) client: String,
+    pub(crate) from: Option<String>,
     /// `None`: no worker can take the client; it becomes unassigned.
-    pub to: Option<String>,
-    pub reason: MoveReason,
+    pub(crate) to: Option<String>,
+    pub(crate) reason: MoveReason,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MoveReason {
+pub(crate) enum MoveReason {
     /// The client had no usable worker (new, or its worker is gone, draining or refused).
     Place,
     /// The client moves from a healthy worker to relieve imbalance.
     Rebalance,
-}
-
-impl MoveReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MoveReason::Place => "place",
-            MoveReason::Rebalance => "rebalance",
-        }
-    }
 }
 
 /// Plans placements and at most `max_rebalance_moves` rebalancing moves.
@@ -72,103 +63,153 @@ impl MoveReason {
 /// Rebalancing happens only while the most and least loaded eligible workers differ by more
 /// than one client (hysteresis), one client at a time from the fullest to the emptiest, which
 /// is the least number of moves that reaches balance.
-pub fn plan(
+pub(crate) fn plan(
     candidates: &[Candidate],
     placements: &[Placement],
     max_rebalance_moves: usize,
 ) -> Vec<Decision> {
-    let roles: BTreeMap<&str, &Candidate> = candidates.iter().map(|c| (c.id.as_str(), c)).collect();
-    // Clients per eligible worker, in name order so choices are deterministic.
-    let mut held: BTreeMap<&str, Vec<&str>> = candidates
-        .iter()
-        .filter(|c| c.role == CandidateRole::Eligible)
-        .map(|c| (c.id.as_str(), Vec::new()))
-        .collect();
-    let mut decisions = Vec::new();
-    let mut homeless = Vec::new();
+    let mut ledger = Ledger::new(candidates);
+    let homeless = ledger.count_current(placements);
+    let mut decisions = ledger.place(homeless);
+    ledger.rebalance(placements, max_rebalance_moves, &mut decisions);
+    debug_assert!(
+        decisions.iter().all(|d| d.to.as_deref().is_none_or(|to| {
+            candidates
+                .iter()
+                .any(|c| c.id == to && c.role == CandidateRole::Eligible)
+        })),
+        "a client planned onto a worker that may not take clients"
+    );
+    debug_assert!(
+        decisions
+            .iter()
+            .filter(|d| d.reason == MoveReason::Rebalance)
+            .count()
+            <= max_rebalance_moves,
+        "more rebalancing moves than allowed"
+    );
+    decisions
+}
 
-    let mut in_transit = Vec::new();
-    for p in placements {
-        if p.frozen {
-            in_transit.push(p.client.as_str());
-            continue;
-        }
-        let current = p.worker.as_deref().and_then(|w| roles.get(w));
-        match current {
-            Some(c) if c.role == CandidateRole::Eligible => {
-                if let Some(list) = held.get_mut(c.id.as_str()) {
-                    list.push(p.client.as_str());
-                }
+/// Clients per eligible worker as the plan is built, in name order so choices are
+/// deterministic.
+struct Ledger<'a> {
+    candidates: &'a [Candidate],
+    held: BTreeMap<&'a str, Vec<&'a str>>,
+}
+
+impl<'a> Ledger<'a> {
+    fn new(candidates: &'a [Candidate]) -> Self {
+        let held = candidates
+            .iter()
+            .filter(|c| c.role == CandidateRole::Eligible)
+            .map(|c| (c.id.as_str(), Vec::new()))
+            .collect();
+        Ledger { candidates, held }
+    }
+
+    /// Counts every client where it is (or will be, once its handoff completes) and returns
+    /// those without a usable worker.
+    fn count_current(&mut self, placements: &'a [Placement]) -> Vec<&'a Placement> {
+        let roles: BTreeMap<&str, &Candidate> =
+            self.candidates.iter().map(|c| (c.id.as_str(), c)).collect();
+        let mut homeless = Vec::new();
+        let mut in_transit = Vec::new();
+        for p in placements {
+            if p.frozen {
+                in_transit.push(p.client.as_str());
+                continue;
             }
-            Some(_) => {} // pinned: stays, counts for nobody we may move to
-            None => homeless.push(p),
+            match p.worker.as_deref().and_then(|w| roles.get(w)) {
+                Some(c) if c.role == CandidateRole::Eligible => {
+                    if let Some(list) = self.held.get_mut(c.id.as_str()) {
+                        list.push(p.client.as_str());
+                    }
+                }
+                Some(_) => {} // pinned: stays, counts for nobody we may move to
+                None => homeless.push(p),
+            }
         }
-    }
-    // A client in handoff will be placed on the emptiest worker once released: count it there
-    // already, so the next plan does not see the same imbalance and move a second client.
-    for client in in_transit {
-        if let Some(w) = least_loaded_with_room(candidates, &held)
-            && let Some(list) = held.get_mut(w)
-        {
-            list.push(client);
+        // A client in handoff will be placed on the emptiest worker once released: count it
+        // there already, so the next plan does not see the same imbalance and move a second
+        // client.
+        for client in in_transit {
+            if let Some(w) = least_loaded_with_room(self.candidates, &self.held)
+                && let Some(list) = self.held.get_mut(w)
+            {
+                list.push(client);
+            }
         }
+        homeless
     }
 
-    for p in homeless {
-        let to = match p.avoid.as_deref() {
-            Some(avoid) => least_loaded_except(candidates, &held, avoid)
-                .or_else(|| least_loaded_with_room(candidates, &held)),
-            None => least_loaded_with_room(candidates, &held),
-        };
-        if let Some(w) = to
-            && let Some(list) = held.get_mut(w)
-        {
-            list.push(p.client.as_str());
+    /// Places every homeless client, uncapped (C4): on the least loaded worker with room,
+    /// avoiding the one it fell behind on when another has room.
+    fn place(&mut self, homeless: Vec<&'a Placement>) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        for p in homeless {
+            let to = match p.avoid.as_deref() {
+                Some(avoid) => least_loaded_except(self.candidates, &self.held, avoid)
+                    .or_else(|| least_loaded_with_room(self.candidates, &self.held)),
+                None => least_loaded_with_room(self.candidates, &self.held),
+            };
+            if let Some(w) = to
+                && let Some(list) = self.held.get_mut(w)
+            {
+                list.push(p.client.as_str());
+            }
+            if to.is_some() || p.worker.is_some() {
+                decisions.push(Decision {
+                    client: p.client.clone(),
+                    from: p.worker.clone(),
+                    to: to.map(str::to_owned),
+                    reason: MoveReason::Place,
+                });
+            }
         }
-        if to.is_some() || p.worker.is_some() {
+        decisions
+    }
+
+    /// Moves at most `max_moves` clients, one at a time from the fullest to the emptiest
+    /// worker, while they differ by more than one (C8).
+    fn rebalance(
+        &mut self,
+        placements: &[Placement],
+        max_moves: usize,
+        decisions: &mut Vec<Decision>,
+    ) {
+        let frozen: BTreeSet<&str> = placements
+            .iter()
+            .filter(|p| p.frozen)
+            .map(|p| p.client.as_str())
+            .collect();
+        for _ in 0..max_moves {
+            let Some((from, to)) = most_and_least(self.candidates, &self.held) else {
+                break;
+            };
+            let Some(list) = self.held.get_mut(from) else {
+                break;
+            };
+            // Move the last movable client (not frozen, not just placed by this plan).
+            let just_placed = |c: &str| decisions.iter().any(|d| d.client == c);
+            let Some(idx) = list
+                .iter()
+                .rposition(|c| !frozen.contains(c) && !just_placed(c))
+            else {
+                break;
+            };
+            let client = list.remove(idx);
+            if let Some(dest) = self.held.get_mut(to) {
+                dest.push(client);
+            }
             decisions.push(Decision {
-                client: p.client.clone(),
-                from: p.worker.clone(),
-                to: to.map(str::to_owned),
-                reason: MoveReason::Place,
+                client: client.to_owned(),
+                from: Some(from.to_owned()),
+                to: Some(to.to_owned()),
+                reason: MoveReason::Rebalance,
             });
         }
     }
-
-    let frozen: std::collections::BTreeSet<&str> = placements
-        .iter()
-        .filter(|p| p.frozen)
-        .map(|p| p.client.as_str())
-        .collect();
-    let mut moves = 0;
-    while moves < max_rebalance_moves {
-        let Some((from, to)) = most_and_least(candidates, &held) else {
-            break;
-        };
-        let Some(list) = held.get_mut(from) else {
-            break;
-        };
-        // Move the last movable client (not frozen, not just placed by this plan).
-        let just_placed = |c: &str| decisions.iter().any(|d| d.client == c);
-        let Some(idx) = list
-            .iter()
-            .rposition(|c| !frozen.contains(c) && !just_placed(c))
-        else {
-            break;
-        };
-        let client = list.remove(idx);
-        if let Some(dest) = held.get_mut(to) {
-            dest.push(client);
-        }
-        decisions.push(Decision {
-            client: client.to_owned(),
-            from: Some(from.to_owned()),
-            to: Some(to.to_owned()),
-            reason: MoveReason::Rebalance,
-        });
-        moves += 1;
-    }
-    decisions
 }
 
 fn capacity_of<'a>(candidates: &'a [Candidate], id: &str) -> Option<&'a Candidate> {

@@ -11,29 +11,14 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::audit::AuditEntry;
+use super::reason::Recorded;
 use super::registry::{ClientSpec, Durable};
 
 const SCHEMA_VERSION: i64 = 1;
 
 /// Audit entries kept; older ones are dropped as new ones arrive.
-pub const AUDIT_KEEP: i64 = 200_000;
-
-/// One line of a client's history: what happened to its assignment and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    /// Wall-clock time, milliseconds since the Unix epoch.
-    pub at_unix_ms: i64,
-    pub client: String,
-    /// added | removed | moved | release_requested
-    pub kind: String,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub epoch: u64,
-    /// Short code: new, placed, failover, drain, rebalance, backlog, unassigned, admin.
-    pub reason: String,
-    /// The reason spelled out for an operator.
-    pub detail: String,
-}
+pub(crate) const AUDIT_KEEP: i64 = 200_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -64,27 +49,27 @@ pub enum StateError {
 
 /// What the state held at start-up.
 #[derive(Debug, Default)]
-pub struct Loaded {
-    pub next_epoch: u64,
-    pub clients: Vec<(ClientSpec, Option<String>, u64)>,
-    pub workers: Vec<PersistedWorker>,
+pub(crate) struct Loaded {
+    pub(crate) next_epoch: u64,
+    pub(crate) clients: Vec<(ClientSpec, Option<String>, u64)>,
+    pub(crate) workers: Vec<PersistedWorker>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PersistedWorker {
-    pub id: String,
-    pub addr: String,
-    pub version: String,
-    pub draining: bool,
+pub(crate) struct PersistedWorker {
+    pub(crate) id: String,
+    pub(crate) addr: String,
+    pub(crate) version: String,
+    pub(crate) draining: bool,
 }
 
-pub struct State {
+pub(crate) struct State {
     conn: Connection,
     path: PathBuf,
 }
 
 impl State {
-    pub fn open(dir: &Path, cluster: &str) -> Result<(State, Loaded), StateError> {
+    pub(crate) fn open(dir: &Path, cluster: &str) -> Result<(State, Loaded), StateError> {
         let path = dir.join("leader.sqlite");
         let wrap = |source| StateError::Sqlite {
             path: path.clone(),
@@ -235,7 +220,7 @@ impl State {
         })
     }
 
-    pub fn insert_client(&mut self, spec: &ClientSpec) -> Result<(), StateError> {
+    pub(crate) fn insert_client(&mut self, spec: &ClientSpec) -> Result<(), StateError> {
         self.conn
             .execute(
                 "INSERT INTO clients (name, ssh, path, key_file, known_hosts, pattern)
@@ -253,7 +238,7 @@ impl State {
         Ok(())
     }
 
-    pub fn delete_client(&mut self, name: &str) -> Result<(), StateError> {
+    pub(crate) fn delete_client(&mut self, name: &str) -> Result<(), StateError> {
         self.conn
             .execute("DELETE FROM clients WHERE name = ?1", [name])
             .map_err(|e| self.wrap(e))?;
@@ -261,12 +246,16 @@ impl State {
     }
 
     /// Applies a batch of changes in one transaction.
-    pub fn apply(&mut self, changes: &[Durable]) -> Result<(), StateError> {
+    pub(crate) fn apply(&mut self, changes: &[Durable]) -> Result<(), StateError> {
         self.apply_with_audit(changes, &[])
     }
 
     /// The most recent `limit` audit entries of `client`, oldest first.
-    pub fn audit_of(&self, client: &str, limit: usize) -> Result<Vec<AuditEntry>, StateError> {
+    pub(crate) fn audit_of(
+        &self,
+        client: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StateError> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -279,11 +268,11 @@ impl State {
                 Ok(AuditEntry {
                     at_unix_ms: r.get(0)?,
                     client: r.get(1)?,
-                    kind: r.get(2)?,
+                    kind: Recorded::read(r.get(2)?),
                     from: r.get(3)?,
                     to: r.get(4)?,
                     epoch: r.get::<_, i64>(5)? as u64,
-                    reason: r.get(6)?,
+                    reason: Recorded::read(r.get(6)?),
                     detail: r.get(7)?,
                 })
             })
@@ -296,7 +285,7 @@ impl State {
     }
 
     /// Applies a batch of changes and their audit entries in one transaction.
-    pub fn apply_with_audit(
+    pub(crate) fn apply_with_audit(
         &mut self,
         changes: &[Durable],
         audit: &[AuditEntry],
@@ -353,11 +342,11 @@ impl State {
                 params![
                     e.at_unix_ms,
                     e.client,
-                    e.kind,
+                    e.kind.as_str(),
                     e.from,
                     e.to,
                     e.epoch as i64,
-                    e.reason,
+                    e.reason.as_str(),
                     e.detail
                 ],
             )
@@ -377,6 +366,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leader::reason::{AssignmentReason, AuditKind};
 
     fn spec(name: &str) -> ClientSpec {
         ClientSpec {
@@ -426,11 +416,11 @@ mod tests {
         let entry = |client: &str, epoch: u64| AuditEntry {
             at_unix_ms: 1_700_000_000_000 + epoch as i64,
             client: client.into(),
-            kind: "moved".into(),
+            kind: AuditKind::Moved.into(),
             from: Some("w1".into()),
             to: Some("w2".into()),
             epoch,
-            reason: "failover".into(),
+            reason: AssignmentReason::Failover.into(),
             detail: "w1 went silent".into(),
         };
         {
@@ -446,6 +436,22 @@ mod tests {
         );
         assert_eq!(st.audit_of("a", 1).unwrap(), vec![entry("a", 3)]);
         assert!(st.audit_of("zzz", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn audit_codes_this_version_does_not_know_read_back_as_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, _) = State::open(dir.path(), "c1").unwrap();
+        st.conn
+            .execute(
+                "INSERT INTO audit (at_ms, client, kind, from_worker, to_worker, epoch, reason, detail)
+                 VALUES (1, 'a', 'teleported', NULL, 'w', 3, 'gremlins', 'older words')",
+                [],
+            )
+            .unwrap();
+        let entries = st.audit_of("a", 10).unwrap();
+        assert_eq!(entries[0].kind, Recorded::Unknown("teleported".into()));
+        assert_eq!(entries[0].reason.as_str(), "gremlins");
     }
 
     #[test]

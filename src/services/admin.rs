@@ -5,12 +5,12 @@ use tonic::{Request, Response, Status};
 use crate::leader::core::{Command, CoreHandle};
 use crate::proto::{self, admin_service_server::AdminService};
 
-pub struct AdminApi {
+pub(crate) struct AdminApi {
     core: CoreHandle,
 }
 
 impl AdminApi {
-    pub fn new(core: CoreHandle) -> Self {
+    pub(crate) fn new(core: CoreHandle) -> Self {
         AdminApi { core }
     }
 
@@ -23,7 +23,7 @@ impl AdminApi {
             .core
             .ask(|reply| Command::Drain { id, drain, reply })
             .await??;
-        Ok(Response::new(result))
+        Ok(Response::new(result.into()))
     }
 }
 
@@ -44,7 +44,7 @@ impl AdminService for AdminApi {
                 reply,
             })
             .await??;
-        Ok(Response::new(result))
+        Ok(Response::new(result.into()))
     }
 
     async fn remove_client(
@@ -77,7 +77,7 @@ impl AdminService for AdminApi {
         _request: Request<proto::StatusRequest>,
     ) -> Result<Response<proto::StatusResponse>, Status> {
         let status = self.core.ask(|reply| Command::Status { reply }).await?;
-        Ok(Response::new(status))
+        Ok(Response::new(status.into()))
     }
 
     async fn explain(
@@ -97,6 +97,6 @@ impl AdminService for AdminApi {
                 reply,
             })
             .await??;
-        Ok(Response::new(result))
+        Ok(Response::new(result.into()))
     }
 }

@@ -1,8 +1,9 @@
 //! Thin tonic adapters: decode requests, hand them to the leader core, encode answers. The one
-//! place that maps errors to `tonic::Status`.
+//! place that maps errors to `tonic::Status` and converts protobuf to domain types.
 
-pub mod admin;
-pub mod node;
+pub(crate) mod admin;
+pub(crate) mod convert;
+pub(crate) mod node;
 
 use crate::leader::core::CoreError;
 use crate::leader::registry::RegistryError;

@@ -10,20 +10,22 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use super::convert;
 use crate::leader::core::{Command, CoreHandle};
+use crate::leader::registry::SessionId;
 use crate::proto::node_message::Body;
-use crate::proto::{LeaderMessage, NodeMessage, node_service_server::NodeService};
+use crate::proto::{self, LeaderMessage, NodeMessage, node_service_server::NodeService};
 
 /// How long a new stream may take to send its `Register`.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub struct NodeApi {
+pub(crate) struct NodeApi {
     core: CoreHandle,
     next_session: AtomicU64,
 }
 
 impl NodeApi {
-    pub fn new(core: CoreHandle) -> Self {
+    pub(crate) fn new(core: CoreHandle) -> Self {
         NodeApi {
             core,
             next_session: AtomicU64::new(1),
@@ -46,67 +48,71 @@ impl NodeService for NodeApi {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.next())
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded("no Register within 10 s of opening the session")
-            })?;
-        let register = match first {
-            Some(Ok(NodeMessage {
-                body: Some(Body::Register(r)),
-            })) => r,
-            Some(Err(e)) => return Err(e),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message of a session must be Register",
-                ));
-            }
-        };
+        let hello = first_register(&mut inbound).await?;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (outbox, rx) = mpsc::unbounded_channel();
         self.core.send(Command::Register {
             session,
-            register,
+            hello: hello.into(),
             peer,
             outbox,
         })?;
-        let core = self.core.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = inbound.next().await {
-                let cmd = match msg {
-                    Ok(NodeMessage { body: Some(body) }) => match body {
-                        Body::Heartbeat(h) => Command::Heartbeat {
-                            session,
-                            seq: h.seq,
-                            load: h.load,
-                            progress: h.clients,
-                        },
-                        Body::Released(r) => Command::Released {
-                            session,
-                            client: r.client,
-                            epoch: r.epoch,
-                        },
-                        Body::Leaving(_) => Command::Leaving { session },
-                        Body::FilesReady(_) => Command::FilesReady { session },
-                        Body::Register(_) => {
-                            debug!(session, "ignoring a second Register on one session");
-                            continue;
-                        }
-                    },
-                    Ok(NodeMessage { body: None }) => continue,
-                    Err(e) => {
-                        debug!(session, error = %e, "session stream error");
-                        break;
-                    }
-                };
-                if core.send(cmd).is_err() {
-                    return;
-                }
-            }
-            let _ = core.send(Command::Closed { session });
-        });
+        tokio::spawn(forward(inbound, session, self.core.clone()));
         Ok(Response::new(Box::pin(
-            UnboundedReceiverStream::new(rx).map(|message| Ok(*message)),
+            UnboundedReceiverStream::new(rx).map(|message| Ok((*message).into())),
         )))
     }
+}
+
+/// The `Register` a session must open with, within [`REGISTER_TIMEOUT`].
+async fn first_register(inbound: &mut Streaming<NodeMessage>) -> Result<proto::Register, Status> {
+    let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.next())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no Register within 10 s of opening the session"))?;
+    match first {
+        Some(Ok(NodeMessage {
+            body: Some(Body::Register(r)),
+        })) => Ok(r),
+        Some(Err(e)) => Err(e),
+        _ => Err(Status::invalid_argument(
+            "the first message of a session must be Register",
+        )),
+    }
+}
+
+/// Hands every later message of the session to the core, then tells it the stream closed.
+async fn forward(mut inbound: Streaming<NodeMessage>, session: SessionId, core: CoreHandle) {
+    while let Some(msg) = inbound.next().await {
+        let body = match msg {
+            Ok(NodeMessage { body: Some(body) }) => body,
+            Ok(NodeMessage { body: None }) => continue,
+            Err(e) => {
+                debug!(session, error = %e, "session stream error");
+                break;
+            }
+        };
+        let cmd = match body {
+            Body::Heartbeat(h) => Command::Heartbeat {
+                session,
+                seq: h.seq,
+                load: h.load,
+                progress: h.clients.into_iter().map(convert::progress).collect(),
+            },
+            Body::Released(r) => Command::Released {
+                session,
+                client: r.client,
+                epoch: r.epoch,
+            },
+            Body::Leaving(_) => Command::Leaving { session },
+            Body::FilesReady(_) => Command::FilesReady { session },
+            Body::Register(_) => {
+                debug!(session, "ignoring a second Register on one session");
+                continue;
+            }
+        };
+        if core.send(cmd).is_err() {
+            return;
+        }
+    }
+    let _ = core.send(Command::Closed { session });
 }

@@ -2,11 +2,11 @@
 //! ([`FileMeta::key`]), and one conformance suite every sink must pass. The embedded default
 //! is [`LocalStore`] (a directory plus a SQLite catalog, no server).
 
-pub mod local;
+pub(crate) mod local;
 
 use std::path::{Path, PathBuf};
 
-pub use local::LocalStore;
+pub(crate) use local::LocalStore;
 
 /// What identifies a pulled file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -366,6 +366,21 @@ impl Remote {
         &self.lanes[i % self.lanes.len()]
     }
 
+    /// A file request's failure, except that a file not there (any more) yields `gone`.
+    fn or_gone<T>(
+        &self,
+        path: &Path,
+        e: openssh_sftp_client::Error,
+        gone: T,
+    ) -> Result<T, TransportError> {
+        let err = sftp_error(&self.target, path, Subject::File, e);
+        if is_not_found(&err) {
+            Ok(gone)
+        } else {
+            Err(err)
+        }
+    }
+
     pub(crate) fn target(&self) -> &str {
         &self.target
     }
@@ -419,14 +434,7 @@ impl Remote {
         let mut fs = self.lane().fs();
         match fs.rename(from, to).await {
             Ok(()) => Ok(true),
-            Err(e) => {
-                let err = sftp_error(&self.target, from, Subject::File, e);
-                if is_not_found(&err) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
+            Err(e) => self.or_gone(from, e, false),
         }
     }
 
@@ -435,10 +443,7 @@ impl Remote {
         let mut fs = self.lane().fs();
         match fs.remove_file(path).await {
             Ok(()) => Ok(()),
-            Err(e) => {
-                let err = sftp_error(&self.target, path, Subject::File, e);
-                if is_not_found(&err) { Ok(()) } else { Err(err) }
-            }
+            Err(e) => self.or_gone(path, e, ()),
         }
     }
 
@@ -660,14 +665,7 @@ impl Remote {
                 m.len().unwrap_or(u64::MAX),
                 m.modified().map_or(0, |t| i64::from(t.into_raw())),
             ))),
-            Err(e) => {
-                let err = sftp_error(&self.target, path, Subject::File, e);
-                if is_not_found(&err) {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
+            Err(e) => self.or_gone(path, e, None),
         }
     }
 

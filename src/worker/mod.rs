@@ -261,6 +261,20 @@ impl WorkerNode {
         });
     }
 
+    /// Ends a fence: starts every held client again.
+    fn resume(&mut self) {
+        self.fenced = false;
+        info!(worker = %self.id, clients = self.assignments.len(), "lease renewed; resuming work");
+        let held: Vec<(ClientSpec, u64)> = self
+            .assignments
+            .held()
+            .map(|(s, e)| (s.clone(), e))
+            .collect();
+        for (spec, epoch) in held {
+            self.start(spec, epoch);
+        }
+    }
+
     fn apply(&mut self, changes: Vec<Change>, out: &NodeOutbox) {
         for change in changes {
             match change {
@@ -349,23 +363,14 @@ impl Handler for WorkerNode {
                 let changes = self.assignments.replace(set);
                 self.have_set = true;
                 if self.fenced {
-                    // The leader just confirmed what is ours: resume all of it.
-                    self.fenced = false;
-                    info!(worker = %self.id, clients = self.assignments.len(), "lease renewed; resuming work");
-                    let held: Vec<(ClientSpec, u64)> = self
-                        .assignments
-                        .held()
-                        .map(|(s, e)| (s.clone(), e))
-                        .collect();
                     for change in changes {
                         if let Change::Stop { client, epoch } = change {
                             // Not running (fenced), but the leader may wait for the release.
                             self.stop(&client, epoch, Some(out));
                         }
                     }
-                    for (spec, epoch) in held {
-                        self.start(spec, epoch);
-                    }
+                    // The leader just confirmed what is ours: resume all of it.
+                    self.resume();
                 } else {
                     self.apply(changes, out);
                 }
@@ -413,16 +418,7 @@ impl Handler for WorkerNode {
         } else if valid && self.fenced && self.have_set {
             // Renewed within the same session that delivered the set: nothing was reassigned
             // (the leader closes a session before giving its clients away).
-            self.fenced = false;
-            info!(worker = %self.id, clients = self.assignments.len(), "lease renewed; resuming work");
-            let held: Vec<(ClientSpec, u64)> = self
-                .assignments
-                .held()
-                .map(|(s, e)| (s.clone(), e))
-                .collect();
-            for (spec, epoch) in held {
-                self.start(spec, epoch);
-            }
+            self.resume();
         }
     }
 

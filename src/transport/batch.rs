@@ -379,6 +379,17 @@ mod tests {
     }
 
     #[test]
+    fn a_sink_failure_keeps_its_store_error_through_the_reader() {
+        let full = std::io::Error::from_raw_os_error(nix::libc::ENOSPC);
+        let e = sink_failed(StoreError::io(std::path::Path::new("/s"), full));
+        let store = sink_failure(e).expect("the sink's own failure");
+        assert!(matches!(store, StoreError::DiskFull { .. }), "{store}");
+        let broken = io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended");
+        let back = sink_failure(broken).expect_err("not the sink's");
+        assert_eq!(back.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
     fn quoting_survives_quotes_and_newlines() {
         let mut out = Vec::new();
         shell_quote(&mut out, b"it's\na");

@@ -42,16 +42,16 @@ pub(super) async fn commit_staged(
     task.metrics
         .commit_seconds
         .observe(commit_began.elapsed().as_secs_f64());
-    count_committed(task, &outcomes, &sizes);
-    debug!(client = %task.spec.name, files = names.len(),
-           committed = outcomes.iter().filter(|o| matches!(o, Outcome::Committed { .. })).count(),
+    let committed = count_committed(task, &outcomes, &sizes);
+    debug!(client = %task.spec.name, files = names.len(), committed,
            bytes = sizes.iter().sum::<u64>(),
            ms = commit_began.elapsed().as_millis() as u64, "batch durable");
     Ok(names)
 }
 
-/// Adds a committed batch to the client's metrics and totals.
-fn count_committed(task: &ClientTask, outcomes: &[Outcome], sizes: &[u64]) {
+/// Adds a committed batch to the client's metrics and totals; returns how many files were
+/// new (not committed before).
+fn count_committed(task: &ClientTask, outcomes: &[Outcome], sizes: &[u64]) -> u64 {
     let (committed, committed_bytes) = outcomes
         .iter()
         .zip(sizes)
@@ -64,6 +64,7 @@ fn count_committed(task: &ClientTask, outcomes: &[Outcome], sizes: &[u64]) {
     stats
         .totals
         .add_batch(committed, committed_bytes, crate::clock::unix_ms());
+    committed
 }
 
 /// Commits the staged batch of batch mode, if any.

@@ -255,3 +255,37 @@ pub(super) fn changed_during_copy(client: &str, name: &[u8]) {
     warn!(client = %client, name = %String::from_utf8_lossy(name),
           "file changed during copy: not committed, not deleted; retried once it settles");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str) -> RemoteEntry {
+        RemoteEntry {
+            name: name.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            size: 1,
+            mtime: 1,
+        }
+    }
+
+    fn work(name: &str) -> Work {
+        Work::from(&entry(name))
+    }
+
+    #[test]
+    fn a_batch_leaves_room_for_leftovers_and_takes_each_name_once() {
+        let mut cursor = Cursor::new();
+        cursor.queue = ["a", "b", "c", "d"].into_iter().map(entry).collect();
+        let leftovers = [work("b")];
+        let removing = [b"c".to_vec()];
+        // Batch mode: "b" waits behind its leftover, "c" behind its removal.
+        let picked = pick(&mut cursor, &leftovers, &removing, true, 4);
+        let names: Vec<&[u8]> = picked.iter().map(|e| e.name.as_slice()).collect();
+        assert_eq!(names, [&b"a"[..]]);
+        assert_eq!(cursor.queue.len(), 1, "one name stays queued");
+        // SFTP mode renames one at a time: a clash is skipped by the rename itself.
+        cursor.queue = ["a", "b"].into_iter().map(entry).collect();
+        assert_eq!(pick(&mut cursor, &leftovers, &[], false, 4).len(), 2);
+    }
+}

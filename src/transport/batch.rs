@@ -520,16 +520,30 @@ mod tests {
         );
     }
 
+    /// A client directory with files already in its claim dir and files waiting.
+    fn client_dir(
+        claim: &str,
+        claimed: &[(&str, &[u8])],
+        waiting: &[(&str, &[u8])],
+    ) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join(claim)).expect("mkdir");
+        for (name, content) in claimed {
+            std::fs::write(tmp.path().join(claim).join(name), content).expect("claimed");
+        }
+        for (name, content) in waiting {
+            std::fs::write(tmp.path().join(name), content).expect("waiting");
+        }
+        tmp
+    }
+
     #[test]
     fn a_claim_never_replaces_a_file_already_claimed() {
         if !gnu_tools_here() {
             return;
         }
-        let tmp = tempfile::tempdir().expect("tmp");
         let claim = ".sqd/claim/w-1";
-        std::fs::create_dir_all(tmp.path().join(claim)).expect("mkdir");
-        std::fs::write(tmp.path().join(claim).join("x"), b"old").expect("old");
-        std::fs::write(tmp.path().join("x"), b"new").expect("new");
+        let tmp = client_dir(claim, &[("x", b"old")], &[("x", b"new")]);
         let names: &[&[u8]] = &[b"x"];
         let plan = BatchPlan {
             dir: tmp.path().to_str().expect("utf-8"),
@@ -551,13 +565,9 @@ mod tests {
         if !gnu_tools_here() {
             return;
         }
-        let tmp = tempfile::tempdir().expect("tmp");
         let claim = ".sqd/claim/w-1";
-        std::fs::create_dir_all(tmp.path().join(claim)).expect("mkdir");
         // "x" of the last batch is durable; the producer wrote a new "x" since.
-        std::fs::write(tmp.path().join(claim).join("x"), b"old").expect("old");
-        std::fs::write(tmp.path().join(claim).join("y"), b"old y").expect("old y");
-        std::fs::write(tmp.path().join("x"), b"new").expect("new");
+        let tmp = client_dir(claim, &[("x", b"old"), ("y", b"old y")], &[("x", b"new")]);
         let names: &[&[u8]] = &[b"x"];
         let plan = BatchPlan {
             dir: tmp.path().to_str().expect("utf-8"),

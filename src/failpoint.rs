@@ -32,7 +32,7 @@ fn armed() -> Option<&'static Armed> {
 }
 
 /// Aborts the process if `name` is the armed point and its hit count is reached.
-pub fn hit(name: &str) {
+pub(crate) fn hit(name: &str) {
     if let Some(a) = armed()
         && a.name == name
         && a.hits.fetch_add(1, Ordering::SeqCst) + 1 >= a.on_hit

@@ -10,6 +10,7 @@
 //! - [`node`]: the node side of a leader session, shared by workers and agents.
 //! - [`worker`]: assignment set, self-fencing lease, and the seam where pull loops run.
 //! - [`agent`]: the optional client agent on a producing host.
+//! - [`files`]: the file model worker and agent share: entries, candidates, settling, claim layout.
 //! - [`clock`]: wall-clock milliseconds shared by the catalog, the audit log and sqdctl.
 //! - [`cli`]: the `sqd` command line (flags of every mode).
 //! - [`ctl`]: the `sqdctl` commands and their output.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod failpoint;
+pub(crate) mod files;
 pub mod leader;
 pub mod metrics;
 pub mod node;

@@ -3,6 +3,12 @@
 /// This build's version, as advertised at registration.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The version this node advertises at registration: [`VERSION`], unless tests set
+/// `SQD_ADVERTISE_VERSION` to exercise the handshake without building another release.
+pub(crate) fn advertised() -> String {
+    std::env::var("SQD_ADVERTISE_VERSION").unwrap_or_else(|_| VERSION.to_owned())
+}
+
 /// Checks that a node at `node` may join a leader at `leader`.
 ///
 /// The rule is same major.minor: patch releases mix freely, anything else is refused so a

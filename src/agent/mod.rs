@@ -14,11 +14,9 @@ use tracing::{info, warn};
 
 use crate::config::ClientConfig;
 use crate::daemon::{DaemonError, PidLock};
+use crate::files;
 use crate::node::{self, Handler, NodeError, NodeOutbox};
 use crate::proto::{self, leader_message::Body};
-use crate::transport::ssh::{EntryKind, RemoteEntry};
-use crate::version::VERSION;
-use crate::worker::lifecycle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -34,19 +32,19 @@ pub enum AgentError {
 
 /// Where the agent keeps its pid file: sqd's own area inside the watched directory.
 pub fn runtime_dir(watch: &Path) -> PathBuf {
-    watch.join(".sqd")
+    watch.join(files::SQD_DIR)
 }
 
 /// Waiting files as the agent sees them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Backlog {
-    pub files: u64,
-    pub bytes: u64,
-    pub oldest_s: u64,
+pub(crate) struct Backlog {
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+    pub(crate) oldest_s: u64,
 }
 
 /// Scans the directory the way a worker selects files (regular, visible, complete-looking).
-pub fn scan(dir: &Path, now: SystemTime) -> std::io::Result<Backlog> {
+pub(crate) fn scan(dir: &Path, now: SystemTime) -> std::io::Result<Backlog> {
     use std::os::unix::ffi::OsStrExt;
     let mut backlog = Backlog::default();
     for entry in std::fs::read_dir(dir)? {
@@ -54,17 +52,8 @@ pub fn scan(dir: &Path, now: SystemTime) -> std::io::Result<Backlog> {
         let Ok(meta) = entry.path().symlink_metadata() else {
             continue;
         };
-        let remote = RemoteEntry {
-            name: entry.file_name().as_bytes().to_vec(),
-            kind: if meta.file_type().is_file() {
-                EntryKind::File
-            } else {
-                EntryKind::Other
-            },
-            size: meta.len(),
-            mtime: 0,
-        };
-        if !lifecycle::is_candidate(&remote, None) {
+        let regular = meta.file_type().is_file();
+        if !regular || !files::is_candidate_name(entry.file_name().as_bytes(), None) {
             continue;
         }
         backlog.files += 1;
@@ -93,7 +82,7 @@ pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let ident = node::Identity {
         role: proto::NodeRole::Agent,
         id: cfg.name.clone(),
-        version: std::env::var("SQD_ADVERTISE_VERSION").unwrap_or_else(|_| VERSION.to_owned()),
+        version: crate::version::advertised(),
         addr: String::new(),
         cluster: String::new(),
         capacity: 0,
@@ -191,15 +180,8 @@ fn is_new_file(event: &notify::Event) -> bool {
     );
     finished
         && event.paths.iter().any(|p| {
-            p.file_name().is_some_and(|name| {
-                let entry = RemoteEntry {
-                    name: name.as_bytes().to_vec(),
-                    kind: EntryKind::File,
-                    size: 0,
-                    mtime: 0,
-                };
-                lifecycle::is_candidate(&entry, None)
-            })
+            p.file_name()
+                .is_some_and(|name| files::is_candidate_name(name.as_bytes(), None))
         })
 }
 

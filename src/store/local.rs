@@ -18,9 +18,14 @@ use tracing::{info, warn};
 use super::{FileMeta, Outcome, Sink, Staged, StoreError, Totals};
 
 const SCHEMA_VERSION: i64 = 1;
+
+/// A row a commit inserted: its id and the path it recorded for the file.
+type NewRow = (i64, PathBuf);
+/// A row whose file had to take another name: its id and that path, relative to the root.
+type Renamed = (i64, String);
 const MAX_LOCAL_NAME: usize = 200;
 
-pub struct LocalStore {
+pub(crate) struct LocalStore {
     root: PathBuf,
     staging: PathBuf,
     catalog_path: PathBuf,
@@ -29,7 +34,7 @@ pub struct LocalStore {
 
 impl LocalStore {
     /// Opens (creating if needed) the store at `root` and recovers from an interrupted commit.
-    pub fn open(root: &Path) -> Result<LocalStore, StoreError> {
+    pub(crate) fn open(root: &Path) -> Result<LocalStore, StoreError> {
         let staging = root.join("staging");
         for dir in [root.to_path_buf(), root.join("files"), staging.clone()] {
             std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
@@ -136,6 +141,115 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Refuses a batch with a file outside staging (the store moves only its own files).
+    fn check_staged(&self, batch: &[Staged]) -> Result<(), StoreError> {
+        match batch
+            .iter()
+            .find(|s| s.path.parent() != Some(self.staging.as_path()))
+        {
+            Some(s) => Err(StoreError::NotStaged {
+                path: s.path.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Step (2), the commit point: one transaction inserts a row per new key with its staging
+    /// name and wanted path. Per file: the new row's id and wanted path, or `None` when the
+    /// key was committed before.
+    fn insert_rows(
+        &self,
+        worker: &str,
+        epoch: u64,
+        batch: &[Staged],
+    ) -> Result<Vec<Option<NewRow>>, StoreError> {
+        let committed_at = crate::clock::unix_ms();
+        let date = utc_date(committed_at);
+        let mut inserted = Vec::with_capacity(batch.len());
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.cat(e))?;
+        // Prepared once per batch (re-parsing the SQL for every row showed in profiles).
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO files
+                 (file_key, client, name, size, mtime, hash, path, staged_as, worker, epoch, committed_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .map_err(|e| self.cat(e))?;
+        for s in batch {
+            let wanted = wanted_path(&s.meta, &date)?;
+            let staged_as = s.path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                StoreError::NotStaged {
+                    path: s.path.clone(),
+                }
+            })?;
+            let changed = insert
+                .execute(params![
+                    s.meta.key(),
+                    s.meta.client,
+                    s.meta.name,
+                    s.meta.size as i64,
+                    s.meta.mtime,
+                    blake3::Hash::from(s.meta.hash).to_hex().as_str(),
+                    wanted.to_str().unwrap_or_default(),
+                    staged_as,
+                    worker,
+                    epoch as i64,
+                    committed_at
+                ])
+                .map_err(|e| self.cat(e))?;
+            inserted.push((changed == 1).then(|| (tx.last_insert_rowid(), wanted)));
+        }
+        drop(insert);
+        tx.commit().map_err(|e| self.cat(e))?;
+        Ok(inserted)
+    }
+
+    /// Step (3): moves each newly committed file into place and drops the staged copies of
+    /// keys committed before. Returns the outcomes and the rows whose file had to take
+    /// another name than the one recorded.
+    fn place_batch(
+        &self,
+        batch: &[Staged],
+        inserted: Vec<Option<NewRow>>,
+    ) -> Result<(Vec<Outcome>, Vec<Renamed>), StoreError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut moved = Vec::new();
+        for (s, ins) in batch.iter().zip(inserted) {
+            match ins {
+                Some((id, wanted)) => {
+                    let final_path = self.place(&s.path, &wanted)?;
+                    if final_path != self.root.join(&wanted) {
+                        moved.push((id, self.relative(&final_path)?));
+                    }
+                    outcomes.push(Outcome::Committed { path: final_path });
+                }
+                None => {
+                    let _ = std::fs::remove_file(&s.path);
+                    outcomes.push(Outcome::AlreadyPresent);
+                }
+            }
+        }
+        Ok((outcomes, moved))
+    }
+
+    /// Step (4), once the moves are durable: records the names files took and forgets the
+    /// staging names, so recovery has nothing left to finish.
+    fn clear_staging_names(&self, moved: &[Renamed]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.cat(e))?;
+        for (id, rel) in moved {
+            tx.execute("UPDATE files SET path = ?2 WHERE id = ?1", params![id, rel])
+                .map_err(|e| self.cat(e))?;
+        }
+        tx.execute(
+            "UPDATE files SET staged_as = NULL WHERE staged_as IS NOT NULL",
+            [],
+        )
+        .map_err(|e| self.cat(e))?;
+        tx.commit().map_err(|e| self.cat(e))
+    }
+
     fn relative(&self, path: &Path) -> Result<String, StoreError> {
         path.strip_prefix(&self.root)
             .ok()
@@ -217,7 +331,7 @@ fn numbered(name: &str, n: u32) -> String {
 
 /// A safe local file name for opaque remote bytes (hazard 8): `[A-Za-z0-9._-]` kept, every
 /// other byte `%XX`; never empty, never starting with '.', at most 200 bytes.
-pub fn local_name(name: &[u8]) -> String {
+pub(crate) fn local_name(name: &[u8]) -> String {
     let mut out = String::with_capacity(name.len());
     for &b in name {
         if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
@@ -239,7 +353,7 @@ pub fn local_name(name: &[u8]) -> String {
 }
 
 /// UTC date `YYYY-MM-DD` of a Unix time in milliseconds.
-pub fn utc_date(unix_ms: i64) -> String {
+pub(crate) fn utc_date(unix_ms: i64) -> String {
     let days = unix_ms.div_euclid(86_400_000);
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
@@ -282,91 +396,16 @@ impl Sink for LocalStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        for s in &batch {
-            if s.path.parent() != Some(self.staging.as_path()) {
-                return Err(StoreError::NotStaged {
-                    path: s.path.clone(),
-                });
-            }
-        }
+        self.check_staged(&batch)?;
         // (1) staged data durable.
         self.sync_all()?;
         // (2) the commit point.
-        let committed_at = crate::clock::unix_ms();
-        let date = utc_date(committed_at);
-        let mut inserted: Vec<Option<(i64, PathBuf)>> = Vec::with_capacity(batch.len());
-        {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(|e| self.cat(e))?;
-            // Prepared once per batch (re-parsing the SQL for every row showed in profiles).
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO files
-                     (file_key, client, name, size, mtime, hash, path, staged_as, worker, epoch, committed_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(|e| self.cat(e))?;
-            for s in &batch {
-                let wanted = wanted_path(&s.meta, &date)?;
-                let staged_as = s.path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-                    StoreError::NotStaged {
-                        path: s.path.clone(),
-                    }
-                })?;
-                let changed = insert
-                    .execute(params![
-                        s.meta.key(),
-                        s.meta.client,
-                        s.meta.name,
-                        s.meta.size as i64,
-                        s.meta.mtime,
-                        blake3::Hash::from(s.meta.hash).to_hex().as_str(),
-                        wanted.to_str().unwrap_or_default(),
-                        staged_as,
-                        worker,
-                        epoch as i64,
-                        committed_at
-                    ])
-                    .map_err(|e| self.cat(e))?;
-                inserted.push((changed == 1).then(|| (tx.last_insert_rowid(), wanted)));
-            }
-            drop(insert);
-            tx.commit().map_err(|e| self.cat(e))?;
-        }
+        let inserted = self.insert_rows(worker, epoch, &batch)?;
         // (3) move into place, never overwriting.
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut moved = Vec::new();
-        for (s, ins) in batch.iter().zip(inserted) {
-            match ins {
-                Some((id, wanted)) => {
-                    let final_path = self.place(&s.path, &wanted)?;
-                    if final_path != self.root.join(&wanted) {
-                        moved.push((id, self.relative(&final_path)?));
-                    }
-                    outcomes.push(Outcome::Committed { path: final_path });
-                }
-                None => {
-                    let _ = std::fs::remove_file(&s.path);
-                    outcomes.push(Outcome::AlreadyPresent);
-                }
-            }
-        }
+        let (outcomes, moved) = self.place_batch(&batch, inserted)?;
         // (4) entries durable; staging names no longer needed.
         self.sync_all()?;
-        {
-            let mut conn = self.conn();
-            let tx = conn.transaction().map_err(|e| self.cat(e))?;
-            for (id, rel) in &moved {
-                tx.execute("UPDATE files SET path = ?2 WHERE id = ?1", params![id, rel])
-                    .map_err(|e| self.cat(e))?;
-            }
-            tx.execute(
-                "UPDATE files SET staged_as = NULL WHERE staged_as IS NOT NULL",
-                [],
-            )
-            .map_err(|e| self.cat(e))?;
-            tx.commit().map_err(|e| self.cat(e))?;
-        }
+        self.clear_staging_names(&moved)?;
         Ok(outcomes)
     }
 

@@ -2,15 +2,15 @@
 //! ([`FileMeta::key`]), and one conformance suite every sink must pass. The embedded default
 //! is [`LocalStore`] (a directory plus a SQLite catalog, no server).
 
-pub mod local;
+pub(crate) mod local;
 
 use std::path::{Path, PathBuf};
 
-pub use local::LocalStore;
+pub(crate) use local::LocalStore;
 
 /// What identifies a pulled file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileMeta {
+pub(crate) struct FileMeta {
     pub client: String,
     /// Original remote file name: opaque bytes (may be non-UTF-8, hold '\n', be 255 long).
     pub name: Vec<u8>,
@@ -24,7 +24,7 @@ pub struct FileMeta {
 impl FileMeta {
     /// Stable key over client, name, size, mtime and content hash — never the inode
     /// (hazard 5). Length-prefixed so no two field lists encode alike.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         let mut h = blake3::Hasher::new();
         for field in [self.client.as_bytes(), &self.name] {
             h.update(&(field.len() as u64).to_le_bytes());
@@ -40,13 +40,13 @@ impl FileMeta {
 /// A file staged by the puller: fully written (not yet synced) at `path`, inside
 /// [`Sink::staging_dir`].
 #[derive(Debug, Clone)]
-pub struct Staged {
+pub(crate) struct Staged {
     pub meta: FileMeta,
     pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Newly committed: data and catalog row are durable; `path` is where the data lives.
     Committed { path: PathBuf },
     /// The key was committed before (e.g. a crash between commit and source delete); the
@@ -55,7 +55,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Totals {
+pub(crate) struct Totals {
     pub files_total: u64,
     pub bytes_total: u64,
     pub files_today: u64,
@@ -69,7 +69,7 @@ const DAY_MS: i64 = 86_400_000;
 impl Totals {
     /// Counts a batch committed at `at_unix_ms`, so callers need not re-read the catalog after
     /// every batch; "today" restarts when the UTC day changed since the last commit.
-    pub fn add_batch(&mut self, files: u64, bytes: u64, at_unix_ms: i64) {
+    pub(crate) fn add_batch(&mut self, files: u64, bytes: u64, at_unix_ms: i64) {
         if at_unix_ms.div_euclid(DAY_MS) != self.last_commit_unix_ms.div_euclid(DAY_MS) {
             self.files_today = 0;
             self.bytes_today = 0;
@@ -82,7 +82,7 @@ impl Totals {
     }
 
     /// (files, bytes) committed on the UTC day of `now_unix_ms`.
-    pub fn today(&self, now_unix_ms: i64) -> (u64, u64) {
+    pub(crate) fn today(&self, now_unix_ms: i64) -> (u64, u64) {
         if now_unix_ms.div_euclid(DAY_MS) == self.last_commit_unix_ms.div_euclid(DAY_MS) {
             (self.files_today, self.bytes_today)
         } else {
@@ -135,7 +135,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Maps an I/O error, recognising a full disk.
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         if source.raw_os_error() == Some(nix::libc::ENOSPC)
             || source.kind() == std::io::ErrorKind::StorageFull
         {
@@ -151,7 +151,7 @@ impl StoreError {
     }
 
     /// Maps a SQLite error, recognising a full disk.
-    pub fn catalog(path: &Path, source: rusqlite::Error) -> Self {
+    pub(crate) fn catalog(path: &Path, source: rusqlite::Error) -> Self {
         match source.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull {
                 path: path.to_owned(),
@@ -165,7 +165,7 @@ impl StoreError {
 }
 
 /// Where committed files go. Blocking API: callers run it on a blocking thread.
-pub trait Sink: Send + Sync {
+pub(crate) trait Sink: Send + Sync {
     /// Directory the puller writes temp files into (same filesystem as the final files).
     fn staging_dir(&self) -> &Path;
     /// Commits a batch durably with one group commit; idempotent on [`FileMeta::key`]. One

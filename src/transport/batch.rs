@@ -21,11 +21,13 @@
 
 use std::io::{self, BufRead};
 
+use crate::store::StoreError;
+
 /// The command the probe runs, and what its output must contain.
-pub const PROBE: &str = "tar --version; mv --version";
-pub const PROBE_MARKERS: [&str; 2] = ["GNU tar", "GNU coreutils"];
+pub(crate) const PROBE: &str = "tar --version; mv --version";
+pub(crate) const PROBE_MARKERS: [&str; 2] = ["GNU tar", "GNU coreutils"];
 /// The long-lived helper: a POSIX shell reading the batch scripts on stdin.
-pub const HELPER: &str = "exec sh -s";
+pub(crate) const HELPER: &str = "exec sh -s";
 
 /// Most names per remote command line, and most bytes of quoted names (far below ARG_MAX).
 const NAMES_PER_COMMAND: usize = 500;
@@ -37,7 +39,7 @@ const NAMES_PER_REMOVAL: usize = 250;
 
 /// One batch: what to remove, claim and stream.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchPlan<'a> {
+pub(crate) struct BatchPlan<'a> {
     /// The client's directory (relative paths start at the login directory, as over SFTP).
     pub dir: &'a str,
     /// The claim directory, relative to `dir`.
@@ -51,7 +53,7 @@ pub struct BatchPlan<'a> {
 }
 
 /// One regular file of the stream, in archive order.
-pub struct StreamedFile<'a> {
+pub(crate) struct StreamedFile<'a> {
     pub name: &'a [u8],
     /// Size and mtime as the host's `tar` saw them right before reading the file.
     pub size: u64,
@@ -60,7 +62,7 @@ pub struct StreamedFile<'a> {
 }
 
 /// Where the streamed files go (on a blocking thread: it writes local files).
-pub trait StreamSink: Send + 'static {
+pub(crate) trait StreamSink: Send + 'static {
     /// The claim commands have run (the files now sit in the claim dir).
     fn claimed(&mut self) {}
     /// Takes one file of the stream. A failure of the sink itself (not of reading `file`)
@@ -73,32 +75,31 @@ pub trait StreamSink: Send + 'static {
 }
 
 /// The sink's own failure (e.g. the local disk is full), carried through the stream reader.
-#[derive(Debug)]
-pub struct SinkFailed(pub String);
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct SinkFailed(StoreError);
 
-impl std::fmt::Display for SinkFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+/// Marks a store error as the sink's own failure.
+pub(crate) fn sink_failed(error: StoreError) -> io::Error {
+    io::Error::other(SinkFailed(error))
+}
+
+/// The store error inside `e` when `e` is the sink's own failure, else `e` itself.
+pub(crate) fn sink_failure(e: io::Error) -> Result<StoreError, io::Error> {
+    match e.get_ref().map(|inner| inner.is::<SinkFailed>()) {
+        Some(true) => match e.into_inner().map(|inner| inner.downcast::<SinkFailed>()) {
+            Some(Ok(failed)) => Ok(failed.0),
+            // Checked just above; kept total rather than unwrapped.
+            Some(Err(inner)) => Err(io::Error::other(inner)),
+            None => Err(io::Error::other("sink failure without its error")),
+        },
+        _ => Err(e),
     }
-}
-
-impl std::error::Error for SinkFailed {}
-
-/// Marks `reason` as the sink's own failure.
-pub fn sink_failed(reason: String) -> io::Error {
-    io::Error::other(SinkFailed(reason))
-}
-
-/// The sink's reason when `e` is the sink's own failure.
-pub fn sink_failure(e: &io::Error) -> Option<String> {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<SinkFailed>())
-        .map(|f| f.0.clone())
 }
 
 /// How a batch ended on the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchEnd {
+pub(crate) struct BatchEnd {
     /// Whether every removal succeeded (`None`: nothing to remove).
     pub removed: Option<bool>,
     /// Every `tar` exited 0: GNU tar saw no file change size or ctime while reading it and
@@ -110,7 +111,7 @@ pub struct BatchEnd {
 
 /// `s` as one shell word: single-quoted, any bytes but NUL (a `'` is closed, escaped and
 /// reopened).
-pub fn shell_quote(out: &mut Vec<u8>, s: &[u8]) {
+pub(crate) fn shell_quote(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'\'');
     for &b in s {
         if b == b'\'' {
@@ -176,7 +177,7 @@ fn removal_meets_batch(plan: &BatchPlan<'_>) -> bool {
 }
 
 /// The script of one batch (see the module doc for its reply).
-pub fn script(plan: &BatchPlan<'_>, nonce: &str) -> Vec<u8> {
+pub(crate) fn script(plan: &BatchPlan<'_>, nonce: &str) -> Vec<u8> {
     let mut out = Vec::new();
     let mut claim = Vec::new();
     shell_quote(&mut claim, plan.claim_dir.as_bytes());
@@ -236,7 +237,7 @@ pub fn script(plan: &BatchPlan<'_>, nonce: &str) -> Vec<u8> {
 }
 
 /// The line the helper prints once before its first reply.
-pub fn ready_line(nonce: &str) -> String {
+pub(crate) fn ready_line(nonce: &str) -> String {
     format!("printf 'sqd:READY:{nonce}\\n'\n")
 }
 
@@ -245,7 +246,7 @@ const NOISE_LIMIT: usize = 1 << 20;
 
 /// Skips what the login shell's rc files printed (a `.bashrc` may greet even a
 /// non-interactive shell) up to the helper's ready line.
-pub fn skip_until_ready<R: BufRead>(input: &mut R, nonce: &str) -> io::Result<()> {
+pub(crate) fn skip_until_ready<R: BufRead>(input: &mut R, nonce: &str) -> io::Result<()> {
     let ready = format!("sqd:READY:{nonce}");
     let mut skipped = 0;
     let mut line = Vec::new();
@@ -276,7 +277,7 @@ fn invalid(what: String) -> io::Error {
 
 /// Reads one batch's reply, handing each streamed regular file to `sink`. Entries that are
 /// not regular files are skipped unread.
-pub fn read_reply<R: BufRead>(
+pub(crate) fn read_reply<R: BufRead>(
     input: &mut R,
     nonce: &str,
     sink: &mut dyn StreamSink,
@@ -375,6 +376,17 @@ mod tests {
             self.files.push((f.name.to_vec(), data, f.size));
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_sink_failure_keeps_its_store_error_through_the_reader() {
+        let full = std::io::Error::from_raw_os_error(nix::libc::ENOSPC);
+        let e = sink_failed(StoreError::io(std::path::Path::new("/s"), full));
+        let store = sink_failure(e).expect("the sink's own failure");
+        assert!(matches!(store, StoreError::DiskFull { .. }), "{store}");
+        let broken = io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended");
+        let back = sink_failure(broken).expect_err("not the sink's");
+        assert_eq!(back.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
@@ -508,16 +520,30 @@ mod tests {
         );
     }
 
+    /// A client directory with files already in its claim dir and files waiting.
+    fn client_dir(
+        claim: &str,
+        claimed: &[(&str, &[u8])],
+        waiting: &[(&str, &[u8])],
+    ) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join(claim)).expect("mkdir");
+        for (name, content) in claimed {
+            std::fs::write(tmp.path().join(claim).join(name), content).expect("claimed");
+        }
+        for (name, content) in waiting {
+            std::fs::write(tmp.path().join(name), content).expect("waiting");
+        }
+        tmp
+    }
+
     #[test]
     fn a_claim_never_replaces_a_file_already_claimed() {
         if !gnu_tools_here() {
             return;
         }
-        let tmp = tempfile::tempdir().expect("tmp");
         let claim = ".sqd/claim/w-1";
-        std::fs::create_dir_all(tmp.path().join(claim)).expect("mkdir");
-        std::fs::write(tmp.path().join(claim).join("x"), b"old").expect("old");
-        std::fs::write(tmp.path().join("x"), b"new").expect("new");
+        let tmp = client_dir(claim, &[("x", b"old")], &[("x", b"new")]);
         let names: &[&[u8]] = &[b"x"];
         let plan = BatchPlan {
             dir: tmp.path().to_str().expect("utf-8"),
@@ -539,13 +565,9 @@ mod tests {
         if !gnu_tools_here() {
             return;
         }
-        let tmp = tempfile::tempdir().expect("tmp");
         let claim = ".sqd/claim/w-1";
-        std::fs::create_dir_all(tmp.path().join(claim)).expect("mkdir");
         // "x" of the last batch is durable; the producer wrote a new "x" since.
-        std::fs::write(tmp.path().join(claim).join("x"), b"old").expect("old");
-        std::fs::write(tmp.path().join(claim).join("y"), b"old y").expect("old y");
-        std::fs::write(tmp.path().join("x"), b"new").expect("new");
+        let tmp = client_dir(claim, &[("x", b"old"), ("y", b"old y")], &[("x", b"new")]);
         let names: &[&[u8]] = &[b"x"];
         let plan = BatchPlan {
             dir: tmp.path().to_str().expect("utf-8"),

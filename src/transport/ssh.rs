@@ -18,10 +18,12 @@ use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt;
 
 use super::batch;
-pub use super::batch::{BatchEnd, BatchPlan, StreamSink, StreamedFile, sink_failed};
+pub(crate) use super::batch::{BatchEnd, BatchPlan, StreamSink, StreamedFile, sink_failed};
 use openssh_sftp_client::{Sftp, SftpOptions};
 
+pub use crate::files::{EntryKind, RemoteEntry};
 use crate::spec::SshTarget;
+use crate::store::StoreError;
 
 /// What a worker needs to reach one client.
 #[derive(Debug, Clone)]
@@ -46,7 +48,7 @@ pub enum TransferMode {
     Sftp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
     #[error(
         "host key of {host} is not in {known_hosts}; verify the host's fingerprint, then add it (ssh-keyscan -p PORT HOST >> FILE)"
@@ -70,6 +72,9 @@ pub enum TransportError {
         "remote directory {path} does not exist on {target}; create it or fix the client's --path"
     )]
     DirMissing { target: String, path: String },
+    /// A file sqd was working on is gone (the directory itself is still there).
+    #[error("file {path} vanished at {target} while it was being read or moved")]
+    Vanished { target: String, path: String },
     #[error(
         "permission denied on {path} at {target}; the SSH user needs read, rename and delete rights there"
     )]
@@ -77,8 +82,8 @@ pub enum TransportError {
     #[error("the SSH connection to {target} was lost: {reason}")]
     Lost { target: String, reason: String },
     /// Where the streamed files go failed (the store's disk), not the transfer.
-    #[error("{reason}")]
-    Sink { reason: String },
+    #[error("{0}")]
+    Sink(Arc<StoreError>),
     #[error("sftp error on {path} at {target}: {reason}")]
     Sftp {
         target: String,
@@ -99,15 +104,16 @@ impl TransportError {
             }
             TransportError::Connect { .. } => "connect",
             TransportError::DirMissing { .. } => "dir_missing",
+            TransportError::Vanished { .. } => "file_vanished",
             TransportError::PermissionDenied { .. } => "permission_denied",
             TransportError::Lost { .. } => "connection_lost",
-            TransportError::Sink { .. } => "store",
+            TransportError::Sink(_) => "store",
             TransportError::Sftp { .. } => "sftp",
         }
     }
 
     /// Whether the connection is unusable and must be re-established.
-    pub fn needs_reconnect(&self) -> bool {
+    pub(crate) fn needs_reconnect(&self) -> bool {
         matches!(
             self,
             TransportError::Lost { .. } | TransportError::Connect { .. }
@@ -116,7 +122,7 @@ impl TransportError {
 }
 
 /// Refuses a key file that group or others can read (like sshd and garage do).
-pub fn check_key_file(path: &Path) -> Result<(), TransportError> {
+pub(crate) fn check_key_file(path: &Path) -> Result<(), TransportError> {
     let meta = std::fs::metadata(path).map_err(|e| TransportError::KeyUnreadable {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -130,7 +136,7 @@ pub fn check_key_file(path: &Path) -> Result<(), TransportError> {
 }
 
 /// Turns the OpenSSH client's complaint into an error that says what to do.
-pub fn classify_connect_error(params: &SshParams, message: &str) -> TransportError {
+pub(crate) fn classify_connect_error(params: &SshParams, message: &str) -> TransportError {
     let host = format!("[{}]:{}", params.target.host, params.target.port);
     let known_hosts = params.known_hosts.as_ref().map_or_else(
         || "~/.ssh/known_hosts".to_owned(),
@@ -167,28 +173,10 @@ pub fn classify_connect_error(params: &SshParams, message: &str) -> TransportErr
     }
 }
 
-/// A remote directory entry, as listed (lstat: links are not followed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteEntry {
-    /// Opaque bytes; never used to build a local path.
-    pub name: Vec<u8>,
-    pub kind: EntryKind,
-    pub size: u64,
-    pub mtime: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
-    File,
-    Dir,
-    /// Symlink, FIFO, socket, device, or unknown: never read.
-    Other,
-}
-
 /// SFTP channels opened over one SSH connection. OpenSSH's sftp-server handles one request at
 /// a time per channel, and per-file metadata calls (rename, unlink) wait on the disk; a few
 /// channels let the producing host work on several at once (see docs/ARCHITECTURE.md).
-pub const SFTP_LANES: usize = 4;
+pub(crate) const SFTP_LANES: usize = 4;
 
 /// An open SSH connection to one client with [`SFTP_LANES`] SFTP channels on it.
 pub struct Remote {
@@ -321,20 +309,37 @@ fn error_text(e: &dyn std::error::Error) -> String {
     msg
 }
 
+/// What an SFTP request worked on: "no such file" means a missing directory (the client's
+/// `--path` is wrong) only for directory requests; for a file it means the file went away.
+#[derive(Debug, Clone, Copy)]
+enum Subject {
+    Dir,
+    File,
+}
+
 /// The SFTP status codes we act on (draft-ietf-secsh-filexfer-02).
-fn sftp_error(target: &str, path: &Path, e: openssh_sftp_client::Error) -> TransportError {
+fn sftp_error(
+    target: &str,
+    path: &Path,
+    subject: Subject,
+    e: openssh_sftp_client::Error,
+) -> TransportError {
     use openssh_sftp_client::error::{Error as E, SftpErrorKind};
     let shown = path.display().to_string();
-    match &e {
-        E::SftpError(SftpErrorKind::NoSuchFile, _) => TransportError::DirMissing {
+    match (&e, subject) {
+        (E::SftpError(SftpErrorKind::NoSuchFile, _), Subject::Dir) => TransportError::DirMissing {
             target: target.to_owned(),
             path: shown,
         },
-        E::SftpError(SftpErrorKind::PermDenied, _) => TransportError::PermissionDenied {
+        (E::SftpError(SftpErrorKind::NoSuchFile, _), Subject::File) => TransportError::Vanished {
             target: target.to_owned(),
             path: shown,
         },
-        E::SftpError(..) => TransportError::Sftp {
+        (E::SftpError(SftpErrorKind::PermDenied, _), _) => TransportError::PermissionDenied {
+            target: target.to_owned(),
+            path: shown,
+        },
+        (E::SftpError(..), _) => TransportError::Sftp {
             target: target.to_owned(),
             path: shown,
             reason: error_text(&e),
@@ -347,8 +352,11 @@ fn sftp_error(target: &str, path: &Path, e: openssh_sftp_client::Error) -> Trans
 }
 
 /// Whether an error means "it is not there" (for idempotent cleanup).
-pub fn is_not_found(e: &TransportError) -> bool {
-    matches!(e, TransportError::DirMissing { .. })
+pub(crate) fn is_not_found(e: &TransportError) -> bool {
+    matches!(
+        e,
+        TransportError::DirMissing { .. } | TransportError::Vanished { .. }
+    )
 }
 
 impl Remote {
@@ -358,7 +366,22 @@ impl Remote {
         &self.lanes[i % self.lanes.len()]
     }
 
-    pub fn target(&self) -> &str {
+    /// A file request's failure, except that a file not there (any more) yields `gone`.
+    fn or_gone<T>(
+        &self,
+        path: &Path,
+        e: openssh_sftp_client::Error,
+        gone: T,
+    ) -> Result<T, TransportError> {
+        let err = sftp_error(&self.target, path, Subject::File, e);
+        if is_not_found(&err) {
+            Ok(gone)
+        } else {
+            Err(err)
+        }
+    }
+
+    pub(crate) fn target(&self) -> &str {
         &self.target
     }
 
@@ -368,11 +391,11 @@ impl Remote {
         let handle = fs
             .open_dir(dir)
             .await
-            .map_err(|e| sftp_error(&self.target, dir, e))?;
+            .map_err(|e| sftp_error(&self.target, dir, Subject::Dir, e))?;
         let mut stream = std::pin::pin!(handle.read_dir());
         let mut entries = Vec::new();
         while let Some(entry) = stream.next().await {
-            let entry = entry.map_err(|e| sftp_error(&self.target, dir, e))?;
+            let entry = entry.map_err(|e| sftp_error(&self.target, dir, Subject::Dir, e))?;
             let name = entry.filename().as_os_str().as_bytes().to_vec();
             if name == b"." || name == b".." {
                 continue;
@@ -400,7 +423,7 @@ impl Remote {
             Ok(()) => Ok(()),
             Err(e) => match fs.metadata(path).await {
                 Ok(m) if m.file_type().is_some_and(|t| t.is_dir()) => Ok(()),
-                _ => Err(sftp_error(&self.target, path, e)),
+                _ => Err(sftp_error(&self.target, path, Subject::Dir, e)),
             },
         }
     }
@@ -411,14 +434,7 @@ impl Remote {
         let mut fs = self.lane().fs();
         match fs.rename(from, to).await {
             Ok(()) => Ok(true),
-            Err(e) => {
-                let err = sftp_error(&self.target, from, e);
-                if is_not_found(&err) {
-                    Ok(false)
-                } else {
-                    Err(err)
-                }
-            }
+            Err(e) => self.or_gone(from, e, false),
         }
     }
 
@@ -427,15 +443,12 @@ impl Remote {
         let mut fs = self.lane().fs();
         match fs.remove_file(path).await {
             Ok(()) => Ok(()),
-            Err(e) => {
-                let err = sftp_error(&self.target, path, e);
-                if is_not_found(&err) { Ok(()) } else { Err(err) }
-            }
+            Err(e) => self.or_gone(path, e, ()),
         }
     }
 
     /// Removes an empty directory; a missing or non-empty one is left alone.
-    pub async fn remove_dir(&self, path: &Path) -> bool {
+    pub(crate) async fn remove_dir(&self, path: &Path) -> bool {
         self.lane().fs().remove_dir(path).await.is_ok()
     }
 
@@ -453,7 +466,7 @@ impl Remote {
         let mut file = lane
             .open(path)
             .await
-            .map_err(|e| sftp_error(&self.target, path, e))?;
+            .map_err(|e| sftp_error(&self.target, path, Subject::File, e))?;
         // `read` clamps to the server's limit (OpenSSH: 255 KiB), so ask for a large chunk.
         let chunk: u32 = 256 * 1024;
         let mut read = 0u64;
@@ -463,13 +476,13 @@ impl Remote {
             match file
                 .read(chunk, buf)
                 .await
-                .map_err(|e| sftp_error(&self.target, path, e))?
+                .map_err(|e| sftp_error(&self.target, path, Subject::File, e))?
             {
                 Some(data) => {
                     read += data.len() as u64;
-                    consume(&data).map_err(|e| match batch::sink_failure(&e) {
-                        Some(reason) => TransportError::Sink { reason },
-                        None => TransportError::Sftp {
+                    consume(&data).map_err(|e| match batch::sink_failure(e) {
+                        Ok(store) => TransportError::Sink(Arc::new(store)),
+                        Err(e) => TransportError::Sftp {
                             target: self.target.clone(),
                             path: path.display().to_string(),
                             reason: format!("local write failed: {e}"),
@@ -483,7 +496,7 @@ impl Remote {
         let meta = file
             .metadata()
             .await
-            .map_err(|e| sftp_error(&self.target, path, e))?;
+            .map_err(|e| sftp_error(&self.target, path, Subject::File, e))?;
         let _ = file.close().await;
         Ok((
             read,
@@ -493,14 +506,14 @@ impl Remote {
     }
 
     /// Whether batch mode is on for this connection.
-    pub fn batch_capable(&self) -> bool {
+    pub(crate) fn batch_capable(&self) -> bool {
         self.batch.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs one batch (see [`batch`]) through the connection's helper shell, started on
     /// first use; returns `sink` back with how the batch ended. Any failure ends the helper
     /// (the next batch starts a new one), as its reply stream can no longer be trusted.
-    pub async fn batch<S: StreamSink>(
+    pub(crate) async fn batch<S: StreamSink>(
         &self,
         plan: &BatchPlan<'_>,
         sink: S,
@@ -517,7 +530,7 @@ impl Remote {
             // The connection still works, so batch mode itself failed on this host (a shell
             // that is not POSIX, tools that behave differently): SFTP from now on, for this
             // connection; the next connection probes again.
-            if !matches!(e, TransportError::Sink { .. }) && self.session.check().await.is_ok() {
+            if !matches!(e, TransportError::Sink(_)) && self.session.check().await.is_ok() {
                 self.batch
                     .store(false, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(target = %self.target, error = %e, "batch mode failed on this host; using SFTP for this connection (set transfer = \"sftp\" to stop trying)");
@@ -577,9 +590,9 @@ impl Remote {
         let (stdout, sink, end) =
             read.map_err(|e| self.stream_broke(&format!("reader failed: {e}")))?;
         written.map_err(|e| self.stream_broke(&format!("cannot send the batch: {e}")))?;
-        let end = end.map_err(|e| match batch::sink_failure(&e) {
-            Some(reason) => TransportError::Sink { reason },
-            None => self.stream_broke(&e.to_string()),
+        let end = end.map_err(|e| match batch::sink_failure(e) {
+            Ok(store) => TransportError::Sink(Arc::new(store)),
+            Err(e) => self.stream_broke(&e.to_string()),
         })?;
         h.stdout = Some(stdout);
         h.greeted = true;
@@ -646,26 +659,19 @@ impl Remote {
     }
 
     /// Size and mtime of a file (lstat), or `None` when it is gone.
-    pub async fn stat(&self, path: &Path) -> Result<Option<(u64, i64)>, TransportError> {
+    pub(crate) async fn stat(&self, path: &Path) -> Result<Option<(u64, i64)>, TransportError> {
         match self.lane().fs().symlink_metadata(path).await {
             Ok(m) => Ok(Some((
                 m.len().unwrap_or(u64::MAX),
                 m.modified().map_or(0, |t| i64::from(t.into_raw())),
             ))),
-            Err(e) => {
-                let err = sftp_error(&self.target, path, e);
-                if is_not_found(&err) {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
+            Err(e) => self.or_gone(path, e, None),
         }
     }
 
     /// Ends the session. Dropping is deliberate: `Sftp::close` in openssh-sftp-client 0.15
     /// unwraps internally and panics when the connection had already failed.
-    pub fn close(self) {
+    pub(crate) fn close(self) {
         drop(self.lanes);
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::spec::ClientSpec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Start {
         spec: ClientSpec,
         epoch: u64,
@@ -19,25 +19,26 @@ pub enum Change {
 }
 
 #[derive(Debug, Default)]
-pub struct Assignments {
+pub(crate) struct Assignments {
     held: BTreeMap<String, (ClientSpec, u64)>,
 }
 
 impl Assignments {
-    pub fn held(&self) -> impl Iterator<Item = (&ClientSpec, u64)> {
+    pub(crate) fn held(&self) -> impl Iterator<Item = (&ClientSpec, u64)> {
         self.held.values().map(|(s, e)| (s, *e))
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.held.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
 
     /// Takes a client under `epoch`, replacing an older epoch; an equal or older one is stale.
-    pub fn assign(&mut self, spec: ClientSpec, epoch: u64) -> Vec<Change> {
+    pub(crate) fn assign(&mut self, spec: ClientSpec, epoch: u64) -> Vec<Change> {
         let mut changes = Vec::new();
         match self.held.get(&spec.name) {
             Some((_, held)) if *held >= epoch => return changes,
@@ -53,7 +54,7 @@ impl Assignments {
     }
 
     /// Drops a client held under `epoch` or older.
-    pub fn revoke(&mut self, client: &str, epoch: u64) -> Vec<Change> {
+    pub(crate) fn revoke(&mut self, client: &str, epoch: u64) -> Vec<Change> {
         match self.held.get(client) {
             Some((_, held)) if *held <= epoch => {
                 let held = *held;
@@ -68,7 +69,7 @@ impl Assignments {
     }
 
     /// Makes the held set exactly `set` (sent by the leader after registration).
-    pub fn replace(&mut self, set: Vec<(ClientSpec, u64)>) -> Vec<Change> {
+    pub(crate) fn replace(&mut self, set: Vec<(ClientSpec, u64)>) -> Vec<Change> {
         let wanted: BTreeMap<String, (ClientSpec, u64)> = set
             .into_iter()
             .map(|(s, e)| (s.name.clone(), (s, e)))

@@ -58,14 +58,14 @@ struct Inner {
 
 /// Shared, persisted record of where our claims may be.
 #[derive(Debug, Clone)]
-pub struct Held {
+pub(crate) struct Held {
     path: PathBuf,
     inner: Arc<Mutex<Inner>>,
 }
 
 impl Held {
     /// Loads `<store>/held.json`; a missing or unreadable file means nothing is known.
-    pub fn open(store: &Path) -> (Held, Vec<ClientSpec>) {
+    pub(crate) fn open(store: &Path) -> (Held, Vec<ClientSpec>) {
         let path = store.join("held.json");
         let specs: BTreeMap<String, SpecRecord> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -93,7 +93,7 @@ impl Held {
     }
 
     /// Written before the first claim of a task, so a crash always leaves a trace.
-    pub fn started(&self, spec: &ClientSpec, epoch: u64) {
+    pub(crate) fn started(&self, spec: &ClientSpec, epoch: u64) {
         self.with(|i| {
             i.specs.insert(spec.name.clone(), spec.into());
             i.running.insert(spec.name.clone(), epoch);
@@ -101,7 +101,7 @@ impl Held {
     }
 
     /// The task stopped and released its claims.
-    pub fn stopped(&self, client: &str, epoch: u64) {
+    pub(crate) fn stopped(&self, client: &str, epoch: u64) {
         self.with(|i| {
             if i.running.get(client) == Some(&epoch) {
                 i.running.remove(client);
@@ -111,7 +111,7 @@ impl Held {
     }
 
     /// The epoch we serve `client` under right now, if any.
-    pub fn running_epoch(&self, client: &str) -> Option<u64> {
+    pub(crate) fn running_epoch(&self, client: &str) -> Option<u64> {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -121,7 +121,7 @@ impl Held {
     }
 
     /// Crash leftovers of `client` are resolved; forget it unless it is served again.
-    pub fn resolved(&self, client: &str) {
+    pub(crate) fn resolved(&self, client: &str) {
         self.with(|i| {
             if !i.running.contains_key(client) {
                 i.specs.remove(client);

@@ -1,11 +1,11 @@
 //! The worker: holds a session with the leader, applies assignment changes, self-fences when
 //! its lease runs out (C3), and runs one task per held client (see [`pull`]).
 
-pub mod assignments;
-pub mod held;
-pub mod lifecycle;
-pub mod pull;
-pub mod staging;
+mod assignments;
+mod held;
+mod lifecycle;
+mod pull;
+mod staging;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,7 +23,6 @@ use crate::metrics::WorkerMetrics;
 use crate::node::{self, Handler, NodeError, NodeOutbox};
 use crate::proto::{self, leader_message::Body, node_message};
 use crate::spec::ClientSpec;
-use crate::version::VERSION;
 use assignments::{Assignments, Change};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +42,6 @@ pub enum WorkerError {
     Metrics(#[from] crate::metrics::MetricsError),
 }
 
-/// Version this worker advertises; tests set `SQD_ADVERTISE_VERSION` to exercise the
-/// handshake without building another release.
-fn advertised_version() -> String {
-    std::env::var("SQD_ADVERTISE_VERSION").unwrap_or_else(|_| VERSION.to_owned())
-}
-
 pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
     std::fs::create_dir_all(&cfg.store).map_err(|source| WorkerError::Store {
         path: cfg.store.clone(),
@@ -58,7 +51,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let ident = node::Identity {
         role: proto::NodeRole::Worker,
         id: cfg.id.clone(),
-        version: advertised_version(),
+        version: crate::version::advertised(),
         addr: cfg.listen.map(|a| a.to_string()).unwrap_or_default(),
         cluster: cfg.cluster.clone().unwrap_or_default(),
         capacity: cfg.capacity,
@@ -224,9 +217,11 @@ impl WorkerNode {
                 stats: stats.clone(),
                 config: self.pull.clone(),
                 busy_ns: self.busy_ns.clone(),
-                held: self.held.clone(),
                 metrics: self.metrics.clone(),
+            },
+            pull::Signals {
                 wake: wake.clone(),
+                held: self.held.clone(),
             },
             stop_rx,
         ));
@@ -264,6 +259,20 @@ impl WorkerNode {
                     .await;
             }
         });
+    }
+
+    /// Ends a fence: starts every held client again.
+    fn resume(&mut self) {
+        self.fenced = false;
+        info!(worker = %self.id, clients = self.assignments.len(), "lease renewed; resuming work");
+        let held: Vec<(ClientSpec, u64)> = self
+            .assignments
+            .held()
+            .map(|(s, e)| (s.clone(), e))
+            .collect();
+        for (spec, epoch) in held {
+            self.start(spec, epoch);
+        }
     }
 
     fn apply(&mut self, changes: Vec<Change>, out: &NodeOutbox) {
@@ -354,23 +363,14 @@ impl Handler for WorkerNode {
                 let changes = self.assignments.replace(set);
                 self.have_set = true;
                 if self.fenced {
-                    // The leader just confirmed what is ours: resume all of it.
-                    self.fenced = false;
-                    info!(worker = %self.id, clients = self.assignments.len(), "lease renewed; resuming work");
-                    let held: Vec<(ClientSpec, u64)> = self
-                        .assignments
-                        .held()
-                        .map(|(s, e)| (s.clone(), e))
-                        .collect();
                     for change in changes {
                         if let Change::Stop { client, epoch } = change {
                             // Not running (fenced), but the leader may wait for the release.
                             self.stop(&client, epoch, Some(out));
                         }
                     }
-                    for (spec, epoch) in held {
-                        self.start(spec, epoch);
-                    }
+                    // The leader just confirmed what is ours: resume all of it.
+                    self.resume();
                 } else {
                     self.apply(changes, out);
                 }
@@ -418,16 +418,7 @@ impl Handler for WorkerNode {
         } else if valid && self.fenced && self.have_set {
             // Renewed within the same session that delivered the set: nothing was reassigned
             // (the leader closes a session before giving its clients away).
-            self.fenced = false;
-            info!(worker = %self.id, clients = self.assignments.len(), "lease renewed; resuming work");
-            let held: Vec<(ClientSpec, u64)> = self
-                .assignments
-                .held()
-                .map(|(s, e)| (s.clone(), e))
-                .collect();
-            for (spec, epoch) in held {
-                self.start(spec, epoch);
-            }
+            self.resume();
         }
     }
 

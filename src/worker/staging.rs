@@ -25,7 +25,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 /// Files at least this large are written with `O_DIRECT` (smaller ones would each wait for
 /// the disk on their own; the page cache batches them better).
-pub const DIRECT_MIN: u64 = 128 << 10;
+pub(crate) const DIRECT_MIN: u64 = 128 << 10;
 /// Size of a direct write; also the largest block queued for the writer thread.
 const BLOCK: usize = 1 << 20;
 /// `O_DIRECT` needs buffers, offsets and lengths aligned to the device's logical block size;
@@ -36,7 +36,7 @@ const QUEUED_BLOCKS: usize = 3;
 /// Spent blocks kept for reuse: enough for a full queue plus the ones being filled and written.
 const POOLED_BLOCKS: usize = QUEUED_BLOCKS + 2;
 /// Buffered large files (no `O_DIRECT`): start writeback after this much new data.
-pub const WRITEBACK_EVERY: u64 = 32 << 20;
+pub(crate) const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// A heap buffer with a [`BLOCK`]-byte window aligned to [`ALIGN`], in safe code: the vector is
 /// over-allocated by one alignment and the window starts at the first aligned byte.
@@ -86,7 +86,7 @@ struct Thread {
 /// Creates the staged files of one batch and owns the writer thread of their direct writes
 /// (started with the first large file).
 #[derive(Default)]
-pub struct StagingWriter {
+pub(crate) struct StagingWriter {
     /// Never use `O_DIRECT` (see [`StagingWriter::buffered`]).
     buffered_only: bool,
     thread: Option<Thread>,
@@ -99,7 +99,7 @@ impl StagingWriter {
     /// A writer that only writes through the page cache. For the SFTP path, where a file's
     /// chunks arrive on async tasks with hundreds of files in flight: a queue that can block
     /// would stall the runtime, and a block buffer per file in flight would cost memory.
-    pub fn buffered() -> StagingWriter {
+    pub(crate) fn buffered() -> StagingWriter {
         StagingWriter {
             buffered_only: true,
             ..StagingWriter::default()
@@ -108,7 +108,7 @@ impl StagingWriter {
 
     /// Creates `path` (never replacing a file). `expected` is the listed size: it only picks
     /// the write mode.
-    pub fn create(&mut self, path: &Path, expected: u64) -> io::Result<StagingFile> {
+    pub(crate) fn create(&mut self, path: &Path, expected: u64) -> io::Result<StagingFile> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -165,7 +165,7 @@ impl StagingWriter {
     /// Waits until every queued write is done; the first write that failed, if any. Every
     /// [`StagingFile`] this writer created must be finished or dropped first (each holds the
     /// queue open).
-    pub fn wait(&mut self) -> io::Result<()> {
+    pub(crate) fn wait(&mut self) -> io::Result<()> {
         if let Some(Thread { jobs, handle }) = self.thread.take() {
             drop(jobs);
             if handle.join().is_err() {
@@ -319,14 +319,14 @@ impl DirectFile {
 
 /// A staging file being written: [`StagingWriter::create`], `write` the bytes in order,
 /// `finish`; durable once the writer's `wait` returned and the commit synced.
-pub struct StagingFile {
+pub(crate) struct StagingFile {
     hasher: blake3::Hasher,
     written: u64,
     mode: Mode,
 }
 
 impl StagingFile {
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.hasher.update(bytes);
         self.written += bytes.len() as u64;
         match &mut self.mode {
@@ -348,14 +348,15 @@ impl StagingFile {
     }
 
     /// Bytes written so far.
-    pub fn written(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn written(&self) -> u64 {
         self.written
     }
 
     /// Hands the rest to the file (not to disk: that is the commit's `syncfs`) and returns
     /// the size and the BLAKE3 hash of the content. Direct writes may still be queued until
     /// [`StagingWriter::wait`].
-    pub fn finish(mut self) -> io::Result<(u64, [u8; 32])> {
+    pub(crate) fn finish(mut self) -> io::Result<(u64, [u8; 32])> {
         match &mut self.mode {
             Mode::Buffered { out, .. } => {
                 out.flush()?;

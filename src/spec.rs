@@ -69,12 +69,6 @@ pub struct BadSshTarget {
 }
 
 // `worker::pull` still gathers its SSH setup errors as text.
-impl From<BadSshTarget> for String {
-    fn from(e: BadSshTarget) -> String {
-        e.to_string()
-    }
-}
-
 impl SshTarget {
     pub fn parse(s: &str) -> Result<Self, BadSshTarget> {
         let bad = |why: &'static str| BadSshTarget {

@@ -39,7 +39,7 @@ use super::held::Held;
 use crate::files::{ClaimDir, ClaimLayout, RemoteEntry, SettleTracker};
 use crate::metrics::WorkerMetrics;
 use crate::node::{Backoff, Lease};
-use crate::spec::{ClientSpec, SshTarget};
+use crate::spec::{BadSshTarget, ClientSpec, SshTarget};
 use crate::store::{Sink, Staged, StoreError, Totals};
 use crate::transport::ssh::{self, Remote, SshParams, TransportError};
 use puller::{ClientPuller, Step, StepError};
@@ -302,12 +302,6 @@ enum Listing {
 }
 
 /// The client's `ssh` target cannot be used (its own message says why).
-#[derive(Debug, thiserror::Error)]
-#[error("{reason}")]
-pub(crate) struct TargetError {
-    reason: String,
-}
-
 /// Shortest pause between listings timed for a settling file (a file written for minutes
 /// must not make us list nonstop).
 const MIN_RELIST: Duration = Duration::from_millis(100);
@@ -418,8 +412,8 @@ async fn wait(
     true
 }
 
-fn ssh_params(spec: &ClientSpec, config: &PullConfig) -> Result<SshParams, TargetError> {
-    let target = SshTarget::parse(&spec.ssh).map_err(|reason| TargetError { reason })?;
+fn ssh_params(spec: &ClientSpec, config: &PullConfig) -> Result<SshParams, BadSshTarget> {
+    let target = SshTarget::parse(&spec.ssh)?;
     let non_empty = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
     Ok(SshParams {
         target,

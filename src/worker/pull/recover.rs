@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{Link, PullConfig, TargetError, ssh_params};
+use super::{Link, PullConfig, ssh_params};
 use crate::files::{ClaimDir, ClaimLayout, EntryKind, RemoteEntry, name_path};
+use crate::spec::BadSshTarget;
 use crate::spec::ClientSpec;
 use crate::store::{FileMeta, Sink};
 use crate::transport::ssh::{self, Remote, TransportError};
@@ -21,7 +22,7 @@ use crate::worker::lifecycle::{self, ClaimAction, CopyVerdict};
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ResolveError {
     #[error(transparent)]
-    Target(#[from] TargetError),
+    Target(#[from] BadSshTarget),
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("catalog lookup failed: {0}")]

@@ -78,7 +78,11 @@ pub(crate) fn of_event(registry: &Registry, now: Millis, event: &Event) -> Optio
                 detail,
             ))
         }
-        Event::WorkerSuspect { .. } | Event::WorkerDead { .. } | Event::AgentDown { .. } => None,
+        Event::WorkerSuspect { .. }
+        | Event::WorkerDead { .. }
+        | Event::AgentDown { .. }
+        | Event::StaleState { .. }
+        | Event::Reconciled { .. } => None,
     }
 }
 
@@ -110,6 +114,9 @@ fn move_detail(
         ),
         AssignmentReason::Backlog => format!(
             "the agent reported a growing backlog on {from_name}; moved to the less loaded {to_name}"
+        ),
+        AssignmentReason::Restore => format!(
+            "the leader's state is older than the cluster: held back from {from_name} until every lease of the previous leader ran out, then placed afresh with a larger epoch"
         ),
         // Operators add and remove clients; a move never carries this reason.
         AssignmentReason::Admin => format!("admin: {from_name} -> {to_name}"),

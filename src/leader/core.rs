@@ -634,5 +634,13 @@ fn log_event(event: &Event) {
         } => {
             info!(client = %client, worker = %worker, reason = reason.as_str(), "asked worker to release client")
         }
+        Event::StaleState { worker } => warn!(
+            worker = %worker,
+            "the state is older than the cluster (the worker holds a newer epoch): no assignment from it is confirmed until the previous leases ran out"
+        ),
+        Event::Reconciled { stale, frozen } => info!(
+            stale,
+            frozen, "restart reconciled: every lease of the previous leader has run out"
+        ),
     }
 }

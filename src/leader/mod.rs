@@ -8,9 +8,9 @@ pub(crate) mod audit;
 pub(crate) mod core;
 pub(crate) mod liveness;
 pub(crate) mod reason;
-#[allow(dead_code)] // not wired in yet: the restore-safe re-attach of the control-plane work
 pub(crate) mod reconcile;
 pub(crate) mod registry;
+pub mod restore;
 pub(crate) mod scheduler;
 pub(crate) mod state;
 pub(crate) mod status;
@@ -68,9 +68,20 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let _lock = PidLock::acquire(&cfg.state_dir, "leader")?;
     let started = Instant::now();
     // Nothing is served before the state is loaded (C5).
-    let (state, loaded) = State::open(&cfg.state_dir, &cfg.cluster)?;
+    let (mut state, loaded) = State::open(&cfg.state_dir, &cfg.cluster)?;
     let (clients, workers) = (loaded.clients.len(), loaded.workers.len());
-    let registry = restore(&cfg, loaded);
+    let stale = loaded.stale.clone();
+    let mut registry = restore(&cfg, loaded);
+    // The state's assignments wait for what the workers report (C1, C2 after a restore).
+    let reconcile = registry.begin_reconcile(0, stale.is_some());
+    state.apply_with_audit(&reconcile.durable, &[])?;
+    if let Some(why) = &stale {
+        warn!(
+            reason = %why,
+            wait_ms = cfg.lease_ms + cfg.grace_ms,
+            "the state is older than the cluster: no assignment from it is confirmed until every lease of the previous leader has run out; epochs continue above anything reported"
+        );
+    }
     let (listener, local) = listen(&cfg).await?;
     let info = LeaderInfo {
         addr: local.to_string(),

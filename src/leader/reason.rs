@@ -33,6 +33,8 @@ pub(crate) enum AssignmentReason {
     Backlog,
     /// No alive worker could take it.
     Unassigned,
+    /// Held back after a restore: a worker may still hold it under an epoch the state never saw.
+    Restore,
 }
 
 impl Code for AssignmentReason {
@@ -45,6 +47,7 @@ impl Code for AssignmentReason {
         Self::Rebalance,
         Self::Backlog,
         Self::Unassigned,
+        Self::Restore,
     ];
 
     fn as_str(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Code for AssignmentReason {
             Self::Rebalance => "rebalance",
             Self::Backlog => "backlog",
             Self::Unassigned => "unassigned",
+            Self::Restore => "restore",
         }
     }
 }
@@ -75,6 +79,9 @@ impl AssignmentReason {
                 "the client's agent reports its backlog growing while a less loaded worker exists"
             }
             Self::Unassigned => "no alive worker could take the client",
+            Self::Restore => {
+                "the leader's state is older than the cluster (restored from a backup); the client waits until every lease of the previous leader ran out"
+            }
         }
     }
 }

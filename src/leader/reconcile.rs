@@ -92,22 +92,9 @@ impl Reconcile {
         self.stale
     }
 
-    /// When the window ends (leader-monotonic).
-    pub fn until(&self) -> Millis {
-        self.until
-    }
-
     /// A client that must be neither sent to anyone nor placed yet.
     pub fn is_frozen(&self, client: &str) -> bool {
         matches!(self.clients.get(client), Some(Entry::Pending { .. }))
-    }
-
-    /// The confirmed owner of a client, if the reconcile settled it.
-    pub fn kept(&self, client: &str) -> Option<(&str, u64)> {
-        match self.clients.get(client) {
-            Some(Entry::Kept { worker, epoch }) => Some((worker, *epoch)),
-            _ => None,
-        }
     }
 
     /// A client added or removed while the window runs is not the state's concern any more.

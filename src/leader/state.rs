@@ -45,6 +45,8 @@ pub enum StateError {
         "leader state {path} has schema version {found}, newer than this sqd understands ({SCHEMA_VERSION}); run a newer sqd"
     )]
     TooNew { path: PathBuf, found: i64 },
+    #[error("leader state {path}: cannot check whether it was restored: {detail}")]
+    Instance { path: PathBuf, detail: String },
 }
 
 /// What the state held at start-up.
@@ -53,6 +55,8 @@ pub(crate) struct Loaded {
     pub(crate) next_epoch: u64,
     pub(crate) clients: Vec<(ClientSpec, Option<String>, u64)>,
     pub(crate) workers: Vec<PersistedWorker>,
+    /// Why the state must not be trusted at start (it is older than the cluster), if so.
+    pub(crate) stale: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +172,11 @@ impl State {
                     .map_err(|e| self.wrap(e))?;
             }
         }
+        let stale =
+            super::restore::staleness(&self.conn, dir).map_err(|e| StateError::Instance {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })?;
         let next_epoch = self
             .meta("next_epoch")?
             .and_then(|v| v.parse().ok())
@@ -217,6 +226,7 @@ impl State {
             next_epoch,
             clients,
             workers,
+            stale,
         })
     }
 
@@ -333,6 +343,7 @@ impl State {
                     )
                     .map_err(wrap)?;
                 }
+                Durable::RestoreDone => super::restore::clear_restored(&tx).map_err(wrap)?,
             }
         }
         for e in audit {

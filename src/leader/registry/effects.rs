@@ -20,6 +20,8 @@ pub(crate) enum Durable {
         draining: bool,
     },
     NextEpoch(u64),
+    /// The reconcile after a restore ended: later starts trust the state again.
+    RestoreDone,
 }
 
 /// What a worker is told to do about one client.
@@ -66,6 +68,16 @@ pub(crate) enum Event {
         client: String,
         worker: String,
         reason: AssignmentReason,
+    },
+    /// A re-attaching worker holds an epoch newer than the state's: the state is older than
+    /// the cluster, so nothing from it is confirmed until the previous leases ran out.
+    StaleState {
+        worker: String,
+    },
+    /// The state's assignments are settled; `frozen` clients are placed afresh.
+    Reconciled {
+        stale: bool,
+        frozen: usize,
     },
 }
 

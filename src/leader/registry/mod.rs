@@ -14,6 +14,7 @@
 
 mod effects;
 mod model;
+mod restart;
 mod schedule;
 #[cfg(test)]
 mod tests;
@@ -57,6 +58,8 @@ pub(crate) struct Registry {
     /// worker and client (at 10,000 agents that scan was most of the leader's CPU). A hint:
     /// every use checks it against the node's own record, so a stale entry cannot misdirect.
     sessions: HashMap<SessionId, SessionOwner>,
+    /// Set from a (re)start until every lease of the previous leader has run out.
+    reconcile: Option<crate::leader::reconcile::Reconcile>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +77,7 @@ impl Registry {
             clients: BTreeMap::new(),
             next_epoch: next_epoch.max(1),
             sessions: HashMap::new(),
+            reconcile: None,
         }
     }
 
@@ -188,6 +192,9 @@ impl Registry {
             .clients
             .remove(name)
             .ok_or_else(|| RegistryError::UnknownClient(name.to_owned()))?;
+        if let Some(r) = self.reconcile.as_mut() {
+            r.forget(name);
+        }
         let mut fx = Effects::default();
         if let Some(session) = client.worker.as_deref().and_then(|w| self.session_of(w)) {
             let revoke = Outbound::revoke(client.spec.name.clone(), client.epoch);
@@ -265,6 +272,7 @@ impl Registry {
         self.sessions
             .insert(session, SessionOwner::Worker(hello.id.to_owned()));
         self.workers.insert(hello.id.to_owned(), worker);
+        self.reconcile_attach(hello.id, hello.held, &mut fx);
         let assignments = self.reconcile_held(&hello, &mut fx);
         // Assignments decided by this schedule reach the worker as separate `Assign`s queued
         // after the set, so each is sent once.
@@ -480,6 +488,7 @@ impl Registry {
     /// Advances liveness to `now` and places or rebalances clients.
     pub(crate) fn tick(&mut self, now: Millis) -> Effects {
         let mut fx = self.judge_workers(now);
+        self.finish_reconcile(now, &mut fx);
         fx.extend(self.expire_agents(now));
         fx.extend(self.relieve_backlog(now));
         fx.extend(self.schedule(now));

@@ -75,7 +75,7 @@ impl Registry {
             .map(|c| Placement {
                 client: c.spec.name.clone(),
                 worker: c.worker.clone(),
-                frozen: c.releasing_since.is_some(),
+                frozen: c.releasing_since.is_some() || self.is_frozen(&c.spec.name),
                 avoid: c.avoid.clone(),
             })
             .collect();

@@ -574,3 +574,98 @@ fn each_move_carries_its_reason() {
     let fx = reg.tick(dead);
     assert_eq!(moves(&fx.events), vec![(Some("b"), Some("a"), Failover)]);
 }
+
+/// A registry as a restarted leader builds it: workers suspect, clients on their old owners.
+fn restarted(clients: &[(&str, &str, u64)], next_epoch: u64) -> Registry {
+    let mut reg = Registry::new(timing(), V, next_epoch);
+    let mut workers: Vec<&str> = clients.iter().map(|c| c.1).collect();
+    workers.dedup();
+    for w in workers {
+        reg.restore_worker(w, "127.0.0.1:1", V, false, 0);
+    }
+    for (c, w, e) in clients {
+        reg.restore_client(spec(c), Some((*w).to_owned()), *e);
+    }
+    reg
+}
+
+#[test]
+fn a_worker_reattaching_after_a_restart_keeps_its_clients_and_epochs() {
+    let mut reg = restarted(&[("c1", "a", 4), ("c2", "a", 6)], 7);
+    let fx = reg.begin_reconcile(0, false);
+    assert!(fx.durable.is_empty() && fx.events.is_empty());
+    let held = [("c1".to_string(), 4)];
+    let r = reg.register_worker(hello("a", &held), 1, 10).unwrap();
+    let mut set = r
+        .assignments
+        .iter()
+        .map(|(s, e)| (s.name.clone(), *e))
+        .collect::<Vec<_>>();
+    set.sort();
+    assert_eq!(set, vec![("c1".to_string(), 4), ("c2".to_string(), 6)]);
+    assert_eq!(reg.next_epoch(), 7, "a restart changes no epoch");
+}
+
+#[test]
+fn after_a_restore_nothing_is_confirmed_until_the_old_leases_ran_out() {
+    let mut reg = restarted(&[("c1", "a", 4), ("c2", "b", 6)], 7);
+    let fx = reg.begin_reconcile(0, true);
+    assert!(
+        fx.events
+            .iter()
+            .all(|e| matches!(e, Event::Moved(m) if m.reason == AssignmentReason::Restore))
+    );
+    // a re-attaches holding c1 at the backup's epoch, b holds c1 under a newer one.
+    let held_a = [("c1".to_string(), 4)];
+    let r = reg.register_worker(hello("a", &held_a), 1, 10).unwrap();
+    assert!(r.assignments.is_empty(), "{:?}", r.assignments);
+    let held_b = [("c1".to_string(), 17), ("c2".to_string(), 6)];
+    let r = reg.register_worker(hello("b", &held_b), 2, 20).unwrap();
+    assert!(r.assignments.is_empty());
+    assert!(
+        reg.owners().all(|(_, o)| o.is_none()),
+        "frozen during the window"
+    );
+    // Heartbeats keep both alive; once lease + grace since the start passed, both are placed.
+    let until = timing().dead_after();
+    for now in (100..=until + 100).step_by(100) {
+        reg.heartbeat(1, 0.0, now);
+        reg.heartbeat(2, 0.0, now);
+        let _ = reg.tick(now);
+    }
+    let owners: Vec<_> = reg
+        .owners()
+        .map(|(c, o)| (c.to_owned(), o.map(|o| o.epoch)))
+        .collect();
+    assert_eq!(owners.len(), 2);
+    for (c, epoch) in owners {
+        let e = epoch.unwrap_or_else(|| panic!("{c} not placed after the window"));
+        assert!(
+            e > 17 + 1,
+            "{c} placed under epoch {e}, not above what workers held"
+        );
+    }
+}
+
+#[test]
+fn a_newer_held_epoch_revokes_what_a_stale_state_confirmed() {
+    let mut reg = restarted(&[("c1", "a", 4)], 5);
+    let _ = reg.begin_reconcile(0, false);
+    let r = reg.register_worker(hello("a", &[]), 1, 10).unwrap();
+    assert_eq!(r.assignments.len(), 1, "a trusted state gives a its client");
+    let held_b = [("c1".to_string(), 17)];
+    let r = reg.register_worker(hello("b", &held_b), 2, 20).unwrap();
+    assert!(r.assignments.is_empty());
+    let revoked = r.effects.messages.iter().any(|(s, m)| {
+        *s == 1
+            && matches!(m, Outbound::Order(Order::Revoke { client, epoch: 4 }) if client == "c1")
+    });
+    assert!(revoked, "{:?}", r.effects.messages);
+    assert!(
+        r.effects
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::StaleState { .. }))
+    );
+    assert!(reg.next_epoch() > 17);
+}

@@ -44,6 +44,28 @@ pub enum Action {
     },
     /// Stop the local daemon of this mode gracefully (SIGTERM via its pid file).
     Stop(StartArgs),
+    /// Put a backup of the leader's state in place (leader only, with the leader stopped).
+    /// The next start confirms no assignment from it until every lease the previous leader
+    /// granted has run out, and issues epochs above everything the workers report.
+    Restore(RestoreArgs),
+}
+
+/// The flags of `sqd --mode leader restore`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup: a file written by `sqlite3 leader.sqlite ".backup FILE"` while the leader
+    /// ran, or a copy of a stopped leader's leader.sqlite.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// TOML config file of the leader (for state_dir and cluster); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The leader's state directory (default as for `start`).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Cluster id the backup must belong to (default "sqd").
+    #[arg(long)]
+    pub cluster: Option<String>,
 }
 
 /// The flags of `start` and `stop`: every mode's, so that a flag of another mode is explained

@@ -176,6 +176,8 @@ pub struct WorkerMetrics {
     pub(crate) store_bytes: Gauge,
     pub(crate) clients: Gauge,
     pub(crate) lease_valid: Gauge,
+    /// Assignments refused because they carried an older epoch than the one held (C2).
+    pub(crate) stale_assignments: Counter,
 }
 
 impl WorkerMetrics {
@@ -214,6 +216,10 @@ impl WorkerMetrics {
             lease_valid: r.add(
                 "lease_valid",
                 "1 while the worker holds a valid lease from the leader",
+            ),
+            stale_assignments: r.add(
+                "stale_assignments_refused",
+                "Assignments from the leader refused because they carried an older epoch than the one held",
             ),
         }
     }

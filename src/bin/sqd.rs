@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use sqd::cli::{Action, StartArgs};
+use sqd::cli::{Action, RestoreArgs, StartArgs};
 use sqd::config::{self, ClientConfig, LeaderConfig, LogConfig, Mode, WorkerConfig};
 use sqd::daemon;
 
@@ -22,7 +22,33 @@ fn run(mode: Mode, action: Action) -> anyhow::Result<()> {
         Action::Init { config } => init(mode, config),
         Action::Start(args) => start(mode, &args),
         Action::Stop(args) => stop(mode, args),
+        Action::Restore(args) => restore(mode, args),
     }
+}
+
+fn restore(mode: Mode, args: RestoreArgs) -> anyhow::Result<()> {
+    if mode != Mode::Leader {
+        bail!("restore is for the leader's state; run: sqd --mode leader restore --from FILE");
+    }
+    let mut flags = sqd::config::LeaderFlags {
+        state_dir: args.state_dir,
+        ..Default::default()
+    };
+    flags.serve.cluster = args.cluster;
+    let cfg = LeaderConfig::load(args.config.as_deref(), &flags)?;
+    let done = sqd::leader::restore_backup(&cfg, &args.from)?;
+    println!(
+        "restored {} into {} ({} clients, backup epoch counter {}, next epoch at least {}); \
+         start the leader: it waits {} ms (lease + grace) before placing clients the backup \
+         gives to workers, and continues epochs above everything the workers report",
+        args.from.display(),
+        cfg.state_dir.display(),
+        done.clients,
+        done.backup_epoch,
+        done.next_epoch,
+        cfg.lease_ms + cfg.grace_ms,
+    );
+    Ok(())
 }
 
 fn init(mode: Mode, path: Option<PathBuf>) -> anyhow::Result<()> {

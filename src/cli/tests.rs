@@ -14,7 +14,7 @@ fn start_args(words: &[&str]) -> (Mode, StartArgs) {
     let cli = try_parse(args(words)).expect("parses");
     match cli.action {
         Action::Start(a) | Action::Stop(a) => (cli.mode, a),
-        Action::Init { .. } => panic!("not start"),
+        Action::Init { .. } | Action::Restore(_) => panic!("not start"),
     }
 }
 
@@ -127,4 +127,29 @@ fn help_tags_shared_flags_and_shows_one_mode_when_known() {
     // Hidden flags still parse, to be explained by check_mode.
     let (mode, a) = start_args(&["--mode", "worker", "start", "--state-dir", "/x"]);
     assert!(a.check_mode(mode).is_err());
+}
+
+#[test]
+fn restore_takes_the_backup_and_the_state_dir() {
+    let cli = try_parse(args(&[
+        "--mode",
+        "leader",
+        "restore",
+        "--from",
+        "/b/leader.sqlite",
+        "--state-dir",
+        "/s",
+    ]))
+    .expect("parses");
+    match cli.action {
+        Action::Restore(r) => {
+            assert_eq!(r.from, PathBuf::from("/b/leader.sqlite"));
+            assert_eq!(r.state_dir, Some(PathBuf::from("/s")));
+        }
+        other => panic!("not restore: {other:?}"),
+    }
+    assert!(
+        try_parse(args(&["--mode", "leader", "restore"])).is_err(),
+        "--from is required"
+    );
 }

@@ -61,6 +61,18 @@ pub enum LeaderError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("the leader core stopped unexpectedly")]
     CoreGone,
+    #[error(transparent)]
+    Restore(#[from] restore::RestoreError),
+}
+
+/// `sqd --mode leader restore`: puts `backup` in place as the state of `cfg.state_dir`; refused
+/// while a leader runs there.
+pub fn restore_backup(
+    cfg: &LeaderConfig,
+    backup: &std::path::Path,
+) -> Result<restore::Restored, LeaderError> {
+    let _lock = PidLock::acquire(&cfg.state_dir, "leader")?;
+    Ok(restore::restore(&cfg.state_dir, &cfg.cluster, backup)?)
 }
 
 /// Runs the leader until `shutdown` turns true.

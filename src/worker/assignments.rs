@@ -16,6 +16,12 @@ pub(crate) enum Change {
         client: String,
         epoch: u64,
     },
+    /// The leader offered an older epoch than the one held: kept the held one (C2).
+    Refused {
+        client: String,
+        held: u64,
+        offered: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -37,11 +43,20 @@ impl Assignments {
         self.held.is_empty()
     }
 
-    /// Takes a client under `epoch`, replacing an older epoch; an equal or older one is stale.
+    /// Takes a client under `epoch`, replacing an older epoch; an equal one changes nothing,
+    /// an older one is refused (C2).
     pub(crate) fn assign(&mut self, spec: ClientSpec, epoch: u64) -> Vec<Change> {
         let mut changes = Vec::new();
         match self.held.get(&spec.name) {
-            Some((_, held)) if *held >= epoch => return changes,
+            Some((_, held)) if *held == epoch => return changes,
+            Some((_, held)) if *held > epoch => {
+                changes.push(Change::Refused {
+                    client: spec.name.clone(),
+                    held: *held,
+                    offered: epoch,
+                });
+                return changes;
+            }
             Some((_, held)) => changes.push(Change::Stop {
                 client: spec.name.clone(),
                 epoch: *held,
@@ -68,13 +83,25 @@ impl Assignments {
         }
     }
 
-    /// Makes the held set exactly `set` (sent by the leader after registration).
+    /// Makes the held set exactly `set` (sent by the leader after registration), except that
+    /// a client held under a newer epoch than the set gives keeps it: a leader restored from an
+    /// old state must not rewind an epoch (C2); it resolves that itself once it learns better.
     pub(crate) fn replace(&mut self, set: Vec<(ClientSpec, u64)>) -> Vec<Change> {
+        let mut changes = Vec::new();
         let wanted: BTreeMap<String, (ClientSpec, u64)> = set
             .into_iter()
-            .map(|(s, e)| (s.name.clone(), (s, e)))
+            .map(|(s, e)| match self.held.get(&s.name) {
+                Some((held_spec, held)) if *held > e => {
+                    changes.push(Change::Refused {
+                        client: s.name.clone(),
+                        held: *held,
+                        offered: e,
+                    });
+                    (s.name.clone(), (held_spec.clone(), *held))
+                }
+                _ => (s.name.clone(), (s, e)),
+            })
             .collect();
-        let mut changes = Vec::new();
         for (name, (spec, epoch)) in &self.held {
             if wanted
                 .get(name)
@@ -106,6 +133,29 @@ impl Assignments {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_epoch_is_refused_and_the_held_one_kept() {
+        let mut a = Assignments::default();
+        a.assign(spec("c"), 17);
+        let refused = Change::Refused {
+            client: "c".into(),
+            held: 17,
+            offered: 4,
+        };
+        assert_eq!(a.assign(spec("c"), 4), vec![refused.clone()]);
+        assert_eq!(a.replace(vec![(spec("c"), 4)]), vec![refused]);
+        assert_eq!(
+            a.held()
+                .map(|(s, e)| (s.name.clone(), e))
+                .collect::<Vec<_>>(),
+            vec![("c".to_string(), 17)]
+        );
+        assert!(
+            a.assign(spec("c"), 17).is_empty(),
+            "the same epoch again changes nothing"
+        );
+    }
 
     fn spec(n: &str) -> ClientSpec {
         ClientSpec::example(n)

@@ -275,6 +275,14 @@ impl WorkerNode {
         }
     }
 
+    /// An epoch older than ours comes from a leader whose state is older than the cluster; we
+    /// keep ours (C2) and the leader, once the restore's reconcile ends, places the client anew.
+    fn refused(&self, client: &str, held: u64, offered: u64) {
+        warn!(worker = %self.id, client = %client, held, offered,
+              "refused an assignment with an older epoch than the one held; keeping ours");
+        self.metrics.stale_assignments.inc();
+    }
+
     fn apply(&mut self, changes: Vec<Change>, out: &NodeOutbox) {
         for change in changes {
             match change {
@@ -288,6 +296,11 @@ impl WorkerNode {
                         self.start(spec, epoch);
                     }
                 }
+                Change::Refused {
+                    client,
+                    held,
+                    offered,
+                } => self.refused(&client, held, offered),
             }
         }
     }
@@ -364,9 +377,15 @@ impl Handler for WorkerNode {
                 self.have_set = true;
                 if self.fenced {
                     for change in changes {
-                        if let Change::Stop { client, epoch } = change {
+                        match change {
                             // Not running (fenced), but the leader may wait for the release.
-                            self.stop(&client, epoch, Some(out));
+                            Change::Stop { client, epoch } => self.stop(&client, epoch, Some(out)),
+                            Change::Refused {
+                                client,
+                                held,
+                                offered,
+                            } => self.refused(&client, held, offered),
+                            Change::Start { .. } => {}
                         }
                     }
                     // The leader just confirmed what is ours: resume all of it.

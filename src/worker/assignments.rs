@@ -1,5 +1,6 @@
 //! Pure bookkeeping of the clients this worker holds and under which epoch, turning leader
-//! messages into start/stop changes. Stale messages (older epochs) change nothing (C2).
+//! messages into start/stop changes. Stale messages (older epochs) change nothing held and
+//! are reported (C2).
 
 use std::collections::BTreeMap;
 
@@ -172,7 +173,15 @@ mod tests {
             }]
         );
         assert!(a.assign(spec("c"), 5).is_empty());
-        assert!(a.assign(spec("c"), 4).is_empty());
+        // A stale epoch changes nothing held; it is only reported.
+        assert!(matches!(
+            a.assign(spec("c"), 4)[..],
+            [Change::Refused {
+                held: 5,
+                offered: 4,
+                ..
+            }]
+        ));
         assert_eq!(
             a.assign(spec("c"), 6),
             vec![

@@ -114,6 +114,9 @@ type Reply<T> = oneshot::Sender<Result<T, CoreError>>;
 type Admitted = Result<(Option<Vec<(ClientSpec, u64)>>, Effects), Refusal>;
 
 pub(crate) enum Command {
+    /// The leader is stopping: end every node session (nodes see a clean end of stream and
+    /// reconnect with backoff) and take no new ones.
+    Shutdown,
     Register {
         session: SessionId,
         hello: NodeHello,
@@ -208,6 +211,7 @@ struct Core {
     started: Instant,
     info: LeaderInfo,
     metrics: LeaderMetrics,
+    stopping: bool,
 }
 
 /// How often the gauges derived from the registry are refreshed.
@@ -230,6 +234,7 @@ pub(crate) fn spawn(
         started,
         info,
         metrics,
+        stopping: false,
     };
     let join = std::thread::Builder::new()
         .name("sqd-leader-core".into())
@@ -254,6 +259,11 @@ impl Core {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
+            if self.stopping {
+                // A stopping leader decides nothing more: a successor may start on this state
+                // dir as soon as the lock is released. The state closes when the core ends.
+                return Ok(());
+            }
             // Tick even under a steady stream of commands, so liveness never starves.
             if Instant::now() >= next_tick {
                 let fx = self.registry.tick(self.now());
@@ -270,6 +280,13 @@ impl Core {
     fn handle(&mut self, cmd: Command) -> Result<(), StateError> {
         let now = self.now();
         match cmd {
+            Command::Shutdown => {
+                info!(sessions = self.sessions.len(), "closing every node session");
+                self.stopping = true;
+                self.sessions.clear();
+            }
+            // Dropping the outbox ends the new session's stream at once.
+            Command::Register { .. } if self.stopping => {}
             Command::Register {
                 session,
                 hello,

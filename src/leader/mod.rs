@@ -75,6 +75,9 @@ pub fn restore_backup(
     Ok(restore::restore(&cfg.state_dir, &cfg.cluster, backup)?)
 }
 
+/// How long a stopping leader waits for node connections to close before it exits anyway.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
 /// Runs the leader until `shutdown` turns true.
 pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(), LeaderError> {
     let _lock = PidLock::acquire(&cfg.state_dir, "leader")?;
@@ -111,6 +114,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
 
     let node = NodeServiceServer::new(NodeApi::new(handle.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let closer = handle.clone();
     let admin =
         AdminServiceServer::new(AdminApi::new(handle)).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -121,12 +125,27 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         let _ = core_done_tx.send(result);
     });
 
-    let stop = daemon::wait_for(shutdown);
+    // A graceful stop waits for open streams, and node sessions never end by themselves: the
+    // core ends them first. Whatever still hangs is cut after STOP_GRACE.
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        daemon::wait_for(shutdown).await;
+        info!("stopping: closing node sessions and the admin API");
+        let _ = closer.send(core::Command::Shutdown);
+        let _ = stopping_tx.send(());
+    };
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(node)
         .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    let cut = async {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(STOP_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
 
     tokio::select! {
         served = server => {
@@ -134,14 +153,25 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
             info!("leader stopped");
             Ok(())
         }
-        core = core_done_rx => {
-            match core {
-                Ok(Ok(Err(e))) => Err(e.into()),
-                _ => {
-                    warn!("leader core ended");
-                    Err(LeaderError::CoreGone)
-                }
-            }
+        () = cut => {
+            warn!(grace_ms = STOP_GRACE.as_millis() as u64, "connections still open after the stop grace; leader stopped anyway");
+            Ok(())
+        }
+        failed = core_failed(core_done_rx) => failed,
+    }
+}
+
+/// Resolves only when the core thread failed: a core that ended cleanly (the stop) leaves
+/// the end of the run to the server.
+async fn core_failed(
+    done: tokio::sync::oneshot::Receiver<std::thread::Result<Result<(), StateError>>>,
+) -> Result<(), LeaderError> {
+    match done.await {
+        Ok(Ok(Ok(()))) => std::future::pending().await,
+        Ok(Ok(Err(e))) => Err(e.into()),
+        _ => {
+            warn!("leader core ended");
+            Err(LeaderError::CoreGone)
         }
     }
 }

@@ -203,6 +203,8 @@ impl WorkerNode {
     }
 
     fn start(&mut self, spec: ClientSpec, epoch: u64) {
+        // With "client task stopped", the record of when this worker acted for a client (C1).
+        info!(worker = %self.id, client = %spec.name, epoch, "client task started");
         let (stop, stop_rx) = watch::channel(false);
         let name = spec.name.clone();
         let stats = pull::SharedStats::default();
@@ -245,10 +247,12 @@ impl WorkerNode {
         self.metrics.clients.set(self.running.len() as i64);
         let out = out.cloned();
         let client = client.to_owned();
+        let worker = self.id.clone();
         tokio::spawn(async move {
             if let Some(r) = running {
                 let _ = r.stop.send(true);
                 let _ = r.task.await;
+                info!(worker = %worker, client = %client, epoch = r.epoch, "client task stopped");
             }
             if let Some(out) = out {
                 let released = proto::Released { client, epoch };

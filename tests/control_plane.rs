@@ -150,17 +150,7 @@ fn failover_restart_and_drain_with_30_clients() {
 fn a_second_leader_on_the_same_state_dir_is_refused() {
     let c = Cluster::start(HEARTBEAT_MS, LEASE_MS);
     let state = c.state_dir();
-    let out = sqd_output(&[
-        "--mode",
-        "leader",
-        "start",
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-        state.to_str().expect("utf-8"),
-        "--cluster",
-        "test",
-    ]);
+    let out = sqd_output(&leader_args("127.0.0.1:0", &state, &["--cluster", "test"]));
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");

@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -112,18 +113,28 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(workers: &[&str], env: &[(&str, &str)]) -> Setup {
-        let sshd = Sshd::start();
-        let mut cluster = Cluster::start(500, 1500);
-        for w in workers {
-            cluster.spawn_worker_with(w, FAST, env);
-        }
-        cluster.wait_alive(workers.len());
+    /// A cluster without workers whose clients are served by `sshd`.
+    fn with_sshd(sshd: Sshd, cluster: Cluster) -> Setup {
         Setup {
             sshd,
             cluster,
             sources: BTreeMap::new(),
         }
+    }
+
+    /// A private sshd, a leader (heartbeat 500 ms, lease 1500 ms) and `workers` polling fast.
+    fn new(workers: &[&str], env: &[(&str, &str)]) -> Setup {
+        let mut s = Setup::with_sshd(Sshd::start(), Cluster::start(500, 1500));
+        s.start_workers(workers, FAST, env);
+        s
+    }
+
+    /// Starts `ids` with `args` and waits until they are all the alive workers.
+    fn start_workers(&mut self, ids: &[&str], args: &[&str], env: &[(&str, &str)]) {
+        for id in ids {
+            self.cluster.spawn_worker_with(id, args, env);
+        }
+        self.cluster.wait_alive(ids.len());
     }
 
     fn add_client(&mut self, name: &str, known_hosts: &Path) -> PathBuf {
@@ -132,20 +143,10 @@ impl Setup {
     }
 
     fn add_client_at(&mut self, name: &str, known_hosts: &Path, dir: PathBuf) -> PathBuf {
-        std::fs::create_dir_all(&dir).expect("create source dir");
-        let out = self.cluster.ctl(&[
-            "add-client",
-            name,
-            "--ssh",
-            &self.sshd.target(),
-            "--path",
-            dir.to_str().expect("utf-8"),
-            "--key",
-            self.sshd.client_key.to_str().expect("utf-8"),
-            "--known-hosts",
-            known_hosts.to_str().expect("utf-8"),
-        ]);
-        assert!(out.status.success(), "add-client: {}", text(&out.stderr));
+        let key = self.sshd.client_key.to_str().expect("utf-8");
+        let known_hosts = known_hosts.to_str().expect("utf-8");
+        let extra = ["--key", key, "--known-hosts", known_hosts];
+        self.cluster.add_ssh_client(name, &self.sshd, &dir, &extra);
         self.sources.insert(name.to_owned(), dir.clone());
         dir
     }
@@ -219,18 +220,9 @@ fn two_thousand_files_from_three_clients_are_committed_exactly_once_over_sftp_on
 }
 
 fn two_thousand_files_from_three_clients(extra: &[&str]) -> Setup {
-    let sshd = Sshd::start();
-    let mut cluster = Cluster::start(500, 1500);
+    let mut s = Setup::with_sshd(Sshd::start(), Cluster::start(500, 1500));
     let args: Vec<&str> = FAST.iter().chain(extra).copied().collect();
-    for w in ["w1", "w2"] {
-        cluster.spawn_worker_with(w, &args, &[]);
-    }
-    cluster.wait_alive(2);
-    let mut s = Setup {
-        sshd,
-        cluster,
-        sources: BTreeMap::new(),
-    };
+    s.start_workers(&["w1", "w2"], &args, &[]);
     let kh = s.sshd.known_hosts.clone();
     let mut expected = Vec::new();
     for (i, name) in ["alpha", "beta", "gamma"].iter().enumerate() {
@@ -497,6 +489,9 @@ fn a_missing_directory_and_a_wrong_key_are_reported_and_recover_by_themselves() 
         .unwrap_or_default()
         .to_owned();
     assert!(err.contains(dir.to_str().expect("utf-8")), "{err}");
+    // The directory comes back (for the SSH login user, who must claim and remove files in it),
+    // then files appear in it.
+    s.sshd.share_dir(&dir);
     let expected = produce(&dir, "late", 5);
     s.wait_drained(&expected, Duration::from_secs(30));
     s.assert_exactly_once(&expected);
@@ -548,7 +543,7 @@ fn a_missing_directory_and_a_wrong_key_are_reported_and_recover_by_themselves() 
 /// may only run `internal-sftp`. Shell commands are refused; sqd pulls anyway (SFTP only).
 #[test]
 fn a_worker_pulls_through_a_restricted_sftp_only_key() {
-    let user = support::sshd::current_user();
+    let user = &support::login::login_user().name;
     let sshd = Sshd::start_with(&format!(
         "Match User {user}\n    ForceCommand internal-sftp\n    AllowTcpForwarding no\n    X11Forwarding no\n    PermitTTY no\n"
     ));
@@ -558,13 +553,8 @@ fn a_worker_pulls_through_a_restricted_sftp_only_key() {
         !text(&shell.stdout).contains("shell-ran"),
         "a shell command ran through the restricted key"
     );
-    let mut s = Setup {
-        sshd,
-        cluster: Cluster::start(500, 1500),
-        sources: BTreeMap::new(),
-    };
-    s.cluster.spawn_worker_with("w1", FAST, &[]);
-    s.cluster.wait_alive(1);
+    let mut s = Setup::with_sshd(sshd, Cluster::start(500, 1500));
+    s.start_workers(&["w1"], FAST, &[]);
     let kh = s.sshd.known_hosts.clone();
     let dir = s.add_client("locked", &kh);
     let expected = produce(&dir, "locked", 100);
@@ -587,7 +577,8 @@ fn batch_mode_ignores_what_the_login_shell_prints() {
         eprintln!("skipped: no sftp-server binary here");
         return;
     };
-    let rc_dir = tempfile::tempdir().expect("rc dir");
+    // sshd runs the wrapper as the login user: it must be able to read it.
+    let rc_dir = support::login::traversable_tempdir();
     let chatty = rc_dir.path().join("chatty.sh");
     std::fs::write(
         &chatty,
@@ -599,6 +590,7 @@ fn batch_mode_ignores_what_the_login_shell_prints() {
         ),
     )
     .expect("script");
+    std::fs::set_permissions(&chatty, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let sshd = Sshd::start_with(&format!("ForceCommand sh {}\n", chatty.display()));
     let greeting = sshd.ssh("true");
     assert!(
@@ -606,13 +598,8 @@ fn batch_mode_ignores_what_the_login_shell_prints() {
         "{}",
         text(&greeting.stderr)
     );
-    let mut s = Setup {
-        sshd,
-        cluster: Cluster::start(500, 1500),
-        sources: BTreeMap::new(),
-    };
-    s.cluster.spawn_worker_with("w1", FAST, &[]);
-    s.cluster.wait_alive(1);
+    let mut s = Setup::with_sshd(sshd, Cluster::start(500, 1500));
+    s.start_workers(&["w1"], FAST, &[]);
     let kh = s.sshd.known_hosts.clone();
     let dir = s.add_client("chatty", &kh);
     let expected = produce(&dir, "chatty", 300);
@@ -627,21 +614,10 @@ fn batch_mode_ignores_what_the_login_shell_prints() {
 /// worker is killed; `/healthz` and `/readyz` answer.
 #[test]
 fn metrics_move_when_files_flow_and_when_a_worker_dies() {
-    let sshd = Sshd::start();
-    let mut s = Setup {
-        sshd,
-        cluster: Cluster::start_with(500, 1500, &["--metrics", "127.0.0.1:0"]),
-        sources: BTreeMap::new(),
-    };
-    let with_metrics: Vec<&str> = FAST
-        .iter()
-        .copied()
-        .chain(["--metrics", "127.0.0.1:0"])
-        .collect();
-    for w in ["w1", "w2"] {
-        s.cluster.spawn_worker_with(w, &with_metrics, &[]);
-    }
-    s.cluster.wait_alive(2);
+    let metrics = ["--metrics", "127.0.0.1:0"];
+    let mut s = Setup::with_sshd(Sshd::start(), Cluster::start_with(500, 1500, &metrics));
+    let with_metrics: Vec<&str> = FAST.iter().chain(&metrics).copied().collect();
+    s.start_workers(&["w1", "w2"], &with_metrics, &[]);
     let addr_of = |dir: PathBuf| wait_addr_file(&dir.join("metrics.addr"));
     let leader = addr_of(s.cluster.state_dir());
     let workers: BTreeMap<String, String> = ["w1", "w2"]
@@ -849,17 +825,12 @@ fn produce_sized(dir: &Path, prefix: &str, n: usize, size: usize) -> Vec<String>
 #[test]
 fn a_full_store_disk_is_reported_loses_nothing_and_recovers_once_there_is_room() {
     let sshd = Sshd::start();
-    let mut cluster = Cluster::start(500, 1500);
+    let cluster = Cluster::start(500, 1500);
     // The worker's whole store (files, staging, catalog) on a 3 MiB filesystem.
     let disk = SmallDisk::mount("3m");
     std::os::unix::fs::symlink(disk.path(), cluster.store_dir("w1")).expect("link the store");
-    cluster.spawn_worker_with("w1", FAST, &[]);
-    cluster.wait_alive(1);
-    let mut s = Setup {
-        sshd,
-        cluster,
-        sources: BTreeMap::new(),
-    };
+    let mut s = Setup::with_sshd(sshd, cluster);
+    s.start_workers(&["w1"], FAST, &[]);
     let kh = s.sshd.known_hosts.clone();
     let dir = s.add_client("full", &kh);
     let mut expected = produce_sized(&dir, "fits", 4, 100 << 10);
@@ -909,16 +880,9 @@ fn a_full_store_disk_is_reported_loses_nothing_and_recovers_once_there_is_room()
 
 #[test]
 fn the_agent_wakes_the_worker_when_a_file_is_closed() {
-    let sshd = Sshd::start();
-    let mut cluster = Cluster::start(500, 1500);
+    let mut s = Setup::with_sshd(Sshd::start(), Cluster::start(500, 1500));
     // A poll so long that only the agent's hint can explain a prompt pull.
-    cluster.spawn_worker_with("w1", &["--settle-ms", "300", "--poll-ms", "30000"], &[]);
-    cluster.wait_alive(1);
-    let mut s = Setup {
-        sshd,
-        cluster,
-        sources: BTreeMap::new(),
-    };
+    s.start_workers(&["w1"], &["--settle-ms", "300", "--poll-ms", "30000"], &[]);
     let kh = s.sshd.known_hosts.clone();
     let watched = s.cluster.dir.path().join("watch-hinted");
     let dir = s.add_client_at("hinted", &kh, watched);

@@ -803,8 +803,12 @@ impl Drop for SmallDisk {
 }
 
 /// `n` files of `size` pseudo-random bytes each; their content hashes.
+/// They are written aside first and renamed in together: written in place one after the other,
+/// the first ones could settle (300 ms) and be pulled before the last ones exist.
 fn produce_sized(dir: &Path, prefix: &str, n: usize, size: usize) -> Vec<String> {
-    (0..n)
+    let aside = tempfile::tempdir_in(dir.parent().expect("a source dir has a parent"))
+        .expect("create a directory to write aside");
+    let hashes: Vec<String> = (0..n)
         .map(|i| {
             let mut x = (i as u64 + 7).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ size as u64;
             let content: Vec<u8> = (0..size)
@@ -815,11 +819,19 @@ fn produce_sized(dir: &Path, prefix: &str, n: usize, size: usize) -> Vec<String>
                     x as u8
                 })
                 .collect();
-            std::fs::write(dir.join(format!("{prefix}-{i:03}.jsonl")), &content)
-                .expect("write source file");
+            std::fs::write(
+                aside.path().join(format!("{prefix}-{i:03}.jsonl")),
+                &content,
+            )
+            .expect("write source file");
             hash(&content)
         })
-        .collect()
+        .collect();
+    for entry in std::fs::read_dir(aside.path()).expect("read the aside dir") {
+        let entry = entry.expect("an aside entry");
+        std::fs::rename(entry.path(), dir.join(entry.file_name())).expect("move a file in");
+    }
+    hashes
 }
 
 #[test]

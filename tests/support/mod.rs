@@ -278,6 +278,7 @@ impl Cluster {
     pub fn spawn_agent(&mut self, name: &str) -> &mut Proc {
         let watch = self.dir.path().join(format!("watch-{name}"));
         std::fs::create_dir_all(&watch).expect("create watch dir");
+        agent_runtime_dir_for_owner(&watch);
         let watch = watch.to_string_lossy().into_owned();
         let args = [
             "--mode",
@@ -364,6 +365,18 @@ impl Cluster {
     ) -> Value {
         wait_until(timeout, what, || self.status().filter(|s| ok(s)))
     }
+}
+
+/// On a host the agent runs as the watched directory's owner (scripts/systemd/sqd-client.service),
+/// here as the test runner: its runtime dir `<watch>/.sqd` is created with the directory's owner,
+/// as on a host, so that the SSH login user can still create claim dirs in it.
+fn agent_runtime_dir_for_owner(watch: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(watch).expect("stat the watched dir");
+    let runtime = watch.join(".sqd");
+    std::fs::create_dir_all(&runtime).expect("create the agent's runtime dir");
+    std::os::unix::fs::chown(&runtime, Some(owner.uid()), Some(owner.gid()))
+        .expect("chown the agent's runtime dir");
 }
 
 /// Worker ids in the given state.

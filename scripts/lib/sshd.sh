@@ -56,8 +56,8 @@ _sqd_sshd_test_home=/var/lib/sqd-test
 _sqd_sshd_ensure_test_user() {
   local u=$_sqd_sshd_test_user home=$_sqd_sshd_test_home
   if ! getent passwd "$u" >/dev/null; then
-    useradd --system --shell /bin/sh --home-dir "$home" --no-create-home --password '*' "$u" 2>/dev/null ||
-      getent passwd "$u" >/dev/null || {
+    useradd --system --shell /bin/sh --home-dir "$home" --no-create-home --password '*' \
+      "$u" 2>/dev/null || getent passwd "$u" >/dev/null || {
       echo "sqd_sshd: could not create the SSH login user $u (useradd)" >&2
       return 1
     }

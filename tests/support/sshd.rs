@@ -200,8 +200,8 @@ impl Sshd {
         .expect("rewrite authorized_keys");
     }
 
-    /// Creates `dir` if missing and hands it to the login user (see [`super::login::LoginUser::share_dir`]):
-    /// a directory the tests serve through this sshd.
+    /// Creates `dir` if missing and hands it to the login user: a directory the tests serve
+    /// through this sshd (see [`super::login::LoginUser::share_dir`]).
     pub fn share_dir(&self, dir: &Path) {
         login_user().share_dir(dir);
     }

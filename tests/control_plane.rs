@@ -76,13 +76,7 @@ fn failover_restart_and_drain_with_30_clients() {
             );
         }
     }
-    assert!(
-        after["workers"]
-            .as_array()
-            .expect("workers")
-            .iter()
-            .any(|w| w["id"] == "w2" && w["state"] == "dead")
-    );
+    assert!(workers_in(&after, "dead").contains(&"w2".to_owned()));
 
     // kill -9 the leader and restart it on the same address and state.
     let before_restart = assignments(&after);
@@ -130,13 +124,7 @@ fn failover_restart_and_drain_with_30_clients() {
             assert!(epoch > *old_epoch, "{client} drained without a new epoch");
         }
     }
-    assert!(
-        drained["workers"]
-            .as_array()
-            .expect("workers")
-            .iter()
-            .any(|w| w["id"] == "w1" && w["state"] == "draining")
-    );
+    assert!(workers_in(&drained, "draining").contains(&"w1".to_owned()));
     // A worker that joins now takes clients; the drained one still takes none.
     c.spawn_worker("w4", &[]);
     let rebalanced = c.wait_status(Duration::from_secs(15), "w4 takes its share", |s| {
@@ -239,14 +227,15 @@ fn stop_shuts_a_worker_down_gracefully_and_its_clients_move_at_once() {
         .status()
         .and_then(|s| s["clients"][0]["worker"].as_str().map(str::to_owned))
         .expect("owner");
-    let store = c.dir.path().join(format!("store-{owner}"));
-    let out = sqd_output(&[
+    let store = c.store_dir(&owner);
+    let stop = [
         "--mode",
         "worker",
         "stop",
         "--store",
         store.to_str().expect("utf-8"),
-    ]);
+    ];
+    let out = sqd_output(&stop);
     assert!(out.status.success(), "stop: {}", text(&out.stderr));
     let stopped = c
         .workers
@@ -262,13 +251,7 @@ fn stop_shuts_a_worker_down_gracefully_and_its_clients_move_at_once() {
         let w = s["clients"][0]["worker"].as_str().unwrap_or_default();
         !w.is_empty() && w != owner
     });
-    let out = sqd_output(&[
-        "--mode",
-        "worker",
-        "stop",
-        "--store",
-        store.to_str().expect("utf-8"),
-    ]);
+    let out = sqd_output(&stop);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("no worker is running"),

@@ -170,6 +170,17 @@ impl Setup {
         });
     }
 
+    /// After a fault is gone: every file arrives (within `timeout`) exactly once, and the
+    /// (first) client's error clears.
+    fn drains_exactly_once_and_recovers(&self, expected: &[String], timeout: Duration) {
+        self.wait_drained(expected, timeout);
+        self.assert_exactly_once(expected);
+        self.cluster
+            .wait_status(Duration::from_secs(10), "error cleared", |st| {
+                st["clients"][0]["last_error"].is_null()
+            });
+    }
+
     fn assert_exactly_once(&self, expected: &[String]) {
         let (files, rows) = self.all_stores();
         assert_eq!(files.len(), expected.len(), "stored file count");
@@ -398,12 +409,7 @@ fn files_flow_again_after_sshd_comes_back() {
         });
     assert_eq!(leftovers(&dir).0, 20, "nothing may move while sshd is down");
     s.sshd.restart();
-    s.wait_drained(&expected, Duration::from_secs(60));
-    s.assert_exactly_once(&expected);
-    s.cluster
-        .wait_status(Duration::from_secs(10), "error cleared", |st| {
-            st["clients"][0]["last_error"].is_null()
-        });
+    s.drains_exactly_once_and_recovers(&expected, Duration::from_secs(60));
 }
 
 /// `kill -9` (an abort at a named point) of the worker at each step of a file's life: another
@@ -882,12 +888,7 @@ fn a_full_store_disk_is_reported_loses_nothing_and_recovers_once_there_is_room()
     );
 
     disk.resize("64m");
-    s.wait_drained(&expected, Duration::from_secs(60));
-    s.assert_exactly_once(&expected);
-    s.cluster
-        .wait_status(Duration::from_secs(10), "error cleared", |st| {
-            st["clients"][0]["last_error"].is_null()
-        });
+    s.drains_exactly_once_and_recovers(&expected, Duration::from_secs(60));
 }
 
 #[test]

@@ -26,6 +26,18 @@ fn assert_host_key_rejected(out: &std::process::Output, what: &str) {
     assert!(!printed_hi(out), "{what}: the command ran anyway");
 }
 
+/// Runs an sftp batch that must succeed; its stdout.
+fn sftp_ok(sshd: &Sshd, batch: &str) -> String {
+    let out = sshd.sftp_batch(batch);
+    assert!(
+        out.status.success(),
+        "sftp: {}\n{}",
+        text(&out.stderr),
+        sshd.log_tail()
+    );
+    text(&out.stdout)
+}
+
 #[test]
 fn ssh_and_sftp_work_with_the_client_key() {
     let sshd = Sshd::start();
@@ -56,22 +68,15 @@ fn ssh_and_sftp_work_with_the_client_key() {
     ));
     assert!(out.status.success(), "ssh setup: {}", text(&out.stderr));
     let local = sshd.dir.join("fetched");
-    let out = sshd.sftp_batch(&format!(
-        "ls \"{0}\"\nget \"{0}/stats.1\" \"{1}\"\n",
-        remote.display(),
-        local.display()
-    ));
-    assert!(
-        out.status.success(),
-        "sftp: {}\n{}",
-        text(&out.stderr),
-        sshd.log_tail()
+    let listed = sftp_ok(
+        &sshd,
+        &format!(
+            "ls \"{0}\"\nget \"{0}/stats.1\" \"{1}\"\n",
+            remote.display(),
+            local.display()
+        ),
     );
-    assert!(
-        text(&out.stdout).contains("stats.1"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(listed.contains("stats.1"), "{listed}");
     assert_eq!(
         std::fs::read_to_string(&local).expect("read the fetched file"),
         "payload"
@@ -166,18 +171,8 @@ fn force_command_restricts_the_key_to_sftp() {
         "the command ran despite ForceCommand internal-sftp: {}",
         text(&out.stdout)
     );
-    let out = sshd.sftp_batch(&format!("ls \"{}\"\n", sshd.dir.display()));
-    assert!(
-        out.status.success(),
-        "sftp: {}\n{}",
-        text(&out.stderr),
-        sshd.log_tail()
-    );
-    assert!(
-        text(&out.stdout).contains("sshd_config"),
-        "{}",
-        text(&out.stdout)
-    );
+    let listed = sftp_ok(&sshd, &format!("ls \"{}\"\n", sshd.dir.display()));
+    assert!(listed.contains("sshd_config"), "{listed}");
 }
 
 #[test]

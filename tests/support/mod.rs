@@ -3,7 +3,9 @@
 //! (printing the tail of each log when the test failed).
 #![allow(dead_code)]
 
+pub mod files;
 pub mod login;
+pub mod small_disk;
 pub mod sshd;
 
 use std::collections::BTreeMap;

@@ -176,17 +176,7 @@ fn latency(o: &Opts) -> Value {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     c.spawn_worker_with("w1", &flags, &[]);
     c.wait_alive(1);
-    let watch = c.dir.path().join("watch-lat");
-    std::fs::create_dir_all(&watch).expect("create the watched dir");
-    let out = c.ctl(&[
-        "add-client",
-        "lat",
-        "--ssh",
-        &sshd.target(),
-        "--path",
-        watch.to_str().expect("utf-8 path"),
-    ]);
-    assert!(out.status.success(), "add-client: {out:?}");
+    let watch = c.add_ssh_client("lat", &sshd, &c.dir.path().join("watch-lat"), &[]);
     c.spawn_agent("lat");
     let store = c.store_dir("w1");
     // Warm up: the first file waits for the SSH connection; it is not measured.
@@ -298,20 +288,10 @@ fn failover(o: &Opts) -> Value {
         c.spawn_worker_with(&format!("w{i:02}"), &flags, &[]);
     }
     c.wait_alive(workers);
-    let real_dir = c.dir.path().join("real");
-    std::fs::create_dir_all(&real_dir).expect("create the real client's dir");
     let rt = rt();
     let addr = c.leader_addr.clone();
     let mut admin = rt.block_on(admin(&addr));
-    let out = c.ctl(&[
-        "add-client",
-        "real",
-        "--ssh",
-        &sshd.target(),
-        "--path",
-        real_dir.to_str().expect("utf-8 path"),
-    ]);
-    assert!(out.status.success(), "add-client real: {out:?}");
+    let real_dir = c.add_ssh_client("real", &sshd, &c.dir.path().join("real"), &[]);
     let names: Vec<String> = (1..clients).map(|i| format!("c{i:05}")).collect();
     rt.block_on(add_unreachable_clients(&admin, names));
     let settled = |admin: &mut AdminServiceClient<Channel>| {
@@ -584,15 +564,7 @@ fn leader_scale(o: &Opts) -> Value {
     let leader = Proc::spawn(
         "leader",
         dir.path(),
-        &[
-            "--mode",
-            "leader",
-            "start",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.to_str().expect("utf-8 path"),
-        ],
+        &support::leader_args("127.0.0.1:0", &state, &[]),
         &[("RUST_LOG", "warn")],
     );
     let addr = support::wait_addr_file(&state.join("leader.addr"));

@@ -40,6 +40,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
+# What this script writes must be readable by the private sshd's login user.
+umask 022
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 if [ $quick = 1 ]; then
@@ -73,6 +75,8 @@ sqd="$repo/target/release/sqd"
 sqdctl="$repo/target/release/sqdctl"
 
 work=$(mktemp -d /tmp/sqd-bench.XXXXXX)
+# The private sshd's login user (not root: see scripts/lib/sshd.sh) reaches the sources inside.
+chmod 711 "$work"
 cleanup() {
   # sqd daemons of an interrupted run
   for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
@@ -106,6 +110,8 @@ for i in range(n):
             left -= chunk
 PY
   sync
+  # The login user removes the sources (rsync --remove-source-files, sqd).
+  sqd_sshd_share "$1"
 }
 now() { date +%s.%N; }
 # Busy seconds of the whole machine (all cores) so far.
@@ -146,7 +152,7 @@ measure_end() {
 
 run_sqd() { # COUNT SIZE
   local dir="$work/src" state="$work/leader" store="$work/store"
-  rm -rf "$dir" "$dir.in" "$state" "$store"; produce "$dir.in" "$1" "$2"; mkdir -p "$dir"
+  rm -rf "$dir" "$dir.in" "$state" "$store"; produce "$dir.in" "$1" "$2"; sqd_sshd_share "$dir"
   "$sqd" --mode leader start --listen 127.0.0.1:0 --state-dir "$state" >"$work/leader.log" 2>&1 &
   until [ -s "$state/leader.addr" ]; do sleep 0.05; done
   local addr; addr=$(cat "$state/leader.addr")

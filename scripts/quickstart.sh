@@ -10,6 +10,8 @@
 # Everything lives under ./.quickstart (state, stores, keys, logs); delete it to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What this script writes must be readable by the private sshd's login user.
+umask 022
 repo="$PWD"
 root="$repo/.quickstart"
 port="${SQD_QUICKSTART_PORT:-7070}"
@@ -87,7 +89,8 @@ for _ in $(seq 1 100); do
 done
 
 for host in host-a host-b; do
-  mkdir -p "$root/producers/$host"
+  # The SSH login user claims and removes the files the producers write there.
+  sqd_sshd_share "$root/producers/$host"
   if ! "$sqdctl" --leader "$leader" status --json | grep -q "\"name\": \"$host\""; then
     echo "==> adding client $host"
     "$sqdctl" --leader "$leader" add-client "$host" \

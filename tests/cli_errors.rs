@@ -118,17 +118,7 @@ fn init_writes_a_sample_that_starts() {
     let mut leader = Proc::spawn(
         "leader",
         dir.path(),
-        &[
-            "--mode",
-            "leader",
-            "start",
-            "--config",
-            path,
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.to_str().expect("utf-8"),
-        ],
+        &leader_args("127.0.0.1:0", &state, &["--config", path]),
         &[],
     );
     let addr = wait_addr_file(&state.join("leader.addr"));

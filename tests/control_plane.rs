@@ -76,13 +76,7 @@ fn failover_restart_and_drain_with_30_clients() {
             );
         }
     }
-    assert!(
-        after["workers"]
-            .as_array()
-            .expect("workers")
-            .iter()
-            .any(|w| w["id"] == "w2" && w["state"] == "dead")
-    );
+    assert!(workers_in(&after, "dead").contains(&"w2".to_owned()));
 
     // kill -9 the leader and restart it on the same address and state.
     let before_restart = assignments(&after);
@@ -130,13 +124,7 @@ fn failover_restart_and_drain_with_30_clients() {
             assert!(epoch > *old_epoch, "{client} drained without a new epoch");
         }
     }
-    assert!(
-        drained["workers"]
-            .as_array()
-            .expect("workers")
-            .iter()
-            .any(|w| w["id"] == "w1" && w["state"] == "draining")
-    );
+    assert!(workers_in(&drained, "draining").contains(&"w1".to_owned()));
     // A worker that joins now takes clients; the drained one still takes none.
     c.spawn_worker("w4", &[]);
     let rebalanced = c.wait_status(Duration::from_secs(15), "w4 takes its share", |s| {
@@ -150,17 +138,7 @@ fn failover_restart_and_drain_with_30_clients() {
 fn a_second_leader_on_the_same_state_dir_is_refused() {
     let c = Cluster::start(HEARTBEAT_MS, LEASE_MS);
     let state = c.state_dir();
-    let out = sqd_output(&[
-        "--mode",
-        "leader",
-        "start",
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-        state.to_str().expect("utf-8"),
-        "--cluster",
-        "test",
-    ]);
+    let out = sqd_output(&leader_args("127.0.0.1:0", &state, &["--cluster", "test"]));
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
@@ -249,14 +227,15 @@ fn stop_shuts_a_worker_down_gracefully_and_its_clients_move_at_once() {
         .status()
         .and_then(|s| s["clients"][0]["worker"].as_str().map(str::to_owned))
         .expect("owner");
-    let store = c.dir.path().join(format!("store-{owner}"));
-    let out = sqd_output(&[
+    let store = c.store_dir(&owner);
+    let stop = [
         "--mode",
         "worker",
         "stop",
         "--store",
         store.to_str().expect("utf-8"),
-    ]);
+    ];
+    let out = sqd_output(&stop);
     assert!(out.status.success(), "stop: {}", text(&out.stderr));
     let stopped = c
         .workers
@@ -272,13 +251,7 @@ fn stop_shuts_a_worker_down_gracefully_and_its_clients_move_at_once() {
         let w = s["clients"][0]["worker"].as_str().unwrap_or_default();
         !w.is_empty() && w != owner
     });
-    let out = sqd_output(&[
-        "--mode",
-        "worker",
-        "stop",
-        "--store",
-        store.to_str().expect("utf-8"),
-    ]);
+    let out = sqd_output(&stop);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("no worker is running"),

@@ -6,104 +6,16 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use support::files::*;
+use support::small_disk::SmallDisk;
 use support::sshd::Sshd;
 use support::*;
 
 const FAST: &[&str] = &["--settle-ms", "300", "--poll-ms", "100"];
-
-fn hash(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
-}
-
-/// Writes `n` files of varied sizes into `dir`; returns their content hashes. Most are 0-8 KiB;
-/// every 250th is 1.5 MiB and a few bytes, large enough for the worker's direct writes.
-fn produce(dir: &Path, prefix: &str, n: usize) -> Vec<String> {
-    std::fs::create_dir_all(dir).expect("create source dir");
-    (0..n)
-        .map(|i| {
-            let mut content = format!("{prefix} file {i}\n").into_bytes();
-            // Deterministic pseudo-random body.
-            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let len = if i % 250 == 7 {
-                (3 << 19) + i
-            } else {
-                i * 37 % 8192
-            };
-            for _ in 0..len {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                content.push(x as u8);
-            }
-            std::fs::write(dir.join(format!("{prefix}-{i:05}.jsonl")), &content)
-                .expect("write source file");
-            hash(&content)
-        })
-        .collect()
-}
-
-/// Content hashes of every file under `<store>/files`, and the catalog's (client, hash) rows.
-fn store_contents(store: &Path) -> (Vec<String>, Vec<(String, String)>) {
-    let mut files = Vec::new();
-    let mut stack = vec![store.join("files")];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                files.push(hash(&std::fs::read(&p).expect("read stored file")));
-            }
-        }
-    }
-    let mut rows = Vec::new();
-    let catalog = store.join("catalog.sqlite");
-    if catalog.exists() {
-        let conn = rusqlite::Connection::open(&catalog).expect("open catalog");
-        conn.busy_timeout(Duration::from_secs(10))
-            .expect("busy timeout");
-        // A worker that just started may not have created the table yet: nothing stored.
-        let mut stmt = match conn.prepare("SELECT client, hash FROM files") {
-            Ok(stmt) => stmt,
-            Err(e) if e.to_string().contains("no such table") => return (files, rows),
-            Err(e) => panic!("query catalog {}: {e}", catalog.display()),
-        };
-        rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .expect("read catalog")
-            .collect::<Result<_, _>>()
-            .expect("catalog rows");
-    }
-    (files, rows)
-}
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
-
-/// Regular files left directly in `dir` and anywhere in its claim dirs.
-fn leftovers(dir: &Path) -> (usize, usize) {
-    let count = |d: &Path| {
-        std::fs::read_dir(d)
-            .map(|it| {
-                it.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    let claims: usize = std::fs::read_dir(dir.join(".sqd/claim"))
-        .map(|it| it.flatten().map(|e| count(&e.path())).sum())
-        .unwrap_or(0);
-    (count(dir), claims)
-}
 
 struct Setup {
     sshd: Sshd,
@@ -112,18 +24,28 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(workers: &[&str], env: &[(&str, &str)]) -> Setup {
-        let sshd = Sshd::start();
-        let mut cluster = Cluster::start(500, 1500);
-        for w in workers {
-            cluster.spawn_worker_with(w, FAST, env);
-        }
-        cluster.wait_alive(workers.len());
+    /// A cluster without workers whose clients are served by `sshd`.
+    fn with_sshd(sshd: Sshd, cluster: Cluster) -> Setup {
         Setup {
             sshd,
             cluster,
             sources: BTreeMap::new(),
         }
+    }
+
+    /// A private sshd, a leader (heartbeat 500 ms, lease 1500 ms) and `workers` polling fast.
+    fn new(workers: &[&str], env: &[(&str, &str)]) -> Setup {
+        let mut s = Setup::with_sshd(Sshd::start(), Cluster::start(500, 1500));
+        s.start_workers(workers, FAST, env);
+        s
+    }
+
+    /// Starts `ids` with `args` and waits until they are all the alive workers.
+    fn start_workers(&mut self, ids: &[&str], args: &[&str], env: &[(&str, &str)]) {
+        for id in ids {
+            self.cluster.spawn_worker_with(id, args, env);
+        }
+        self.cluster.wait_alive(ids.len());
     }
 
     fn add_client(&mut self, name: &str, known_hosts: &Path) -> PathBuf {
@@ -132,20 +54,10 @@ impl Setup {
     }
 
     fn add_client_at(&mut self, name: &str, known_hosts: &Path, dir: PathBuf) -> PathBuf {
-        std::fs::create_dir_all(&dir).expect("create source dir");
-        let out = self.cluster.ctl(&[
-            "add-client",
-            name,
-            "--ssh",
-            &self.sshd.target(),
-            "--path",
-            dir.to_str().expect("utf-8"),
-            "--key",
-            self.sshd.client_key.to_str().expect("utf-8"),
-            "--known-hosts",
-            known_hosts.to_str().expect("utf-8"),
-        ]);
-        assert!(out.status.success(), "add-client: {}", text(&out.stderr));
+        let key = self.sshd.client_key.to_str().expect("utf-8");
+        let known_hosts = known_hosts.to_str().expect("utf-8");
+        let extra = ["--key", key, "--known-hosts", known_hosts];
+        self.cluster.add_ssh_client(name, &self.sshd, &dir, &extra);
         self.sources.insert(name.to_owned(), dir.clone());
         dir
     }
@@ -167,6 +79,17 @@ impl Setup {
             let empty = self.sources.values().all(|d| leftovers(d) == (0, 0));
             (empty && self.all_stores().0.len() >= expected.len()).then_some(())
         });
+    }
+
+    /// After a fault is gone: every file arrives (within `timeout`) exactly once, and the
+    /// (first) client's error clears.
+    fn drains_exactly_once_and_recovers(&self, expected: &[String], timeout: Duration) {
+        self.wait_drained(expected, timeout);
+        self.assert_exactly_once(expected);
+        self.cluster
+            .wait_status(Duration::from_secs(10), "error cleared", |st| {
+                st["clients"][0]["last_error"].is_null()
+            });
     }
 
     fn assert_exactly_once(&self, expected: &[String]) {
@@ -219,18 +142,9 @@ fn two_thousand_files_from_three_clients_are_committed_exactly_once_over_sftp_on
 }
 
 fn two_thousand_files_from_three_clients(extra: &[&str]) -> Setup {
-    let sshd = Sshd::start();
-    let mut cluster = Cluster::start(500, 1500);
+    let mut s = Setup::with_sshd(Sshd::start(), Cluster::start(500, 1500));
     let args: Vec<&str> = FAST.iter().chain(extra).copied().collect();
-    for w in ["w1", "w2"] {
-        cluster.spawn_worker_with(w, &args, &[]);
-    }
-    cluster.wait_alive(2);
-    let mut s = Setup {
-        sshd,
-        cluster,
-        sources: BTreeMap::new(),
-    };
+    s.start_workers(&["w1", "w2"], &args, &[]);
     let kh = s.sshd.known_hosts.clone();
     let mut expected = Vec::new();
     for (i, name) in ["alpha", "beta", "gamma"].iter().enumerate() {
@@ -406,12 +320,7 @@ fn files_flow_again_after_sshd_comes_back() {
         });
     assert_eq!(leftovers(&dir).0, 20, "nothing may move while sshd is down");
     s.sshd.restart();
-    s.wait_drained(&expected, Duration::from_secs(60));
-    s.assert_exactly_once(&expected);
-    s.cluster
-        .wait_status(Duration::from_secs(10), "error cleared", |st| {
-            st["clients"][0]["last_error"].is_null()
-        });
+    s.drains_exactly_once_and_recovers(&expected, Duration::from_secs(60));
 }
 
 /// `kill -9` (an abort at a named point) of the worker at each step of a file's life: another
@@ -497,6 +406,9 @@ fn a_missing_directory_and_a_wrong_key_are_reported_and_recover_by_themselves() 
         .unwrap_or_default()
         .to_owned();
     assert!(err.contains(dir.to_str().expect("utf-8")), "{err}");
+    // The directory comes back (for the SSH login user, who must claim and remove files in it),
+    // then files appear in it.
+    s.sshd.share_dir(&dir);
     let expected = produce(&dir, "late", 5);
     s.wait_drained(&expected, Duration::from_secs(30));
     s.assert_exactly_once(&expected);
@@ -548,7 +460,7 @@ fn a_missing_directory_and_a_wrong_key_are_reported_and_recover_by_themselves() 
 /// may only run `internal-sftp`. Shell commands are refused; sqd pulls anyway (SFTP only).
 #[test]
 fn a_worker_pulls_through_a_restricted_sftp_only_key() {
-    let user = support::sshd::current_user();
+    let user = &support::login::login_user().name;
     let sshd = Sshd::start_with(&format!(
         "Match User {user}\n    ForceCommand internal-sftp\n    AllowTcpForwarding no\n    X11Forwarding no\n    PermitTTY no\n"
     ));
@@ -558,13 +470,8 @@ fn a_worker_pulls_through_a_restricted_sftp_only_key() {
         !text(&shell.stdout).contains("shell-ran"),
         "a shell command ran through the restricted key"
     );
-    let mut s = Setup {
-        sshd,
-        cluster: Cluster::start(500, 1500),
-        sources: BTreeMap::new(),
-    };
-    s.cluster.spawn_worker_with("w1", FAST, &[]);
-    s.cluster.wait_alive(1);
+    let mut s = Setup::with_sshd(sshd, Cluster::start(500, 1500));
+    s.start_workers(&["w1"], FAST, &[]);
     let kh = s.sshd.known_hosts.clone();
     let dir = s.add_client("locked", &kh);
     let expected = produce(&dir, "locked", 100);
@@ -587,7 +494,8 @@ fn batch_mode_ignores_what_the_login_shell_prints() {
         eprintln!("skipped: no sftp-server binary here");
         return;
     };
-    let rc_dir = tempfile::tempdir().expect("rc dir");
+    // sshd runs the wrapper as the login user: it must be able to read it.
+    let rc_dir = support::login::traversable_tempdir();
     let chatty = rc_dir.path().join("chatty.sh");
     std::fs::write(
         &chatty,
@@ -599,6 +507,7 @@ fn batch_mode_ignores_what_the_login_shell_prints() {
         ),
     )
     .expect("script");
+    std::fs::set_permissions(&chatty, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let sshd = Sshd::start_with(&format!("ForceCommand sh {}\n", chatty.display()));
     let greeting = sshd.ssh("true");
     assert!(
@@ -606,13 +515,8 @@ fn batch_mode_ignores_what_the_login_shell_prints() {
         "{}",
         text(&greeting.stderr)
     );
-    let mut s = Setup {
-        sshd,
-        cluster: Cluster::start(500, 1500),
-        sources: BTreeMap::new(),
-    };
-    s.cluster.spawn_worker_with("w1", FAST, &[]);
-    s.cluster.wait_alive(1);
+    let mut s = Setup::with_sshd(sshd, Cluster::start(500, 1500));
+    s.start_workers(&["w1"], FAST, &[]);
     let kh = s.sshd.known_hosts.clone();
     let dir = s.add_client("chatty", &kh);
     let expected = produce(&dir, "chatty", 300);
@@ -627,21 +531,10 @@ fn batch_mode_ignores_what_the_login_shell_prints() {
 /// worker is killed; `/healthz` and `/readyz` answer.
 #[test]
 fn metrics_move_when_files_flow_and_when_a_worker_dies() {
-    let sshd = Sshd::start();
-    let mut s = Setup {
-        sshd,
-        cluster: Cluster::start_with(500, 1500, &["--metrics", "127.0.0.1:0"]),
-        sources: BTreeMap::new(),
-    };
-    let with_metrics: Vec<&str> = FAST
-        .iter()
-        .copied()
-        .chain(["--metrics", "127.0.0.1:0"])
-        .collect();
-    for w in ["w1", "w2"] {
-        s.cluster.spawn_worker_with(w, &with_metrics, &[]);
-    }
-    s.cluster.wait_alive(2);
+    let metrics = ["--metrics", "127.0.0.1:0"];
+    let mut s = Setup::with_sshd(Sshd::start(), Cluster::start_with(500, 1500, &metrics));
+    let with_metrics: Vec<&str> = FAST.iter().chain(&metrics).copied().collect();
+    s.start_workers(&["w1", "w2"], &with_metrics, &[]);
     let addr_of = |dir: PathBuf| wait_addr_file(&dir.join("metrics.addr"));
     let leader = addr_of(s.cluster.state_dir());
     let workers: BTreeMap<String, String> = ["w1", "w2"]
@@ -762,104 +655,15 @@ fn metrics_move_when_files_flow_and_when_a_worker_dies() {
     });
 }
 
-/// `program` as root: directly when we are root, else through `sudo -n` (as scripts/test.sh
-/// installs packages).
-fn as_root(program: &str) -> std::process::Command {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to this process's effective user.
-    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-        std::process::Command::new(program)
-    } else {
-        let mut sudo = std::process::Command::new("sudo");
-        sudo.args(["-n", program]);
-        sudo
-    }
-}
-
-/// A tmpfs of a given size mounted on its own temporary directory for one test, unmounted
-/// (lazily, so a file still open cannot keep it) and removed when dropped.
-struct SmallDisk {
-    mount_point: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let mount_point = tempfile::tempdir().expect("mount point");
-        let out = as_root("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=1777"),
-                "tmpfs",
-            ])
-            .arg(mount_point.path())
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mounting a {size} tmpfs for the store failed (this test needs root or \
-             passwordless sudo, as scripts/test.sh does): {}",
-            text(&out.stderr)
-        );
-        SmallDisk { mount_point }
-    }
-
-    fn path(&self) -> &Path {
-        self.mount_point.path()
-    }
-
-    fn resize(&self, size: &str) {
-        let out = as_root("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(self.path())
-            .output()
-            .expect("run mount");
-        assert!(out.status.success(), "remount: {}", text(&out.stderr));
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        // Before the field's own drop removes the (then empty) directory.
-        let _ = as_root("umount").arg("-l").arg(self.path()).output();
-    }
-}
-
-/// `n` files of `size` pseudo-random bytes each; their content hashes.
-fn produce_sized(dir: &Path, prefix: &str, n: usize, size: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let mut x = (i as u64 + 7).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ size as u64;
-            let content: Vec<u8> = (0..size)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            std::fs::write(dir.join(format!("{prefix}-{i:03}.jsonl")), &content)
-                .expect("write source file");
-            hash(&content)
-        })
-        .collect()
-}
-
 #[test]
 fn a_full_store_disk_is_reported_loses_nothing_and_recovers_once_there_is_room() {
     let sshd = Sshd::start();
-    let mut cluster = Cluster::start(500, 1500);
+    let cluster = Cluster::start(500, 1500);
     // The worker's whole store (files, staging, catalog) on a 3 MiB filesystem.
     let disk = SmallDisk::mount("3m");
     std::os::unix::fs::symlink(disk.path(), cluster.store_dir("w1")).expect("link the store");
-    cluster.spawn_worker_with("w1", FAST, &[]);
-    cluster.wait_alive(1);
-    let mut s = Setup {
-        sshd,
-        cluster,
-        sources: BTreeMap::new(),
-    };
+    let mut s = Setup::with_sshd(sshd, cluster);
+    s.start_workers(&["w1"], FAST, &[]);
     let kh = s.sshd.known_hosts.clone();
     let dir = s.add_client("full", &kh);
     let mut expected = produce_sized(&dir, "fits", 4, 100 << 10);
@@ -899,26 +703,14 @@ fn a_full_store_disk_is_reported_loses_nothing_and_recovers_once_there_is_room()
     );
 
     disk.resize("64m");
-    s.wait_drained(&expected, Duration::from_secs(60));
-    s.assert_exactly_once(&expected);
-    s.cluster
-        .wait_status(Duration::from_secs(10), "error cleared", |st| {
-            st["clients"][0]["last_error"].is_null()
-        });
+    s.drains_exactly_once_and_recovers(&expected, Duration::from_secs(60));
 }
 
 #[test]
 fn the_agent_wakes_the_worker_when_a_file_is_closed() {
-    let sshd = Sshd::start();
-    let mut cluster = Cluster::start(500, 1500);
+    let mut s = Setup::with_sshd(Sshd::start(), Cluster::start(500, 1500));
     // A poll so long that only the agent's hint can explain a prompt pull.
-    cluster.spawn_worker_with("w1", &["--settle-ms", "300", "--poll-ms", "30000"], &[]);
-    cluster.wait_alive(1);
-    let mut s = Setup {
-        sshd,
-        cluster,
-        sources: BTreeMap::new(),
-    };
+    s.start_workers(&["w1"], &["--settle-ms", "300", "--poll-ms", "30000"], &[]);
     let kh = s.sshd.known_hosts.clone();
     let watched = s.cluster.dir.path().join("watch-hinted");
     let dir = s.add_client_at("hinted", &kh, watched);

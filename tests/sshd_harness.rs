@@ -5,7 +5,8 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::sshd::{Sshd, current_user};
+use support::login::login_user;
+use support::sshd::Sshd;
 use support::{text, wait_until};
 
 /// Whether `echo hi` ran: a line that is exactly "hi" (ForceCommand's refusal, "This service
@@ -23,6 +24,18 @@ fn assert_host_key_rejected(out: &std::process::Output, what: &str) {
         "{what}: unexpected stderr: {stderr}"
     );
     assert!(!printed_hi(out), "{what}: the command ran anyway");
+}
+
+/// Runs an sftp batch that must succeed; its stdout.
+fn sftp_ok(sshd: &Sshd, batch: &str) -> String {
+    let out = sshd.sftp_batch(batch);
+    assert!(
+        out.status.success(),
+        "sftp: {}\n{}",
+        text(&out.stderr),
+        sshd.log_tail()
+    );
+    text(&out.stdout)
 }
 
 #[test]
@@ -55,22 +68,15 @@ fn ssh_and_sftp_work_with_the_client_key() {
     ));
     assert!(out.status.success(), "ssh setup: {}", text(&out.stderr));
     let local = sshd.dir.join("fetched");
-    let out = sshd.sftp_batch(&format!(
-        "ls \"{0}\"\nget \"{0}/stats.1\" \"{1}\"\n",
-        remote.display(),
-        local.display()
-    ));
-    assert!(
-        out.status.success(),
-        "sftp: {}\n{}",
-        text(&out.stderr),
-        sshd.log_tail()
+    let listed = sftp_ok(
+        &sshd,
+        &format!(
+            "ls \"{0}\"\nget \"{0}/stats.1\" \"{1}\"\n",
+            remote.display(),
+            local.display()
+        ),
     );
-    assert!(
-        text(&out.stdout).contains("stats.1"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(listed.contains("stats.1"), "{listed}");
     assert_eq!(
         std::fs::read_to_string(&local).expect("read the fetched file"),
         "payload"
@@ -155,7 +161,7 @@ fn stop_refuses_connections_and_restart_serves_the_same_port() {
 
 #[test]
 fn force_command_restricts_the_key_to_sftp() {
-    let user = current_user();
+    let user = &login_user().name;
     let sshd = Sshd::start_with(&format!(
         "Match User {user}\n    ForceCommand internal-sftp\n"
     ));
@@ -165,18 +171,8 @@ fn force_command_restricts_the_key_to_sftp() {
         "the command ran despite ForceCommand internal-sftp: {}",
         text(&out.stdout)
     );
-    let out = sshd.sftp_batch(&format!("ls \"{}\"\n", sshd.dir.display()));
-    assert!(
-        out.status.success(),
-        "sftp: {}\n{}",
-        text(&out.stderr),
-        sshd.log_tail()
-    );
-    assert!(
-        text(&out.stdout).contains("sshd_config"),
-        "{}",
-        text(&out.stdout)
-    );
+    let listed = sftp_ok(&sshd, &format!("ls \"{}\"\n", sshd.dir.display()));
+    assert!(listed.contains("sshd_config"), "{listed}");
 }
 
 #[test]
@@ -217,4 +213,35 @@ fn restart_waits_while_another_process_holds_the_port() {
         text(&out.stderr)
     );
     assert!(sshd.log_tail().contains("Address already in use"));
+}
+
+/// A login shell rc file that hangs (a stale pyenv shim lock in root's `~/.bashrc` stalled every
+/// SSH login for up to 60 s) does not slow the harness: as root it logs in as a user whose shell
+/// reads no rc file. The sessions get a HOME whose `.bashrc` and `.profile` sleep 30 s, which
+/// would also hold up `start`'s readiness probe past its 10 s.
+#[test]
+fn logins_do_not_wait_for_a_slow_shell_rc_file() {
+    if !login_user().dedicated {
+        eprintln!("skipped: not root, the harness logs in as the runner with the runner's shell");
+        return;
+    }
+    let home = support::login::traversable_tempdir();
+    for rc in [".bashrc", ".profile", ".bash_profile"] {
+        let path = home.path().join(rc);
+        std::fs::write(&path, "sleep 30\n").expect("write a slow rc file");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod the rc file");
+    }
+    let home = home.path().display().to_string();
+    let t = Instant::now();
+    let sshd = Sshd::start_with(&format!("SetEnv HOME={home}\n"));
+    let out = sshd.ssh("echo \"$HOME\"");
+    assert!(out.status.success(), "ssh: {}", text(&out.stderr));
+    // The session saw the slow HOME: a shell reading rc files from HOME would have slept.
+    assert_eq!(text(&out.stdout).trim(), home);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "logins waited for the rc file: {:?}",
+        t.elapsed()
+    );
 }

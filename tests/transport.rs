@@ -23,12 +23,12 @@ fn params(sshd: &Sshd, known_hosts: &std::path::Path, control: &std::path::Path)
 #[tokio::test]
 async fn listing_sees_entry_kinds_without_following_links_and_keeps_name_bytes() {
     let sshd = Sshd::start();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = support::login::traversable_tempdir();
     let control = tempfile::tempdir().expect("control dir");
     let outside = dir.path().join("outside");
     std::fs::write(&outside, b"x").expect("write");
     let src = dir.path().join("src");
-    std::fs::create_dir(&src).expect("mkdir");
+    sshd.share_dir(&src);
     std::os::unix::fs::symlink(&outside, src.join("link")).expect("symlink");
     nix::unistd::mkfifo(
         &src.join("fifo"),

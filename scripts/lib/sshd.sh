@@ -4,13 +4,23 @@
 #   source scripts/lib/sshd.sh
 #   sqd_sshd_start DIR   # keys, config and log under DIR; exports SQD_SSHD_PORT, SQD_SSHD_USER,
 #                        # SQD_SSHD_KEY (client private key), SQD_SSHD_KNOWN_HOSTS
+#   sqd_sshd_share DIR...  # create DIRs for the login user: it claims and removes files there
 #   sqd_sshd_stop DIR
+#
+# The login user: as root, a dedicated system user `sqd-test` (shell /bin/sh, home
+# /var/lib/sqd-test; created when missing). sshd runs every command through the login user's
+# shell and bash reads ~/.bashrc for each, so logging in as root made every command wait on
+# whatever root's rc file does (a stale pyenv shim lock stalled each login for up to 60 s); a
+# non-interactive `sh -c` reads no rc file. It must be able to traverse DIR's parents; when it
+# cannot, root logs in as itself with a warning. As an ordinary user: yourself. SQD_SSHD_USER,
+# when set before sqd_sshd_start, names the login user instead.
 #
 # SQD_SSHD_EXTRA_CONFIG, when set, is appended to sshd_config (e.g. "Ciphers ..." so every
 # client of a benchmark negotiates the same cipher).
 #
 # Keys already in DIR are reused, and so is the previous port when it is still free, so re-running
-# keeps the same known_hosts. Installs nothing: sshd, ssh, ssh-keygen and python3 must be present.
+# keeps the same known_hosts. Installs nothing: sshd, ssh, ssh-keygen and python3 must be present
+# (and useradd, as root).
 # Safe under `set -euo pipefail`; changes no shell options. Works as root (sshd then needs
 # /run/sshd, created if missing) and as an ordinary user (sshd runs unprivileged for that user).
 
@@ -35,6 +45,59 @@ _sqd_sshd_free_port() {
 # Exit status 0 when PORT on 127.0.0.1 can be bound right now.
 _sqd_sshd_port_free() {
   python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
+_sqd_sshd_test_user=sqd-test
+_sqd_sshd_test_home=/var/lib/sqd-test
+
+# Creates the dedicated login user and its empty home when missing (root only). Its password
+# field is `*`, not useradd's `!`: with UsePAM no, sshd refuses a `!` (locked) account even for
+# key logins. Another run may create it at the same moment: "already exists" is fine.
+_sqd_sshd_ensure_test_user() {
+  local u=$_sqd_sshd_test_user home=$_sqd_sshd_test_home
+  if ! getent passwd "$u" >/dev/null; then
+    useradd --system --shell /bin/sh --home-dir "$home" --no-create-home --password '*' \
+      "$u" 2>/dev/null || getent passwd "$u" >/dev/null || {
+      echo "sqd_sshd: could not create the SSH login user $u (useradd)" >&2
+      return 1
+    }
+  fi
+  mkdir -p "$home"
+  chown "$u:" "$home"
+  chmod 755 "$home"
+}
+
+# Prints the login user for DIR (see the top of this file).
+_sqd_sshd_login_user() {
+  local dir=$1 me
+  me=$(id -un)
+  if [ -n "${SQD_SSHD_USER:-}" ]; then
+    printf '%s\n' "$SQD_SSHD_USER"
+  elif [ "$(id -u)" != 0 ]; then
+    printf '%s\n' "$me"
+  else
+    _sqd_sshd_ensure_test_user || return 1
+    if runuser -u "$_sqd_sshd_test_user" -- test -x "$dir"; then
+      printf '%s\n' "$_sqd_sshd_test_user"
+    else
+      echo "sqd_sshd: $_sqd_sshd_test_user cannot reach $dir (a parent directory is not searchable);" \
+        "logging in as $me instead: its shell rc files run for every SSH command" >&2
+      printf '%s\n' "$me"
+    fi
+  fi
+}
+
+# Creates each DIR (and parents) if missing, owned by the login user (SQD_SSHD_USER, set by
+# sqd_sshd_start) with mode 0755: it renames claims and removes the files others write there.
+sqd_sshd_share() {
+  local d
+  for d in "$@"; do
+    mkdir -p "$d"
+    if [ "${SQD_SSHD_USER:-}" != "$(id -un)" ]; then
+      chown "${SQD_SSHD_USER:?sqd_sshd_share: call sqd_sshd_start first}:" "$d"
+    fi
+    chmod 755 "$d"
+  done
 }
 
 # Prints the pid in DIR/sshd.pid when that process is alive and is the sshd started for DIR.
@@ -64,9 +127,11 @@ sqd_sshd_start() {
   local dir sshd user port pid attempt ok deadline host_pub penalties
   mkdir -p "$1"
   dir=$(cd "$1" && pwd -P)
-  chmod 700 "$dir"
   sshd=$(_sqd_sshd_bin) || return 1
-  user=$(id -un)
+  # The login user reads authorized_keys here (sshd opens it with that user's identity); the
+  # private keys stay 0600 to the runner.
+  chmod 755 "$dir"
+  user=$(_sqd_sshd_login_user "$dir") || return 1
 
   # A previous sshd for DIR (re-run): stop it, remembering its port.
   if _sqd_sshd_live_pid "$dir" >/dev/null; then
@@ -85,6 +150,7 @@ sqd_sshd_start() {
   chmod 600 "$dir/host_ed25519_key" "$dir/client_ed25519_key"
   cp "$dir/client_ed25519_key.pub" "$dir/authorized_keys"
   chmod 600 "$dir/authorized_keys"
+  [ "$user" = "$(id -un)" ] || chown "$user:" "$dir/authorized_keys"
 
   # sshd (as root) refuses to start without its privilege-separation directory.
   if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then
@@ -105,6 +171,8 @@ sqd_sshd_start() {
     [ -n "$port" ] || port=$(_sqd_sshd_free_port)
     printf '%s\n' "$port" >"$dir/sshd.port"
     printf '[127.0.0.1]:%s %s\n' "$port" "$host_pub" >"$dir/known_hosts"
+    # StrictModes no: DIR may live under /tmp (mode 1777), which StrictModes refuses on the path
+    # to authorized_keys.
     cat >"$dir/sshd_config" <<EOF
 Port $port
 ListenAddress 127.0.0.1

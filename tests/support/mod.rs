@@ -3,9 +3,13 @@
 //! (printing the tail of each log when the test failed).
 #![allow(dead_code)]
 
+pub mod files;
+pub mod login;
+pub mod small_disk;
 pub mod sshd;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -23,7 +27,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    pub fn spawn<S: AsRef<OsStr>>(
+        name: &str,
+        dir: &Path,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
@@ -114,7 +123,7 @@ pub fn sqdctl(leader: &str, args: &[&str]) -> Output {
 
 /// Runs `sqd` to completion, killing it after 20 s (a command expected to fail must not hang
 /// the test when it unexpectedly starts a daemon).
-pub fn sqd_output(args: &[&str]) -> Output {
+pub fn sqd_output<S: AsRef<OsStr>>(args: &[S]) -> Output {
     let mut child = Command::new(SQD)
         .args(args)
         .stdin(Stdio::null())
@@ -137,6 +146,25 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `sqd --mode leader start` serving on `listen` with its state in `state_dir`, then `extra`: the
+/// one place tests and benches build a leader's command line.
+pub fn leader_args(listen: &str, state_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let state_dir = state_dir.to_str().expect("utf-8 state dir");
+    [
+        "--mode",
+        "leader",
+        "start",
+        "--listen",
+        listen,
+        "--state-dir",
+        state_dir,
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .map(str::to_owned)
+    .collect()
+}
+
 /// A leader plus workers and agents, in one temporary directory.
 pub struct Cluster {
     pub leader_addr: String,
@@ -148,6 +176,7 @@ pub struct Cluster {
     /// Extra flags every (re)start of the leader gets, e.g. `--metrics`.
     pub leader_extra: Vec<String>,
     /// Declared last so it is removed after the processes (and their logs are printed).
+    /// Traversable by the private sshd's login user, for source directories kept inside.
     pub dir: tempfile::TempDir,
 }
 
@@ -159,7 +188,7 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra leader flags.
     pub fn start_with(heartbeat_ms: u64, lease_ms: u64, leader_extra: &[&str]) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = login::traversable_tempdir();
         let mut c = Cluster {
             dir,
             leader_addr: String::new(),
@@ -185,14 +214,7 @@ impl Cluster {
         let _ = std::fs::remove_file(&addr_file);
         let hb = self.heartbeat_ms.to_string();
         let lease = self.lease_ms.to_string();
-        let mut args: Vec<&str> = vec![
-            "--mode",
-            "leader",
-            "start",
-            "--listen",
-            listen,
-            "--state-dir",
-            state.to_str().expect("utf-8 path"),
+        let timing = [
             "--cluster",
             "test",
             "--heartbeat-ms",
@@ -200,7 +222,8 @@ impl Cluster {
             "--lease-ms",
             &lease,
         ];
-        args.extend(self.leader_extra.iter().map(String::as_str));
+        let mut args = leader_args(listen, &state, &timing);
+        args.extend(self.leader_extra.iter().cloned());
         let proc = Proc::spawn("leader", self.dir.path(), &args, &[]);
         self.leader = Some(proc);
         self.leader_addr = wait_addr_file(&addr_file);
@@ -249,7 +272,6 @@ impl Cluster {
     ) -> &mut Proc {
         let mut args = self.worker_args(id);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = Proc::spawn(&format!("worker-{id}"), self.dir.path(), &args, env);
         self.workers.insert(id.to_owned(), proc);
         self.workers.get_mut(id).expect("just inserted")
@@ -258,6 +280,7 @@ impl Cluster {
     pub fn spawn_agent(&mut self, name: &str) -> &mut Proc {
         let watch = self.dir.path().join(format!("watch-{name}"));
         std::fs::create_dir_all(&watch).expect("create watch dir");
+        agent_runtime_dir_for_owner(&watch);
         let watch = watch.to_string_lossy().into_owned();
         let args = [
             "--mode",
@@ -277,6 +300,29 @@ impl Cluster {
 
     pub fn ctl(&self, args: &[&str]) -> Output {
         sqdctl(&self.leader_addr, args)
+    }
+
+    /// Adds client `name` pulled over `sshd` from `dir`, which is handed to sshd's login user
+    /// first (created if missing); `extra` flags follow (e.g. `--key`). Returns `dir`.
+    pub fn add_ssh_client(
+        &self,
+        name: &str,
+        sshd: &sshd::Sshd,
+        dir: &Path,
+        extra: &[&str],
+    ) -> PathBuf {
+        sshd.share_dir(dir);
+        let path = dir.to_str().expect("utf-8 path");
+        let target = sshd.target();
+        let mut args = vec!["add-client", name, "--ssh", &target, "--path", path];
+        args.extend_from_slice(extra);
+        let out = self.ctl(&args);
+        assert!(
+            out.status.success(),
+            "add-client {name}: {}",
+            text(&out.stderr)
+        );
+        dir.to_path_buf()
     }
 
     pub fn add_client(&self, name: &str) {
@@ -321,6 +367,18 @@ impl Cluster {
     ) -> Value {
         wait_until(timeout, what, || self.status().filter(|s| ok(s)))
     }
+}
+
+/// On a host the agent runs as the watched directory's owner (scripts/systemd/sqd-client.service),
+/// here as the test runner: its runtime dir `<watch>/.sqd` is created with the directory's owner,
+/// as on a host, so that the SSH login user can still create claim dirs in it.
+fn agent_runtime_dir_for_owner(watch: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(watch).expect("stat the watched dir");
+    let runtime = watch.join(".sqd");
+    std::fs::create_dir_all(&runtime).expect("create the agent's runtime dir");
+    std::os::unix::fs::chown(&runtime, Some(owner.uid()), Some(owner.gid()))
+        .expect("chown the agent's runtime dir");
 }
 
 /// Worker ids in the given state.

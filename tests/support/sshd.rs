@@ -1,10 +1,11 @@
 //! A private OpenSSH server on 127.0.0.1 for end-to-end tests.
 //!
 //! Each [`Sshd`] owns a temporary directory with its own host key, a client key, an
-//! `authorized_keys` file and an `sshd_config`, and runs `sshd -D -e` on a free loopback port for
-//! the current user (as root it logs in as root; as an ordinary user sshd runs unprivileged and
-//! accepts only that user). Every wait is bounded; sshd and every process it forked for open
-//! connections are killed (SIGKILL) by [`Sshd::stop`] and on drop.
+//! `authorized_keys` file and an `sshd_config`, and runs `sshd -D -e` on a free loopback port
+//! accepting only the login user of [`super::login`] (as root the dedicated `sqd-test` user,
+//! whose shell reads no rc file; as an ordinary user sshd runs unprivileged and accepts that
+//! user). Every wait is bounded; sshd and every process it forked for open connections are
+//! killed (SIGKILL) by [`Sshd::stop`] and on drop.
 #![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashMap};
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::login::login_user;
+
 /// How long `start`/`restart` wait for sshd to accept the client key.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound for one helper command (ssh-keygen, `sshd -t`, a readiness probe, `ssh()`).
@@ -30,10 +33,11 @@ const PORT_ATTEMPTS: usize = 5;
 const REBIND_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Sshd {
-    /// Private directory holding keys, config, log and pid file (removed on drop).
+    /// Private directory holding keys, config, log and pid file (removed on drop); owned by the
+    /// login user, as its home would be, so that sessions may write there too.
     pub dir: PathBuf,
     pub port: u16,
-    /// The current user (`id -un`), the only user this sshd lets in.
+    /// The login user's name, the only user this sshd lets in.
     pub user: String,
     /// ed25519 private key accepted by this sshd, mode 0600.
     pub client_key: PathBuf,
@@ -78,7 +82,9 @@ impl Sshd {
             .tempdir()
             .expect("create a temporary directory for sshd");
         let dir = tmp.path().to_path_buf();
-        let user = current_user();
+        let login = login_user();
+        login.share_dir(&dir);
+        let user = login.name.clone();
         let sshd_bin = find_sshd();
         ensure_privsep_dir();
 
@@ -96,6 +102,8 @@ impl Sshd {
         for f in [&host_key, &client_key, &wrong_key, &authorized_keys] {
             fs::set_permissions(f, fs::Permissions::from_mode(0o600)).expect("chmod 600 a key");
         }
+        // sshd reads authorized_keys with the login user's identity.
+        login.give(&authorized_keys);
         let empty_known_hosts = dir.join("empty_known_hosts");
         fs::write(&empty_known_hosts, "").expect("write empty_known_hosts");
 
@@ -192,6 +200,12 @@ impl Sshd {
         .expect("rewrite authorized_keys");
     }
 
+    /// Creates `dir` if missing and hands it to the login user: a directory the tests serve
+    /// through this sshd (see [`super::login::LoginUser::share_dir`]).
+    pub fn share_dir(&self, dir: &Path) {
+        login_user().share_dir(dir);
+    }
+
     /// `USER@127.0.0.1:PORT`
     pub fn target(&self) -> String {
         format!("{}@127.0.0.1:{}", self.user, self.port)
@@ -268,6 +282,8 @@ impl Sshd {
 
     fn config_text(&self) -> String {
         let q = |p: &Path| format!("\"{}\"", p.display());
+        // StrictModes no: the private directory lives under /tmp, whose mode (1777) StrictModes
+        // refuses on the path to authorized_keys.
         let mut c = format!(
             "# written by tests/support/sshd.rs\n\
              Port {port}\n\
@@ -420,22 +436,6 @@ impl Drop for Sshd {
             eprintln!("{}", self.log_tail());
         }
     }
-}
-
-/// The current user's name (`id -un`).
-pub fn current_user() -> String {
-    let out = run_bounded(
-        {
-            let mut c = Command::new("id");
-            c.arg("-un");
-            c
-        },
-        COMMAND_TIMEOUT,
-    );
-    assert!(out.status.success(), "id -un: {}", text(&out.stderr));
-    let user = text(&out.stdout).trim().to_owned();
-    assert!(!user.is_empty(), "id -un printed nothing");
-    user
 }
 
 /// sshd must be run by absolute path: PATH first, then the usual places.

@@ -89,7 +89,10 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let mut registry = restore(&cfg, loaded);
     // The state's assignments wait for what the workers report (C1, C2 after a restore).
     let reconcile = registry.begin_reconcile(0, stale.is_some());
-    state.apply_with_audit(&reconcile.durable, &[])?;
+    let held_back: Vec<_> = (reconcile.events.iter())
+        .filter_map(|e| audit::of_event(&registry, 0, e))
+        .collect();
+    state.apply_with_audit(&reconcile.durable, &held_back)?;
     if let Some(why) = &stale {
         warn!(
             reason = %why,

@@ -87,19 +87,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let (clients, workers) = (loaded.clients.len(), loaded.workers.len());
     let stale = loaded.stale.clone();
     let mut registry = restore(&cfg, loaded);
-    // The state's assignments wait for what the workers report (C1, C2 after a restore).
-    let reconcile = registry.begin_reconcile(0, stale.is_some());
-    let held_back: Vec<_> = (reconcile.events.iter())
-        .filter_map(|e| audit::of_event(&registry, 0, e))
-        .collect();
-    state.apply_with_audit(&reconcile.durable, &held_back)?;
-    if let Some(why) = &stale {
-        warn!(
-            reason = %why,
-            wait_ms = cfg.lease_ms + cfg.grace_ms,
-            "the state is older than the cluster: no assignment from it is confirmed until every lease of the previous leader has run out; epochs continue above anything reported"
-        );
-    }
+    begin_reconcile(&cfg, &mut registry, &mut state, stale)?;
     let (listener, local) = listen(&cfg).await?;
     let info = LeaderInfo {
         addr: local.to_string(),
@@ -177,6 +165,29 @@ async fn core_failed(
             Err(LeaderError::CoreGone)
         }
     }
+}
+
+/// The state's assignments wait for what the workers report (C1, C2 after a restore); what the
+/// start holds back is persisted and audited before anything is served.
+fn begin_reconcile(
+    cfg: &LeaderConfig,
+    registry: &mut Registry,
+    state: &mut State,
+    stale: Option<String>,
+) -> Result<(), LeaderError> {
+    let fx = registry.begin_reconcile(0, stale.is_some());
+    let held_back: Vec<_> = (fx.events.iter())
+        .filter_map(|e| audit::of_event(registry, 0, e))
+        .collect();
+    state.apply_with_audit(&fx.durable, &held_back)?;
+    if let Some(why) = &stale {
+        warn!(
+            reason = %why,
+            wait_ms = cfg.lease_ms + cfg.grace_ms,
+            "the state is older than the cluster: no assignment from it is confirmed until every lease of the previous leader has run out; epochs continue above anything reported"
+        );
+    }
+    Ok(())
 }
 
 /// The registry as the persisted state left it: known workers suspect with a fresh lease,

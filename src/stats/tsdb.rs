@@ -207,11 +207,6 @@ pub fn write_file(
 ) -> Result<WriteReport, TsdbError> {
     cache.load(tx)?;
     let mut report = WriteReport::default();
-    let mut insert_block = tx.prepare_cached(
-        "INSERT INTO ts_blocks (series, min_ts, max_ts, encoding, count, sum, min, max,
-                               first_ts, first, last_ts, last, ts, vals)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    )?;
     let mut bump =
         tx.prepare_cached("UPDATE ts_series SET max_ts = max(max_ts, ?2) WHERE id = ?1")?;
     // A stable order keeps the rows of one file in one place of the table.
@@ -243,23 +238,7 @@ pub fn write_file(
         }
         kept.sort();
         let Some(p) = kept.partial() else { continue };
-        let (ts, vals) = kept.encode(Encoding::Raw)?;
-        insert_block.execute(params![
-            info.id,
-            p.first_ts,
-            p.last_ts,
-            Encoding::Raw as i64,
-            p.count as i64,
-            p.sum,
-            p.min,
-            p.max,
-            p.first_ts,
-            p.first,
-            p.last_ts,
-            p.last,
-            ts,
-            vals
-        ])?;
+        insert(tx, info.id, &kept, Encoding::Raw)?;
         bump.execute(params![info.id, p.last_ts])?;
         report.samples += p.count;
     }

@@ -65,9 +65,28 @@ pub enum Format {
     None,
 }
 
+/// A name that is not one of the spellings a setting takes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {name:?}: expected {expected}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub name: String,
+    pub expected: &'static str,
+}
+
+impl UnknownName {
+    fn new(what: &'static str, name: &str, expected: &'static str) -> Self {
+        UnknownName {
+            what,
+            name: name.chars().take(40).collect(),
+            expected,
+        }
+    }
+}
+
 impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         Ok(match s {
             "auto" => Self::Auto,
             "influx" => Self::Influx,
@@ -76,8 +95,10 @@ impl FromStr for Format {
             "csv" => Self::Csv,
             "none" => Self::None,
             _ => {
-                return Err(format!(
-                    "unknown format {s:?}: expected auto|influx|prom|jsonl|csv|none"
+                return Err(UnknownName::new(
+                    "format",
+                    s,
+                    "auto|influx|prom|jsonl|csv|none",
                 ));
             }
         })
@@ -121,8 +142,8 @@ impl MetricKind {
 }
 
 impl FromStr for MetricKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         [
             Self::Counter,
             Self::Gauge,
@@ -132,7 +153,9 @@ impl FromStr for MetricKind {
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
-        .ok_or_else(|| format!("unknown metric type {s:?}"))
+        .ok_or_else(|| {
+            UnknownName::new("metric type", s, "counter|gauge|histogram|summary|untyped")
+        })
     }
 }
 

@@ -24,15 +24,20 @@ pub enum Precision {
     S,
 }
 
+/// A precision name that is none of ns, us, ms, s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown precision {0:?}: expected ns, us, ms or s")]
+pub struct UnknownPrecision(pub String);
+
 impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownPrecision;
+    fn from_str(s: &str) -> Result<Self, UnknownPrecision> {
         match s {
             "ns" | "n" => Ok(Self::Ns),
             "us" | "u" => Ok(Self::Us),
             "ms" => Ok(Self::Ms),
             "s" => Ok(Self::S),
-            _ => Err(format!("unknown precision {s:?}: expected ns, us, ms or s")),
+            _ => Err(UnknownPrecision(s.chars().take(40).collect())),
         }
     }
 }
@@ -157,16 +162,7 @@ fn digits(b: &[u8]) -> Option<i64> {
     Some(b.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
 }
 
-/// Days from 1970-01-01 to the given civil date (proleptic Gregorian; H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+use crate::clock::days_from_civil;
 
 fn days_in_month(y: i64, m: i64) -> i64 {
     match m {
@@ -303,17 +299,7 @@ mod tests {
 
         #[test]
         fn rfc3339_roundtrip(days in -700_000i64..2_000_000, secs in 0i64..86_400, ms in 0i64..1000) {
-            // Build the civil date back from days to check days_from_civil against a
-            // brute-force-free inverse: format via the same algorithm's inverse.
-            let z = days + 719_468;
-            let era = z.div_euclid(146_097);
-            let doe = z - era * 146_097;
-            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-            let mp = (5 * doy + 2) / 153;
-            let d = doy - (153 * mp + 2) / 5 + 1;
-            let m = if mp < 10 { mp + 3 } else { mp - 9 };
-            let y = yoe + era * 400 + i64::from(m <= 2);
+            let (y, m, d) = crate::clock::civil_from_days(days);
             prop_assume!((0..=9999).contains(&y));
             let s = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
                             secs / 3600, secs / 60 % 60, secs % 60);

@@ -16,8 +16,14 @@
 //! - [`ctl`]: the `sqdctl` commands and their output.
 //! - [`daemon`]: pid/lock files, signals, logging setup shared by the daemons.
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! - [`store`]: the `Sink` trait and the embedded store (files + SQLite catalog).
+//! - [`transport`]: SSH/SFTP to producing hosts and batch mode's protocol.
+//! - [`stats`]: the stats inside the files: parsers, the time-series shard, queries, PromQL.
+//! - [`alerts`]: alert rules, the alert state machine and notifications (pure).
+//! - [`spec`]: a client's settings and name rules.
 
 pub mod agent;
+pub mod alerts;
 pub mod cli;
 pub mod clock;
 pub mod codec;

@@ -60,9 +60,19 @@ runs="${BENCH_RUNS:-$runs}"
 sets="${BENCH_SETS:-small medium large latency failover leader_scale}"
 cipher=aes128-gcm@openssh.com
 
-for tool in rsync python3 tar; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is required (apt-get install $tool)" >&2; exit 1; }
-done
+# What a fresh Debian machine lacks: the contenders (rsync), sshd and the ssh client.
+missing=()
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || missing+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v tar >/dev/null 2>&1 || missing+=(tar)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bench: installing ${missing[*]}" >&2
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
 # The interpreter itself: a version manager's shim (pyenv) costs ~0.1 s of shell scripts per
 # start, some of it inside measured windows.
 py=$(python3 -c 'import sys; print(sys.executable)')

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use support::{Cluster, assignments, sqd_output, text, workers_in};
+use support::files::{leftovers, produce, sorted, store_contents};
+use support::sshd::Sshd;
+use support::{Cluster, assignments, sqd_output, text, wait_until, workers_in};
 
 const HB: u64 = 200;
 const LEASE: u64 = 1_000;
@@ -108,7 +110,63 @@ impl Timeline {
 }
 
 fn spawn_worker(c: &mut Cluster, id: &str) {
-    c.spawn_worker_with(id, &["--log-format", "json"], &[]);
+    let fast = ["--settle-ms", "300", "--poll-ms", "100"];
+    c.spawn_worker_with(id, &[&["--log-format", "json"][..], &fast].concat(), &[]);
+}
+
+/// Clients whose files really flow, over a private sshd, and what was produced for them.
+struct Sources {
+    sshd: Sshd,
+    dirs: Vec<std::path::PathBuf>,
+    produced: Vec<String>,
+}
+
+impl Sources {
+    fn add(c: &Cluster, names: &[&str]) -> Sources {
+        let sshd = Sshd::start();
+        let key = sshd.client_key.to_string_lossy().into_owned();
+        let known = sshd.known_hosts.to_string_lossy().into_owned();
+        let dirs = names
+            .iter()
+            .map(|name| {
+                let dir = c.dir.path().join(format!("src-{name}"));
+                std::fs::create_dir_all(&dir).expect("source dir");
+                c.add_ssh_client(name, &sshd, &dir, &["--key", &key, "--known-hosts", &known])
+            })
+            .collect();
+        Sources {
+            sshd,
+            dirs,
+            produced: Vec::new(),
+        }
+    }
+
+    fn produce(&mut self, wave: &str, n: usize) {
+        for (i, dir) in self.dirs.iter().enumerate() {
+            self.produced
+                .extend(produce(dir, &format!("{wave}-{i}"), n));
+        }
+    }
+
+    /// Every produced file is in exactly one store, once, and no source is left behind.
+    fn assert_exactly_once(&self, c: &Cluster) {
+        let _ = &self.sshd;
+        wait_until(Duration::from_secs(60), "every source drained", || {
+            self.dirs
+                .iter()
+                .all(|d| leftovers(d) == (0, 0))
+                .then_some(())
+        });
+        let mut stored = Vec::new();
+        for id in ["w1", "w2", "w3"] {
+            stored.extend(store_contents(&c.store_dir(id)).0);
+        }
+        assert_eq!(
+            sorted(stored),
+            sorted(self.produced.clone()),
+            "stores hold each produced file exactly once"
+        );
+    }
 }
 
 /// Kills a worker with SIGKILL and records what its log says it was doing until then.
@@ -178,6 +236,17 @@ fn a_leader_stop_with_nodes_connected_is_quick_and_a_new_leader_takes_over() {
         workers_in(s, "alive").len() == 3 && all_assigned(s, 3)
     });
     assert_eq!(assignments(&after), before, "owners and epochs kept");
+
+    // Workers and agents stop as promptly.
+    let store = c.store_dir("w1").to_string_lossy().into_owned();
+    let watch = c.dir.path().join("watch-c1").to_string_lossy().into_owned();
+    for (mode, flag, dir) in [("worker", "--store", store), ("client", "--watch", watch)] {
+        let started = Instant::now();
+        let out = sqd_output(&["--mode", mode, "stop", flag, dir.as_str()]);
+        assert!(out.status.success(), "{mode} stop: {}", text(&out.stderr));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "{mode} stop took {took:?}");
+    }
 }
 
 /// Moves clients around (drain/undrain each worker, kill -9 and restart one) until the
@@ -223,18 +292,22 @@ fn restore_after_the_cluster_moved_on(worker_down_during_restore: bool) {
     // the case where a stale state could make two owners.
     let mut c = Cluster::start(HB, 4 * LEASE);
     let mut timeline = Timeline::default();
-    for i in 0..CLIENTS {
+    for i in 0..CLIENTS - 3 {
         c.add_client(&format!("c{i}"));
     }
+    let mut sources = Sources::add(&c, &["f0", "f1", "f2"]);
     for id in ["w1", "w2", "w3"] {
         spawn_worker(&mut c, id);
     }
     c.wait_status(Duration::from_secs(20), "placed", |s| {
         all_assigned(s, CLIENTS)
     });
+    sources.produce("before", 40);
     let backup = c.dir.path().join("backup.sqlite");
     online_backup(&c.state_dir(), &backup);
+    sources.produce("moving", 40);
     advance_epochs(&mut c, &mut timeline, CLIENTS, 10);
+    sources.produce("moved", 40);
     let live = assignments(&c.status().expect("status"));
     let top_live = live.values().map(|x| x.1).max().unwrap_or(0);
 
@@ -260,6 +333,7 @@ fn restore_after_the_cluster_moved_on(worker_down_during_restore: bool) {
     assert!(out.status.success(), "restore: {}", text(&out.stderr));
     let addr = c.leader_addr.clone();
     c.start_leader(&addr);
+    sources.produce("restored", 40);
     if worker_down_during_restore {
         spawn_worker(&mut c, "w3");
     }
@@ -273,6 +347,7 @@ fn restore_after_the_cluster_moved_on(worker_down_during_restore: bool) {
         timeline.absorb(id, &proc.log_text(), end);
     }
     timeline.assert_one_owner();
+    sources.assert_exactly_once(&c);
     for (client, (_, epoch)) in assignments(&after) {
         assert!(
             epoch > top_live,

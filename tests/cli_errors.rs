@@ -40,6 +40,25 @@ fn sqdctl_rejects_bad_arguments_before_calling_the_leader() {
     let err = one_line(&out);
     assert!(err.contains("USER@HOST"), "{err}");
     assert!(err.contains("absolute"), "{err}");
+    let out = sqdctl(
+        "127.0.0.1:1",
+        &[
+            "add-client",
+            "a",
+            "--ssh",
+            "u@h",
+            "--path",
+            "/p",
+            "--format",
+            "xml",
+            "--precision",
+            "h",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = one_line(&out);
+    assert!(err.contains("--format: unknown format \"xml\""), "{err}");
+    assert!(err.contains("--precision"), "{err}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use crate::leader::core::{Assigned, Drained, NodeHello, NodeRole, SessionTerms, 
 use crate::leader::registry::{Order, Progress};
 use crate::leader::status::{ClientStatus, Explanation, StatusView, WorkerStatus};
 use crate::proto::{self, leader_message::Body};
-use crate::spec::ClientSpec;
+use crate::spec::{ClientSpec, IngestSpec};
 
 impl From<proto::ClientSpec> for ClientSpec {
     fn from(p: proto::ClientSpec) -> Self {
@@ -18,6 +18,12 @@ impl From<proto::ClientSpec> for ClientSpec {
             key_file: p.key_file,
             known_hosts: p.known_hosts,
             pattern: p.pattern,
+            ingest: Box::new(IngestSpec {
+                format: p.format,
+                time_field: p.time_field,
+                label_fields: p.label_fields,
+                precision: p.precision,
+            }),
         }
     }
 }
@@ -31,6 +37,10 @@ impl From<ClientSpec> for proto::ClientSpec {
             key_file: s.key_file,
             known_hosts: s.known_hosts,
             pattern: s.pattern,
+            format: s.ingest.format,
+            time_field: s.ingest.time_field,
+            label_fields: s.ingest.label_fields,
+            precision: s.ingest.precision,
         }
     }
 }

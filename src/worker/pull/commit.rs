@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{ClientTask, Cursor, CycleError, Link, batch, discard, sftp};
 use crate::failpoint;
-use crate::store::{Outcome, Staged};
+use crate::store::{Outcome, ParseSettings, Staged};
 
 /// Commits a staged batch (group commit) unless the lease ran out; returns the names now
 /// durable.
@@ -28,9 +28,11 @@ pub(super) async fn commit_staged(
     let paths: Vec<_> = staged.iter().map(|s| s.path.clone()).collect();
     let store = task.store.clone();
     let (worker, epoch) = (task.worker.clone(), task.epoch);
+    let parse = parse_settings(task);
     let commit_began = Instant::now();
     let outcomes =
-        tokio::task::spawn_blocking(move || store.commit_batch(&worker, epoch, staged)).await?;
+        tokio::task::spawn_blocking(move || store.commit_batch(&worker, epoch, staged, &parse))
+            .await?;
     let outcomes = match outcomes {
         Ok(o) => o,
         Err(e) => {
@@ -47,6 +49,15 @@ pub(super) async fn commit_staged(
            bytes = sizes.iter().sum::<u64>(),
            ms = commit_began.elapsed().as_millis() as u64, "batch durable");
     Ok(names)
+}
+
+/// How this client's files are parsed. The leader checked the settings; should an unknown
+/// one still arrive (a newer leader), the files are committed as files only.
+fn parse_settings(task: &ClientTask) -> ParseSettings {
+    ParseSettings::from_spec(&task.spec.ingest).unwrap_or_else(|e| {
+        warn!(client = %task.spec.name, error = %e, "unknown parse settings: committing files only");
+        ParseSettings::files_only()
+    })
 }
 
 /// Adds a committed batch to the client's metrics and totals; returns how many files were

@@ -190,7 +190,6 @@ pub(crate) trait Sink: Send + Sync {
         Ok(Maintained::default())
     }
     /// A client's sample counters (samples, parse errors, too old, over the series cap).
-    #[allow(dead_code)] // read by the worker's counters, wired next
     fn ingest(&self, _client: &str) -> Result<crate::stats::tsdb::ClientIngest, StoreError> {
         Ok(Default::default())
     }

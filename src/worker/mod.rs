@@ -395,6 +395,11 @@ impl Handler for WorkerNode {
                     last_error: s.last_error.clone().unwrap_or_default(),
                     behind: false,
                     last_commit_unix_ms: s.totals.last_commit_unix_ms,
+                    samples_total: s.ingest.samples,
+                    parse_errors_total: s.ingest.parse_errors,
+                    samples_too_old: s.ingest.too_old,
+                    samples_over_cap: s.ingest.over_cap,
+                    last_parse_error: s.ingest.last_error.clone().unwrap_or_default(),
                 }
             })
             .collect()

@@ -45,6 +45,9 @@ pub(super) async fn commit_staged(
         .commit_seconds
         .observe(commit_began.elapsed().as_secs_f64());
     let committed = count_committed(task, &outcomes, &sizes);
+    if committed > 0 {
+        refresh_ingest(task).await;
+    }
     debug!(client = %task.spec.name, files = names.len(), committed,
            bytes = sizes.iter().sum::<u64>(),
            ms = commit_began.elapsed().as_millis() as u64, "batch durable");
@@ -76,6 +79,29 @@ fn count_committed(task: &ClientTask, outcomes: &[Outcome], sizes: &[u64]) -> u6
         .totals
         .add_batch(committed, committed_bytes, crate::clock::unix_ms());
     committed
+}
+
+/// Reads the client's sample counters after a commit added to them, for the heartbeat and the
+/// metrics (counted by difference: the shard keeps the totals).
+pub(super) async fn refresh_ingest(task: &ClientTask) {
+    let store = task.store.clone();
+    let client = task.spec.name.clone();
+    match tokio::task::spawn_blocking(move || store.ingest(&client)).await {
+        Ok(Ok(now)) => {
+            let mut stats = task.stats();
+            let before = std::mem::replace(&mut stats.ingest, now);
+            let now = &stats.ingest;
+            task.metrics.ingested(
+                &task.spec.name,
+                now.samples.saturating_sub(before.samples),
+                now.parse_errors.saturating_sub(before.parse_errors),
+            );
+        }
+        Ok(Err(e)) => {
+            warn!(client = %task.spec.name, error = %e, "cannot read the sample counters")
+        }
+        Err(_) => {}
+    }
 }
 
 /// Commits the staged batch of batch mode, if any.

@@ -4,6 +4,7 @@
 mod assignments;
 mod held;
 mod lifecycle;
+pub mod offline;
 mod pull;
 mod staging;
 

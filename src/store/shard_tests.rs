@@ -148,3 +148,76 @@ fn maintenance_seals_and_keeps_every_sample() {
     store.commit_batch("w", 1, vec![s], &auto()).unwrap();
     assert_eq!(samples(&store), 1);
 }
+
+/// Throughput of the commit path with samples: generated files committed through
+/// `commit_batch` (parse, one transaction, placement). Run in release:
+/// `cargo test --release --lib commit_path_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement"]
+fn commit_path_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let base_s = crate::clock::unix_ms() / 1000 - 3000;
+    for (format, ext) in [("influx", "lp"), ("prom", "prom"), ("jsonl", "jsonl")] {
+        let settings = ParseSettings::from_spec(&crate::spec::IngestSpec {
+            format: format.into(),
+            precision: "s".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        // 20 files x 60 hosts x 10 metrics x 50 timestamps = 600,000 samples.
+        let mut batch = Vec::new();
+        let mut samples = 0u64;
+        for f in 0..20 {
+            let mut text = String::new();
+            for t in 0..50 {
+                let ts = base_s + f * 50 + t;
+                for h in 0..60 {
+                    match format {
+                        "influx" => {
+                            text.push_str(&format!("host,host=h{h} "));
+                            let fields: Vec<String> =
+                                (0..10).map(|m| format!("m{m}={}.5", t * m)).collect();
+                            text.push_str(&format!("{} {ts}\n", fields.join(",")));
+                        }
+                        "prom" => {
+                            for m in 0..10 {
+                                text.push_str(&format!(
+                                    "m{m}{{host=\"h{h}\"}} {}.5 {}\n",
+                                    t * m,
+                                    ts * 1000
+                                ));
+                            }
+                        }
+                        _ => {
+                            let fields: Vec<String> =
+                                (0..10).map(|m| format!("\"m{m}\": {}.5", t * m)).collect();
+                            text.push_str(&format!(
+                                "{{\"ts\": {ts}, \"host\": \"h{h}\", {}}}\n",
+                                fields.join(", ")
+                            ));
+                        }
+                    }
+                    samples += 10;
+                }
+            }
+            let name = format!("{format}-{f}.{ext}");
+            batch.push(stage(
+                &store,
+                format,
+                name.as_bytes(),
+                text.as_bytes(),
+                samples,
+            ));
+        }
+        let began = std::time::Instant::now();
+        store.commit_batch("w", 1, batch, &settings).unwrap();
+        let secs = began.elapsed().as_secs_f64();
+        let stored = store.ingest(format).unwrap().samples;
+        assert_eq!(stored, samples);
+        println!(
+            "{format}: {samples} samples committed in {secs:.3} s: {:.0} samples/s",
+            samples as f64 / secs
+        );
+    }
+}

@@ -233,4 +233,13 @@ fn three_formats_two_workers_and_a_kill_9_keep_every_sample_exactly_once() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(answer["series"].is_array(), "{answer}");
+    // Compaction now, beside the running worker, keeps every sample.
+    let out = sqd_output(&["--mode", "worker", "compact", "--store", store]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("compacted"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(union_of_shards(&cluster), oracle);
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs a real local sqd pipeline on this machine: a private sshd on 127.0.0.1 (own host key,
 # own client key), a leader, two workers with the embedded store, and two "producing hosts"
-# (directories served by that sshd) writing sample stats files; then prints `sqdctl status`
-# showing the files committed.
+# (directories served by that sshd) writing sample stats files (JSON lines with `cpu`); then
+# prints `sqdctl status` showing the files committed, and a one-shard query of each worker's
+# store: the average cpu per host over the last minute.
 #
 #   scripts/quickstart.sh          start (or restart) everything and show status
 #   scripts/quickstart.sh stop     stop it all gracefully
@@ -94,7 +95,7 @@ for host in host-a host-b; do
   if ! "$sqdctl" --leader "$leader" status --json | grep -q "\"name\": \"$host\""; then
     echo "==> adding client $host"
     "$sqdctl" --leader "$leader" add-client "$host" \
-      --ssh "$SQD_SSHD_USER@127.0.0.1:$SQD_SSHD_PORT" --path "$root/producers/$host" --pattern '*.jsonl'
+      --ssh "$SQD_SSHD_USER@127.0.0.1:$SQD_SSHD_PORT" --path "$root/producers/$host" --pattern '*.jsonl' --format jsonl
   fi
 done
 
@@ -121,10 +122,26 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 
+echo "==> waiting for the first samples"
+for _ in $(seq 1 150); do
+  samples=$("$sqdctl" --leader "$leader" status --json | python3 -c \
+    'import json,sys; print(sum(c.get("samples_total", 0) for c in json.load(sys.stdin)["clients"]))')
+  [ "$samples" -ge 4 ] && break
+  sleep 0.2
+done
+
 echo
 "$sqdctl" --leader "$leader" status
 echo
+# Each worker's store is one shard; a client's samples are in the store of the worker that
+# committed its files (the cluster-wide query comes later).
+for w in w1 w2; do
+  echo "==> average cpu per host over the last minute, store of $w:"
+  "$sqd" --mode worker query --store "$root/store-$w" cpu --from -1m --step 1m --agg avg
+done
+echo
 echo "Files land in $root/store-w*/files/<client>/<date>/ (catalog: catalog.sqlite)."
+echo "Samples: $sqd --mode worker query --store $root/store-w1 cpu --from -15m --step 1m --json"
 echo "The pipeline keeps running. Logs: $root/*.log"
 echo "Try:  $sqdctl --leader $leader status --json"
 echo "Stop: scripts/quickstart.sh stop"

@@ -48,6 +48,53 @@ pub enum Action {
     /// The next start confirms no assignment from it until every lease the previous leader
     /// granted has run out, and issues epochs above everything the workers report.
     Restore(RestoreArgs),
+    /// Query one store's samples offline (worker only; works while the worker runs).
+    Query(QueryArgs),
+    /// Seal and apply retention to one store's samples now (worker only).
+    Compact(CompactArgs),
+}
+
+/// The flags of `sqd --mode worker query`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Example:\n  sqd --mode worker query --store /var/lib/sqd/store cpu \
+    --from -1h --step 1m --agg avg --where host=web-1 --json"
+)]
+pub struct QueryArgs {
+    /// The worker's store directory.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Metric name, e.g. cpu (a JSON lines field, `measurement_field` of line protocol).
+    pub metric: String,
+    /// Start (inclusive): now, -15m, RFC 3339 or unix seconds.
+    #[arg(long, default_value = "-1h", allow_hyphen_values = true)]
+    pub from: String,
+    /// End (exclusive), as --from.
+    #[arg(long, default_value = "now", allow_hyphen_values = true)]
+    pub to: String,
+    /// Bucket width: 1m, 30s, 500ms, 1h.
+    #[arg(long, default_value = "1m")]
+    pub step: String,
+    /// Per bucket: avg, min, max, sum, count, last or first.
+    #[arg(long, default_value = "avg")]
+    pub agg: String,
+    /// Label matcher NAME=VALUE, NAME!=VALUE, NAME=~REGEX or NAME!~REGEX; repeatable.
+    #[arg(long = "where", value_name = "MATCHER")]
+    pub matchers: Vec<String>,
+    /// `{"series": [{"labels": {..}, "points": [[unix_s, value]]}]}` instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The flags of `sqd --mode worker compact`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompactArgs {
+    /// The worker's store directory.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// The worker's config file, for its ooo_window_s and retention_days (default: defaults).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// The flags of `sqd --mode leader restore`.

@@ -178,6 +178,8 @@ pub struct WorkerMetrics {
     pub(crate) lease_valid: Gauge,
     /// Assignments refused because they carried an older epoch than the one held (C2).
     pub(crate) stale_assignments: Counter,
+    pub(crate) samples_ingested: Family<ClientLabel, Counter>,
+    pub(crate) parse_errors: Family<ClientLabel, Counter>,
 }
 
 impl WorkerMetrics {
@@ -221,7 +223,22 @@ impl WorkerMetrics {
                 "stale_assignments_refused",
                 "Assignments from the leader refused because they carried an older epoch than the one held",
             ),
+            samples_ingested: r.add(
+                "samples_ingested",
+                "Samples parsed from committed files into this worker's shard",
+            ),
+            parse_errors: r.add(
+                "parse_errors",
+                "Lines or files of committed files that did not parse (skipped, counted)",
+            ),
         }
+    }
+
+    /// Counts what a batch's commit added to a client's sample counters.
+    pub(crate) fn ingested(&self, name: &str, samples: u64, parse_errors: u64) {
+        let label = client(name);
+        self.samples_ingested.get_or_create(&label).inc_by(samples);
+        self.parse_errors.get_or_create(&label).inc_by(parse_errors);
     }
 
     pub(crate) fn committed(&self, name: &str, files: u64, bytes: u64) {

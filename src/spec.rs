@@ -2,6 +2,8 @@
 //! shared by `sqdctl` (early, friendly errors) and the leader (authoritative check). Its
 //! protobuf form converts in `services::convert`.
 
+use crate::stats::parse::{Format, Precision};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSpec {
     pub name: String,
@@ -11,6 +13,62 @@ pub struct ClientSpec {
     pub key_file: String,
     pub known_hosts: String,
     pub pattern: String,
+    /// How the files' stats are parsed; see [`IngestSpec`].
+    pub ingest: Box<IngestSpec>,
+}
+
+/// A client's parse settings as given to `add-client` (text, so an old peer's empty fields
+/// mean the defaults): `format` empty = `auto`, `precision` empty = `ns`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestSpec {
+    pub format: String,
+    /// JSON lines / CSV time field; empty = the format's defaults.
+    pub time_field: String,
+    /// JSON lines / CSV fields that are labels; empty = every JSON string field.
+    pub label_fields: Vec<String>,
+    /// Unit of InfluxDB line-protocol timestamps.
+    pub precision: String,
+}
+
+impl IngestSpec {
+    pub fn format(&self) -> Result<Format, String> {
+        if self.format.is_empty() {
+            return Ok(Format::Auto);
+        }
+        self.format.parse()
+    }
+
+    pub fn precision(&self) -> Result<Precision, String> {
+        if self.precision.is_empty() {
+            return Ok(Precision::Ns);
+        }
+        self.precision.parse()
+    }
+
+    /// Every problem, each saying what is expected.
+    fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = [
+            self.format().err().map(|e| format!("--format: {e}")),
+            self.precision().err().map(|e| format!("--precision: {e}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let bad_field = |f: &String| f.is_empty() || f.contains(['\0', '\n', ',']);
+        if self.time_field.contains(['\0', '\n']) {
+            problems.push(format!(
+                "--time-field {:?} must be one field name",
+                self.time_field
+            ));
+        }
+        if self.label_fields.iter().any(bad_field) {
+            problems.push(format!(
+                "--label-fields {:?} must be non-empty field names separated by ','",
+                self.label_fields.join(",")
+            ));
+        }
+        problems
+    }
 }
 
 #[cfg(test)]
@@ -24,6 +82,7 @@ impl ClientSpec {
             key_file: String::new(),
             known_hosts: String::new(),
             pattern: String::new(),
+            ingest: Box::default(),
         }
     }
 }
@@ -147,6 +206,7 @@ impl ClientSpec {
                 ));
             }
         }
+        problems.extend(self.ingest.problems());
         problems
     }
 }
@@ -211,7 +271,14 @@ mod tests {
             key_file: "k".into(),
             known_hosts: String::new(),
             pattern: "a/b".into(),
+            ingest: Box::new(IngestSpec {
+                format: "xml".into(),
+                precision: "h".into(),
+                time_field: String::new(),
+                label_fields: vec![String::new()],
+            }),
         };
-        assert_eq!(spec.problems().len(), 5);
+        assert_eq!(spec.problems().len(), 8);
+        assert!(IngestSpec::default().problems().is_empty());
     }
 }

@@ -40,6 +40,25 @@ fn sqdctl_rejects_bad_arguments_before_calling_the_leader() {
     let err = one_line(&out);
     assert!(err.contains("USER@HOST"), "{err}");
     assert!(err.contains("absolute"), "{err}");
+    let out = sqdctl(
+        "127.0.0.1:1",
+        &[
+            "add-client",
+            "a",
+            "--ssh",
+            "u@h",
+            "--path",
+            "/p",
+            "--format",
+            "xml",
+            "--precision",
+            "h",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = one_line(&out);
+    assert!(err.contains("--format: unknown format \"xml\""), "{err}");
+    assert!(err.contains("--precision"), "{err}");
 }
 
 #[test]
@@ -168,4 +187,36 @@ fn completions_and_man_pages_need_no_leader() {
             "{page} is not roff"
         );
     }
+}
+
+#[test]
+fn sqd_query_names_each_bad_value_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An empty catalog: the values are checked before anything is read.
+    std::fs::write(dir.path().join("catalog.sqlite"), b"").expect("catalog");
+    let store = dir.path().to_str().expect("utf-8");
+    for (args, names) in [
+        (&["--agg", "median"][..], "--agg"),
+        (&["--step", "0"], "--step"),
+        (&["--from", "yesterday"], "--from"),
+        (&["--to", "soon"], "--to"),
+        (&["--where", "host"], "--where"),
+        (&["--from", "now", "--to", "-1h"], "range is empty"),
+    ] {
+        let mut all = vec!["--mode", "worker", "query", "--store", store, "cpu"];
+        all.extend(args);
+        let out = sqd_output(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(one_line(&out).contains(names), "{args:?}");
+    }
+    let out = sqd_output(&[
+        "--mode",
+        "worker",
+        "query",
+        "--store",
+        "/nonexistent",
+        "cpu",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line(&out).contains("--store"));
 }

@@ -351,7 +351,9 @@ fn crash_at_every_step(extra: &[&str]) {
             .spawn_worker_with("crashy", fast, &[("SQD_FAILPOINT", point)]);
         s.cluster.wait_alive(1);
         let dir = s.add_client("victim", &kh);
-        let expected = produce(&dir, point, 50);
+        let mut expected = produce(&dir, point, 50);
+        let (with_samples, count, sum) = produce_jsonl(&dir, point, 10);
+        expected.extend(with_samples);
         let crashy = s.cluster.workers.get_mut("crashy").expect("crashy");
         let exit = crashy.wait_exit(Duration::from_secs(30));
         assert!(
@@ -385,6 +387,16 @@ fn crash_at_every_step(extra: &[&str]) {
             "{point}: stored files differ from produced"
         );
         assert_eq!(leftovers(&dir), (0, 0), "{point}: source or claims left");
+        // Each committed file's samples are in the shards once (M1).
+        let samples = s.cluster.workers.keys().fold((0, 0.0), |(n, t), id| {
+            let (c, v) = store_samples(&s.cluster.store_dir(id));
+            (n + c, t + v)
+        });
+        assert_eq!(
+            samples,
+            (count, sum),
+            "{point}: samples differ from produced"
+        );
     }
 }
 

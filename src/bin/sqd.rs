@@ -5,15 +5,22 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use sqd::cli::{Action, RestoreArgs, StartArgs};
+use sqd::cli::{Action, CompactArgs, QueryArgs, RestoreArgs, StartArgs};
 use sqd::config::{self, ClientConfig, LeaderConfig, LogConfig, Mode, WorkerConfig};
 use sqd::daemon;
+use sqd::worker::offline::{self, OfflineError, QueryText, UsageError};
 
 fn main() {
     let cli = sqd::cli::try_parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     if let Err(e) = run(cli.mode, cli.action) {
         eprintln!("sqd: error: {e:#}");
-        std::process::exit(1);
+        // A bad value on the command line, as clap's own errors.
+        let usage = e.downcast_ref::<UsageError>().is_some()
+            || matches!(
+                e.downcast_ref::<OfflineError>(),
+                Some(OfflineError::Usage(_))
+            );
+        std::process::exit(if usage { 2 } else { 1 });
     }
 }
 
@@ -23,7 +30,59 @@ fn run(mode: Mode, action: Action) -> anyhow::Result<()> {
         Action::Start(args) => start(mode, &args),
         Action::Stop(args) => stop(mode, args),
         Action::Restore(args) => restore(mode, args),
+        Action::Query(args) => query(mode, &args),
+        Action::Compact(args) => compact(mode, args),
     }
+}
+
+fn worker_only(mode: Mode, action: &str) -> Result<(), UsageError> {
+    if mode == Mode::Worker {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "{action} works on a worker's store; run: sqd --mode worker {action} --store DIR"
+    )))
+}
+
+fn query(mode: Mode, args: &QueryArgs) -> anyhow::Result<()> {
+    worker_only(mode, "query")?;
+    let text = QueryText {
+        metric: args.metric.clone(),
+        from: args.from.clone(),
+        to: args.to.clone(),
+        step: args.step.clone(),
+        agg: args.agg.clone(),
+        matchers: args.matchers.clone(),
+    };
+    let q = text.check(sqd::clock::unix_ms())?;
+    let answer = offline::query(&args.store, &q)?;
+    if args.json {
+        println!("{}", offline::render_json(&answer, q.agg));
+    } else {
+        print!("{}", offline::render_table(&answer, q.agg));
+    }
+    Ok(())
+}
+
+fn compact(mode: Mode, args: CompactArgs) -> anyhow::Result<()> {
+    worker_only(mode, "compact")?;
+    // Only the shard keys matter: stand in for the required id.
+    let flags = sqd::config::WorkerFlags {
+        id: Some("compacting".into()),
+        store: Some(args.store.clone()),
+        ..Default::default()
+    };
+    let cfg = WorkerConfig::load(args.config.as_deref(), &flags)?;
+    let done = offline::compact(&args.store, cfg.shard, sqd::clock::unix_ms())?;
+    println!(
+        "compacted {}: sealed {} samples of {} series, dropped {} blocks past retention ({} days)",
+        args.store.display(),
+        done.sealed_samples,
+        done.sealed_series,
+        done.dropped_blocks,
+        cfg.shard.retention_days,
+    );
+    Ok(())
 }
 
 fn restore(mode: Mode, args: RestoreArgs) -> anyhow::Result<()> {

@@ -14,7 +14,9 @@ fn start_args(words: &[&str]) -> (Mode, StartArgs) {
     let cli = try_parse(args(words)).expect("parses");
     match cli.action {
         Action::Start(a) | Action::Stop(a) => (cli.mode, a),
-        Action::Init { .. } | Action::Restore(_) => panic!("not start"),
+        Action::Init { .. } | Action::Restore(_) | Action::Query(_) | Action::Compact(_) => {
+            panic!("not start")
+        }
     }
 }
 
@@ -152,4 +154,23 @@ fn restore_takes_the_backup_and_the_state_dir() {
         try_parse(args(&["--mode", "leader", "restore"])).is_err(),
         "--from is required"
     );
+}
+
+#[test]
+fn query_takes_relative_times_and_repeated_matchers() {
+    let cli = try_parse(args(&[
+        "--mode", "worker", "query", "--store", "/s", "cpu", "--from", "-15m", "--where", "host=a",
+        "--where", "dc!=x",
+    ]))
+    .expect("parses");
+    match cli.action {
+        Action::Query(q) => {
+            assert_eq!(
+                (q.metric.as_str(), q.from.as_str(), q.to.as_str()),
+                ("cpu", "-15m", "now")
+            );
+            assert_eq!(q.matchers, ["host=a", "dc!=x"]);
+        }
+        _ => panic!("not query"),
+    }
 }

@@ -108,6 +108,7 @@ fn worker_sample_is_the_defaults_plus_examples() {
             transfers_in_flight: 256,
             max_file_bytes: 4096 * 1024 * 1024,
             transfer: TransferMode::Auto,
+            shard: ShardConfig::default(),
             log: default_log(),
         }
     );

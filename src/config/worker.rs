@@ -45,7 +45,30 @@ pub struct WorkerConfig {
     pub transfer: TransferMode,
     /// Key `cluster`, optional; same rule as the leader's.
     pub cluster: Option<String>,
+    /// The time-series shard in the store.
+    pub shard: ShardConfig,
     pub log: LogConfig,
+}
+
+/// Limits of the worker's time-series shard (the samples parsed from committed files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// Key `max_series`, default 100000: most series the shard holds (hazard 30).
+    pub max_series: u64,
+    /// Key `ooo_window_s`, default 3600: how late a sample may come after its series' newest.
+    pub ooo_window_s: u64,
+    /// Key `retention_days`, default 30: samples older than this are dropped.
+    pub retention_days: u64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            max_series: 100_000,
+            ooo_window_s: 3600,
+            retention_days: 30,
+        }
+    }
 }
 
 /// The worker's command-line flags; `Some` overrides the file.
@@ -80,6 +103,9 @@ pub struct WorkerFlags {
     /// and mv, else SFTP) or "sftp" (never runs commands on producing hosts). Default auto.
     #[arg(long, value_name = "auto|sftp")]
     pub transfer: Option<String>,
+    /// Most series this worker's time-series shard holds (default 100000).
+    #[arg(long)]
+    pub max_series: Option<u64>,
     #[command(flatten)]
     pub log: LogFlags,
 }
@@ -100,6 +126,9 @@ const KEYS: &[&str] = &[
     "transfers_in_flight",
     "max_file_mb",
     "transfer",
+    "max_series",
+    "ooo_window_s",
+    "retention_days",
     "log_level",
     "log_format",
 ];
@@ -119,7 +148,15 @@ struct FileKeys {
     known_hosts: Slot<PathBuf>,
     pace: PaceKeys,
     transfer: Slot<String>,
+    shard: ShardKeys,
     log: LogSlots,
+}
+
+/// The keys of the time-series shard.
+struct ShardKeys {
+    max_series: Slot<i128>,
+    ooo_window_s: Slot<i128>,
+    retention_days: Slot<i128>,
 }
 
 /// The keys of how fast the worker pulls.
@@ -151,6 +188,11 @@ impl FileKeys {
                 max_file_mb: l.integer("max_file_mb"),
             },
             transfer: l.string("transfer"),
+            shard: ShardKeys {
+                max_series: l.integer("max_series"),
+                ooo_window_s: l.integer("ooo_window_s"),
+                retention_days: l.integer("retention_days"),
+            },
             log: l.log_keys(),
         };
         l.unknown_keys(KEYS);
@@ -201,9 +243,10 @@ impl WorkerConfig {
         let pace = pace(&mut l, keys.pace, flags);
         let transfer = merge(flags.transfer.clone(), keys.transfer).or_default("auto".into());
         let transfer = l.check("transfer", transfer, rules::transfer_mode);
+        let shard = shard(&mut l, keys.shard, flags);
         let log = l.log(keys.log, &flags.log);
 
-        let built = match (id, leader, store, capacity, pace, transfer, log) {
+        let built = match (id, leader, store, capacity, pace, transfer, shard, log) {
             (
                 Some(id),
                 Some(leader),
@@ -211,6 +254,7 @@ impl WorkerConfig {
                 Some(capacity),
                 Some(pace),
                 Some(transfer),
+                Some(shard),
                 Some(log),
             ) => Some(WorkerConfig {
                 id: id.value,
@@ -228,6 +272,7 @@ impl WorkerConfig {
                 transfers_in_flight: pace.transfers_in_flight,
                 max_file_bytes: pace.max_file_bytes,
                 transfer: transfer.value,
+                shard,
                 log,
             }),
             _ => None,
@@ -251,5 +296,34 @@ fn pace(l: &mut super::Loader, keys: PaceKeys, flags: &WorkerFlags) -> Option<Pa
         batch_files: batch?.value,
         transfers_in_flight: in_flight?.value,
         max_file_bytes: max_file_mb?.value.saturating_mul(1024 * 1024),
+    })
+}
+
+/// Checks the shard's limits; only `max_series` has a flag.
+fn shard(l: &mut super::Loader, keys: ShardKeys, flags: &WorkerFlags) -> Option<ShardConfig> {
+    let d = ShardConfig::default();
+    let max_series = merge_int(flags.max_series, keys.max_series);
+    let max_series = l.ranged::<u64>(
+        "max_series",
+        max_series,
+        i128::from(d.max_series),
+        (1, 100_000_000),
+    );
+    let window = l.ranged::<u64>(
+        "ooo_window_s",
+        keys.ooo_window_s,
+        i128::from(d.ooo_window_s),
+        (0, 7 * 86_400),
+    );
+    let retention = l.ranged::<u64>(
+        "retention_days",
+        keys.retention_days,
+        i128::from(d.retention_days),
+        (1, 36_500),
+    );
+    Some(ShardConfig {
+        max_series: max_series?.value,
+        ooo_window_s: window?.value,
+        retention_days: retention?.value,
     })
 }

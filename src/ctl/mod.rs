@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::proto::{self, admin_service_client::AdminServiceClient};
-use crate::spec::ClientSpec;
+use crate::spec::{ClientSpec, IngestSpec};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,7 +37,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Register a producing host; answered once the leader made it durable.
-    AddClient(AddClientArgs),
+    AddClient(Box<AddClientArgs>),
     /// Forget a client; its worker stops pulling from it.
     RemoveClient { name: String },
     /// Move every client off a worker and give it nothing new until `undrain-worker`.
@@ -101,6 +101,19 @@ pub struct AddClientArgs {
     /// Only pull file names matching this glob (default: every complete file).
     #[arg(long)]
     pattern: Option<String>,
+    /// How the files' stats are parsed: auto (by extension and first line), influx, prom,
+    /// jsonl, csv, or none (files only).
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// JSON lines / CSV time field (default: ts, time or timestamp).
+    #[arg(long)]
+    time_field: Option<String>,
+    /// JSON lines / CSV fields that are labels, comma-separated (default: every JSON string).
+    #[arg(long, value_delimiter = ',')]
+    label_fields: Vec<String>,
+    /// Unit of InfluxDB line-protocol timestamps: ns, us, ms or s.
+    #[arg(long, default_value = "ns")]
+    precision: String,
 }
 
 impl AddClientArgs {
@@ -114,6 +127,12 @@ impl AddClientArgs {
             key_file: self.key.clone().unwrap_or_default(),
             known_hosts: self.known_hosts.clone().unwrap_or_default(),
             pattern: self.pattern.clone().unwrap_or_default(),
+            ingest: Box::new(IngestSpec {
+                format: self.format.clone(),
+                time_field: self.time_field.clone().unwrap_or_default(),
+                label_fields: self.label_fields.clone(),
+                precision: self.precision.clone(),
+            }),
         };
         let problems = spec.problems();
         if problems.is_empty() {

@@ -50,6 +50,15 @@ pub struct ClientView {
     /// Newest commit by any worker, ms since the Unix epoch; null when none yet.
     pub last_commit_unix_ms: Option<i64>,
     pub last_error: Option<String>,
+    /// How the client's files are parsed (`add-client --format`).
+    pub format: String,
+    /// Samples parsed into the workers' shards, summed.
+    pub samples_total: u64,
+    pub parse_errors_total: u64,
+    pub samples_too_old: u64,
+    pub samples_over_cap: u64,
+    /// The last bad line, "line N: reason"; null when none.
+    pub last_parse_error: Option<String>,
 }
 
 fn client_view(c: proto::ClientStatus) -> ClientView {
@@ -77,6 +86,16 @@ fn client_view(c: proto::ClientStatus) -> ClientView {
         rate_bps: c.rate_bps,
         last_commit_unix_ms: (c.last_commit_unix_ms > 0).then_some(c.last_commit_unix_ms),
         last_error: non_empty(c.last_error),
+        format: if spec.format.is_empty() {
+            "auto".to_owned()
+        } else {
+            spec.format
+        },
+        samples_total: c.samples_total,
+        parse_errors_total: c.parse_errors_total,
+        samples_too_old: c.samples_too_old,
+        samples_over_cap: c.samples_over_cap,
+        last_parse_error: non_empty(c.last_parse_error),
     }
 }
 
@@ -248,7 +267,7 @@ pub fn utc_time(unix_ms: i64) -> String {
     )
 }
 
-const CLIENT_HEADERS: [&str; 10] = [
+const CLIENT_HEADERS: [&str; 11] = [
     "CLIENT",
     "EPOCH",
     "AGENT",
@@ -258,6 +277,7 @@ const CLIENT_HEADERS: [&str; 10] = [
     "BACKLOG",
     "LAG",
     "LAST COMMIT",
+    "SAMPLES",
     "LAST ERROR",
 ];
 
@@ -273,6 +293,10 @@ impl ClientView {
             format!("{} ({})", self.backlog_files, bytes(self.backlog_bytes)),
             duration_s(self.oldest_backlog_s),
             ago(now_ms, self.last_commit_unix_ms.unwrap_or(0)),
+            match self.parse_errors_total {
+                0 => self.samples_total.to_string(),
+                e => format!("{} ({e} bad)", self.samples_total),
+            },
             style.error(self.last_error.as_deref().unwrap_or("")),
         ]
     }
@@ -412,6 +436,15 @@ impl ExplainView {
                     bytes(c.rate_bps),
                     c.last_error.as_deref().map_or_else(|| "none".to_owned(), |e| style.error(e)),
                 ));
+                out.push_str(&format!(
+                    "  samples {} (format {}); parse errors {}, too old {}, over the series cap {}\n  last bad line: {}\n",
+                    c.samples_total,
+                    c.format,
+                    c.parse_errors_total,
+                    c.samples_too_old,
+                    c.samples_over_cap,
+                    c.last_parse_error.as_deref().map_or_else(|| "none".to_owned(), |e| style.error(e)),
+                ));
             }
             None => out.push_str("this client is no longer registered; its history follows\n"),
         }
@@ -495,7 +528,10 @@ mod tests {
         assert_eq!(v["clients"][0]["state"], "assigned");
         assert_eq!(v["clients"][0]["worker"], "w");
         assert_eq!(v["clients"][0]["last_error"], serde_json::Value::Null);
+        assert_eq!(v["clients"][0]["format"], "auto");
+        assert_eq!(v["clients"][0]["samples_total"], 0);
+        assert_eq!(v["clients"][0]["last_parse_error"], serde_json::Value::Null);
         let keys: Vec<&String> = v["clients"][0].as_object().unwrap().keys().collect();
-        assert_eq!(keys.len(), 17);
+        assert_eq!(keys.len(), 23, "keys are only ever added");
     }
 }

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::audit::AuditEntry;
 use super::reason::Recorded;
 use super::registry::{ClientSpec, Durable};
+use crate::spec::IngestSpec;
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -125,6 +126,7 @@ impl State {
              CREATE INDEX IF NOT EXISTS audit_by_client ON audit (client, seq);",
         )
         .map_err(wrap)?;
+        add_ingest_columns(&conn).map_err(wrap)?;
         let mut state = State { conn, path };
         let loaded = state.load(dir, cluster)?;
         Ok((state, loaded))
@@ -184,7 +186,8 @@ impl State {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT name, ssh, path, key_file, known_hosts, pattern, worker, epoch
+                "SELECT name, ssh, path, key_file, known_hosts, pattern, worker, epoch,
+                        format, time_field, label_fields, precision
                  FROM clients ORDER BY name",
             )
             .map_err(|e| self.wrap(e))?;
@@ -198,6 +201,12 @@ impl State {
                         key_file: r.get(3)?,
                         known_hosts: r.get(4)?,
                         pattern: r.get(5)?,
+                        ingest: Box::new(IngestSpec {
+                            format: r.get(8)?,
+                            time_field: r.get(9)?,
+                            label_fields: split_fields(&r.get::<_, String>(10)?),
+                            precision: r.get(11)?,
+                        }),
                     },
                     r.get::<_, Option<String>>(6)?,
                     r.get::<_, i64>(7)?.max(0) as u64,
@@ -233,15 +242,20 @@ impl State {
     pub(crate) fn insert_client(&mut self, spec: &ClientSpec) -> Result<(), StateError> {
         self.conn
             .execute(
-                "INSERT INTO clients (name, ssh, path, key_file, known_hosts, pattern)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO clients (name, ssh, path, key_file, known_hosts, pattern,
+                                      format, time_field, label_fields, precision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     spec.name,
                     spec.ssh,
                     spec.path,
                     spec.key_file,
                     spec.known_hosts,
-                    spec.pattern
+                    spec.pattern,
+                    spec.ingest.format,
+                    spec.ingest.time_field,
+                    spec.ingest.label_fields.join(","),
+                    spec.ingest.precision
                 ],
             )
             .map_err(|e| self.wrap(e))?;
@@ -374,6 +388,32 @@ impl State {
     }
 }
 
+/// The parse-setting columns, added to a state written before they existed (its clients get
+/// the defaults: empty text). No schema bump: an older sqd still opens the state and ignores
+/// them.
+fn add_ingest_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('clients')")?;
+    let have: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for col in ["format", "time_field", "label_fields", "precision"] {
+        if !have.iter().any(|c| c == col) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE clients ADD COLUMN {col} TEXT NOT NULL DEFAULT ''"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// Label fields are stored comma-joined (a field name never holds ',').
+fn split_fields(text: &str) -> Vec<String> {
+    text.split(',')
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +427,7 @@ mod tests {
             key_file: String::new(),
             known_hosts: "/k".into(),
             pattern: "*.jsonl".into(),
+            ingest: Box::default(),
         }
     }
 
@@ -419,6 +460,37 @@ mod tests {
         assert_eq!(loaded.next_epoch, 8);
         assert_eq!(loaded.clients, vec![(spec("a"), Some("w".into()), 7)]);
         assert!(loaded.workers[0].draining);
+    }
+
+    #[test]
+    fn a_state_without_parse_settings_opens_and_keeps_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The clients table as written before parse settings existed.
+            let conn = Connection::open(dir.path().join("leader.sqlite")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE clients (name TEXT PRIMARY KEY, ssh TEXT NOT NULL, path TEXT NOT NULL,
+                     key_file TEXT NOT NULL, known_hosts TEXT NOT NULL, pattern TEXT NOT NULL,
+                     worker TEXT, epoch INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO clients (name, ssh, path, key_file, known_hosts, pattern, epoch)
+                     VALUES ('old', 'u@h:22', '/d', '', '/k', '*.jsonl', 3);",
+            )
+            .unwrap();
+        }
+        let mut custom = spec("new");
+        *custom.ingest = IngestSpec {
+            format: "csv".into(),
+            time_field: "t".into(),
+            label_fields: vec!["host".into(), "dc".into()],
+            precision: "ms".into(),
+        };
+        {
+            let (mut st, loaded) = State::open(dir.path(), "c1").unwrap();
+            assert_eq!(loaded.clients, vec![(spec("old"), None, 3)]);
+            st.insert_client(&custom).unwrap();
+        }
+        let (_, loaded) = State::open(dir.path(), "c1").unwrap();
+        assert_eq!(loaded.clients[0].0, custom);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::core::NodeRole;
 use super::liveness::{Millis, WorkerState};
 use super::registry::{Agent, Client, ClientSpec, Registry};
 use crate::metrics::{LeaderMetrics, RoleLabel, StateLabel};
+use crate::stats::tsdb::ClientIngest;
 
 /// Who the leader is, as told to nodes and operators.
 pub(crate) struct LeaderInfo {
@@ -55,6 +56,8 @@ pub(crate) struct ClientStatus {
     /// Newest commit over every worker that served it, ms since the Unix epoch; 0 = never.
     pub(crate) last_commit_unix_ms: i64,
     pub(crate) last_error: Option<String>,
+    /// Sample counters summed over every worker's shard; the newest bad line of any.
+    pub(crate) ingest: ClientIngest,
 }
 
 /// A client's current state (if it still exists) and its history, oldest first.
@@ -122,6 +125,20 @@ pub(crate) fn client_status(c: &Client) -> ClientStatus {
             .max()
             .unwrap_or(0),
         last_error: live.and_then(|p| p.last_error.clone()),
+        ingest: ClientIngest {
+            samples: c.sum_reports(|p| p.ingest.samples),
+            parse_errors: c.sum_reports(|p| p.ingest.parse_errors),
+            too_old: c.sum_reports(|p| p.ingest.too_old),
+            over_cap: c.sum_reports(|p| p.ingest.over_cap),
+            // The live worker's, else the most recent one that reported a bad line.
+            last_error: live.and_then(|p| p.ingest.last_error.clone()).or_else(|| {
+                c.reports
+                    .values()
+                    .filter(|p| p.ingest.last_error.is_some())
+                    .max_by_key(|p| p.last_commit_unix_ms)
+                    .and_then(|p| p.ingest.last_error.clone())
+            }),
+        },
     }
 }
 

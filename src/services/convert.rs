@@ -7,7 +7,8 @@ use crate::leader::core::{Assigned, Drained, NodeHello, NodeRole, SessionTerms, 
 use crate::leader::registry::{Order, Progress};
 use crate::leader::status::{ClientStatus, Explanation, StatusView, WorkerStatus};
 use crate::proto::{self, leader_message::Body};
-use crate::spec::ClientSpec;
+use crate::spec::{ClientSpec, IngestSpec};
+use crate::stats::tsdb::ClientIngest;
 
 impl From<proto::ClientSpec> for ClientSpec {
     fn from(p: proto::ClientSpec) -> Self {
@@ -18,6 +19,12 @@ impl From<proto::ClientSpec> for ClientSpec {
             key_file: p.key_file,
             known_hosts: p.known_hosts,
             pattern: p.pattern,
+            ingest: Box::new(IngestSpec {
+                format: p.format,
+                time_field: p.time_field,
+                label_fields: p.label_fields,
+                precision: p.precision,
+            }),
         }
     }
 }
@@ -31,6 +38,10 @@ impl From<ClientSpec> for proto::ClientSpec {
             key_file: s.key_file,
             known_hosts: s.known_hosts,
             pattern: s.pattern,
+            format: s.ingest.format,
+            time_field: s.ingest.time_field,
+            label_fields: s.ingest.label_fields,
+            precision: s.ingest.precision,
         }
     }
 }
@@ -71,6 +82,13 @@ pub(crate) fn progress(p: proto::ClientProgress) -> (String, Progress) {
             last_error: (!p.last_error.is_empty()).then_some(p.last_error),
             behind: p.behind,
             last_commit_unix_ms: p.last_commit_unix_ms,
+            ingest: ClientIngest {
+                samples: p.samples_total,
+                parse_errors: p.parse_errors_total,
+                too_old: p.samples_too_old,
+                over_cap: p.samples_over_cap,
+                last_error: (!p.last_parse_error.is_empty()).then_some(p.last_parse_error),
+            },
         },
     )
 }
@@ -182,6 +200,11 @@ impl From<ClientStatus> for proto::ClientStatus {
             files_total: c.files_total,
             bytes_total: c.bytes_total,
             last_error: c.last_error.unwrap_or_default(),
+            samples_total: c.ingest.samples,
+            parse_errors_total: c.ingest.parse_errors,
+            samples_too_old: c.ingest.too_old,
+            samples_over_cap: c.ingest.over_cap,
+            last_parse_error: c.ingest.last_error.unwrap_or_default(),
         }
     }
 }

@@ -15,7 +15,10 @@ use std::sync::{Mutex, PoisonError};
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
 
-use super::{FileMeta, Outcome, Sink, Staged, StoreError, Totals};
+use super::shard::{self, Shard};
+use super::{FileMeta, Maintained, Outcome, ParseSettings, Sink, Staged, StoreError, Totals};
+use crate::config::ShardConfig;
+use crate::stats::tsdb::FileSamples;
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -30,11 +33,18 @@ pub(crate) struct LocalStore {
     staging: PathBuf,
     catalog_path: PathBuf,
     conn: Mutex<Connection>,
+    shard: Shard,
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) the store at `root` and recovers from an interrupted commit.
+    /// Opens the store at `root` with the default shard limits.
+    #[cfg(test)]
     pub(crate) fn open(root: &Path) -> Result<LocalStore, StoreError> {
+        Self::open_with(root, ShardConfig::default())
+    }
+
+    /// Opens (creating if needed) the store at `root` and recovers from an interrupted commit.
+    pub(crate) fn open_with(root: &Path, config: ShardConfig) -> Result<LocalStore, StoreError> {
         let staging = root.join("staging");
         for dir in [root.to_path_buf(), root.join("files"), staging.clone()] {
             std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
@@ -68,17 +78,19 @@ impl LocalStore {
             [SCHEMA_VERSION.to_string()],
         )
         .map_err(cat)?;
+        let shard = Shard::open(&conn, &catalog_path, config).map_err(cat)?;
         let store = LocalStore {
             root: root.to_path_buf(),
             staging,
             catalog_path,
             conn: Mutex::new(conn),
+            shard,
         };
         store.recover()?;
         Ok(store)
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -155,10 +167,37 @@ impl LocalStore {
     }
 
     /// Step (2), the commit point: one transaction inserts a row per new key with its staging
-    /// name and wanted path. Per file: the new row's id and wanted path, or `None` when the
-    /// key was committed before.
+    /// name and wanted path, and the samples of those new files (M1). Per file: the new row's
+    /// id and wanted path, or `None` when the key was committed before.
     fn insert_rows(
         &self,
+        worker: &str,
+        epoch: u64,
+        batch: &[Staged],
+        samples: &[Option<FileSamples>],
+    ) -> Result<Vec<Option<NewRow>>, StoreError> {
+        let mut conn = self.conn();
+        let mut cache = self.shard.cache();
+        let result = (|| {
+            let tx = conn.transaction().map_err(|e| self.cat(e))?;
+            let inserted = self.insert_files(&tx, worker, epoch, batch)?;
+            let new: Vec<bool> = inserted.iter().map(Option::is_some).collect();
+            self.shard.write(&tx, &mut cache, samples, batch, &new)?;
+            tx.commit().map_err(|e| self.cat(e))?;
+            Ok(inserted)
+        })();
+        // Series ids created by a transaction that did not commit must not be reused.
+        match &result {
+            Ok(_) => cache.committed(),
+            Err(_) => cache.rolled_back(),
+        }
+        result
+    }
+
+    /// The catalog rows of step (2), on `tx`.
+    fn insert_files(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
         worker: &str,
         epoch: u64,
         batch: &[Staged],
@@ -166,8 +205,6 @@ impl LocalStore {
         let committed_at = crate::clock::unix_ms();
         let date = utc_date(committed_at);
         let mut inserted = Vec::with_capacity(batch.len());
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.cat(e))?;
         // Prepared once per batch (re-parsing the SQL for every row showed in profiles).
         let mut insert = tx
             .prepare_cached(
@@ -200,8 +237,6 @@ impl LocalStore {
                 .map_err(|e| self.cat(e))?;
             inserted.push((changed == 1).then(|| (tx.last_insert_rowid(), wanted)));
         }
-        drop(insert);
-        tx.commit().map_err(|e| self.cat(e))?;
         Ok(inserted)
     }
 
@@ -382,21 +417,32 @@ impl Sink for LocalStore {
         worker: &str,
         epoch: u64,
         batch: Vec<Staged>,
+        parse: &ParseSettings,
     ) -> Result<Vec<Outcome>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         self.check_staged(&batch)?;
+        // Parsed before the transaction, so parsing never holds the catalog.
+        let samples = shard::parse_batch(&batch, parse);
         // (1) staged data durable.
         self.sync_all()?;
-        // (2) the commit point.
-        let inserted = self.insert_rows(worker, epoch, &batch)?;
+        // (2) the commit point, samples included.
+        let inserted = self.insert_rows(worker, epoch, &batch, &samples)?;
         // (3) move into place, never overwriting.
         let (outcomes, moved) = self.place_batch(&batch, inserted)?;
         // (4) entries durable; staging names no longer needed.
         self.sync_all()?;
         self.clear_staging_names(&moved)?;
         Ok(outcomes)
+    }
+
+    fn maintain(&self, now_ms: i64) -> Result<Maintained, StoreError> {
+        self.shard.maintain(now_ms)
+    }
+
+    fn ingest(&self, client: &str) -> Result<crate::stats::tsdb::ClientIngest, StoreError> {
+        crate::stats::tsdb::client_ingest(&self.conn(), client).map_err(|e| self.shard.err(e))
     }
 
     fn contains(&self, key: &str) -> Result<bool, StoreError> {
@@ -504,7 +550,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
         let s = conformance::stage(&store, "c", b"\xff\n", b"x", 1);
-        store.commit_batch("w", 1, vec![s]).unwrap();
+        store
+            .commit_batch("w", 1, vec![s], &ParseSettings::files_only())
+            .unwrap();
         let name: Vec<u8> = store
             .conn()
             .query_row("SELECT name FROM files", [], |r| r.get(0))
@@ -561,6 +609,7 @@ mod tests {
                 "w",
                 1,
                 vec![conformance::stage(&store, "c", b"a", b"12345", 1)],
+                &ParseSettings::files_only(),
             )
             .unwrap();
         store
@@ -572,6 +621,7 @@ mod tests {
                 "w",
                 1,
                 vec![conformance::stage(&store, "c", b"b", b"12", 2)],
+                &ParseSettings::files_only(),
             )
             .unwrap();
         let t = store.totals("c").unwrap();
@@ -600,7 +650,7 @@ mod tests {
                     keys.insert(s.meta.key());
                     s
                 }).collect();
-                store.commit_batch("w", 1, staged).unwrap();
+                store.commit_batch("w", 1, staged, &ParseSettings::files_only()).unwrap();
             }
             let rows: Vec<(String, String)> = {
                 let conn = store.conn();

@@ -3,10 +3,12 @@
 //! is [`LocalStore`] (a directory plus a SQLite catalog, no server).
 
 pub(crate) mod local;
+pub(crate) mod shard;
 
 use std::path::{Path, PathBuf};
 
 pub(crate) use local::LocalStore;
+pub(crate) use shard::{Maintained, ParseSettings};
 
 /// What identifies a pulled file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +133,11 @@ pub enum StoreError {
     },
     #[error("staged file {path} is not inside the staging directory")]
     NotStaged { path: PathBuf },
+    #[error("store catalog {path}: {source}")]
+    Shard {
+        path: PathBuf,
+        source: crate::stats::tsdb::TsdbError,
+    },
 }
 
 impl StoreError {
@@ -169,13 +176,23 @@ pub(crate) trait Sink: Send + Sync {
     /// Directory the puller writes temp files into (same filesystem as the final files).
     fn staging_dir(&self) -> &Path;
     /// Commits a batch durably with one group commit; idempotent on [`FileMeta::key`]. One
-    /// outcome per input, same order. After an error, retrying the batch is safe.
+    /// outcome per input, same order. After an error, retrying the batch is safe. The files'
+    /// samples, parsed as `parse` says, commit with them (M1), for newly committed keys only.
     fn commit_batch(
         &self,
         worker: &str,
         epoch: u64,
         batch: Vec<Staged>,
+        parse: &ParseSettings,
     ) -> Result<Vec<Outcome>, StoreError>;
+    /// Background upkeep of the samples (sealing, retention); a sink without samples has none.
+    fn maintain(&self, _now_ms: i64) -> Result<Maintained, StoreError> {
+        Ok(Maintained::default())
+    }
+    /// A client's sample counters (samples, parse errors, too old, over the series cap).
+    fn ingest(&self, _client: &str) -> Result<crate::stats::tsdb::ClientIngest, StoreError> {
+        Ok(Default::default())
+    }
     /// Whether a key is already committed.
     fn contains(&self, key: &str) -> Result<bool, StoreError>;
     /// Per-client totals; "today" is the current UTC day.
@@ -191,6 +208,11 @@ pub(crate) mod conformance {
     use super::*;
 
     pub type Make<'a> = &'a dyn Fn(&Path) -> Box<dyn Sink>;
+
+    /// Every file parsed by detection: whatever the content, files commit as files.
+    pub fn auto() -> ParseSettings {
+        ParseSettings::from_spec(&crate::spec::IngestSpec::default()).unwrap()
+    }
 
     pub fn stage(sink: &dyn Sink, client: &str, name: &[u8], content: &[u8], seq: u64) -> Staged {
         let path = sink.staging_dir().join(format!("test-{seq}.part"));
@@ -227,7 +249,7 @@ pub(crate) mod conformance {
         let sink = make(dir.path());
         let s = stage(sink.as_ref(), "c", b"a.jsonl", b"hello", 1);
         let key = s.meta.key();
-        let out = sink.commit_batch("w", 1, vec![s]).unwrap();
+        let out = sink.commit_batch("w", 1, vec![s], &auto()).unwrap();
         assert_eq!(std::fs::read(committed_path(&out[0])).unwrap(), b"hello");
         let t = sink.totals("c").unwrap();
         assert_eq!((t.files_total, t.bytes_total, t.files_today), (1, 5, 1));
@@ -243,18 +265,28 @@ pub(crate) mod conformance {
         let dir = tempfile::tempdir().unwrap();
         let sink = make(dir.path());
         let first = sink
-            .commit_batch("w", 1, vec![stage(sink.as_ref(), "c", b"x", b"same", 1)])
+            .commit_batch(
+                "w",
+                1,
+                vec![stage(sink.as_ref(), "c", b"x", b"same", 1)],
+                &auto(),
+            )
             .unwrap();
         committed_path(&first[0]);
         let again = sink
-            .commit_batch("w", 2, vec![stage(sink.as_ref(), "c", b"x", b"same", 2)])
+            .commit_batch(
+                "w",
+                2,
+                vec![stage(sink.as_ref(), "c", b"x", b"same", 2)],
+                &auto(),
+            )
             .unwrap();
         assert_eq!(again, vec![Outcome::AlreadyPresent]);
         let batch = vec![
             stage(sink.as_ref(), "c", b"y", b"dup", 3),
             stage(sink.as_ref(), "c", b"y", b"dup", 4),
         ];
-        let out = sink.commit_batch("w", 2, batch).unwrap();
+        let out = sink.commit_batch("w", 2, batch, &auto()).unwrap();
         committed_path(&out[0]);
         assert_eq!(out[1], Outcome::AlreadyPresent);
         assert_eq!(sink.totals("c").unwrap().files_total, 2);
@@ -268,6 +300,7 @@ pub(crate) mod conformance {
                 "w",
                 1,
                 vec![stage(sink.as_ref(), "c", b"n.jsonl", b"one", 1)],
+                &auto(),
             )
             .unwrap();
         let b = sink
@@ -275,6 +308,7 @@ pub(crate) mod conformance {
                 "w",
                 1,
                 vec![stage(sink.as_ref(), "c", b"n.jsonl", b"two", 2)],
+                &auto(),
             )
             .unwrap();
         let (pa, pb) = (committed_path(&a[0]), committed_path(&b[0]));
@@ -309,6 +343,7 @@ pub(crate) mod conformance {
                         format!("{i}").as_bytes(),
                         i as u64,
                     )],
+                    &auto(),
                 )
                 .unwrap();
             let path = committed_path(&out[0]);
@@ -331,7 +366,7 @@ pub(crate) mod conformance {
         let batch = (0..20)
             .map(|i| stage(sink.as_ref(), "c", format!("f{i}").as_bytes(), b"z", i))
             .collect();
-        sink.commit_batch("w", 1, batch).unwrap();
+        sink.commit_batch("w", 1, batch, &auto()).unwrap();
         assert_eq!(std::fs::read_dir(sink.staging_dir()).unwrap().count(), 0);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::spec::ClientSpec;
+use crate::spec::{ClientSpec, IngestSpec};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct SpecRecord {
@@ -20,6 +20,15 @@ struct SpecRecord {
     key_file: String,
     known_hosts: String,
     pattern: String,
+    /// Absent in files written before parse settings existed.
+    #[serde(default)]
+    format: String,
+    #[serde(default)]
+    time_field: String,
+    #[serde(default)]
+    label_fields: Vec<String>,
+    #[serde(default)]
+    precision: String,
 }
 
 impl From<&ClientSpec> for SpecRecord {
@@ -31,6 +40,10 @@ impl From<&ClientSpec> for SpecRecord {
             key_file: s.key_file.clone(),
             known_hosts: s.known_hosts.clone(),
             pattern: s.pattern.clone(),
+            format: s.ingest.format.clone(),
+            time_field: s.ingest.time_field.clone(),
+            label_fields: s.ingest.label_fields.clone(),
+            precision: s.ingest.precision.clone(),
         }
     }
 }
@@ -44,6 +57,12 @@ impl From<SpecRecord> for ClientSpec {
             key_file: r.key_file,
             known_hosts: r.known_hosts,
             pattern: r.pattern,
+            ingest: Box::new(IngestSpec {
+                format: r.format,
+                time_field: r.time_field,
+                label_fields: r.label_fields,
+                precision: r.precision,
+            }),
         }
     }
 }

@@ -4,6 +4,7 @@
 mod assignments;
 mod held;
 mod lifecycle;
+pub mod offline;
 mod pull;
 mod staging;
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::WorkerConfig;
 use crate::daemon::{self, DaemonError, PidLock};
@@ -56,7 +57,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: cfg.cluster.clone().unwrap_or_default(),
         capacity: cfg.capacity,
     };
-    let store = crate::store::LocalStore::open(&cfg.store)?;
+    let store = crate::store::LocalStore::open_with(&cfg.store, cfg.shard)?;
     let pull = pull::PullConfig {
         poll: Duration::from_millis(cfg.poll_ms),
         settle: Duration::from_millis(cfg.settle_ms),
@@ -72,6 +73,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     };
     info!(worker = %cfg.id, leader = %cfg.leader, store = %cfg.store.display(), "worker starting");
     let store: Arc<dyn crate::store::Sink> = Arc::new(store);
+    spawn_maintenance(store.clone(), shutdown.clone());
     let (held, leftovers) = held::Held::open(&cfg.store);
     for spec in leftovers {
         spawn_resolver(
@@ -112,6 +114,40 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     node::run(&ident, &cfg.leader, &mut worker, lease, shutdown).await?;
     info!(worker = %cfg.id, "worker stopped");
     Ok(())
+}
+
+/// How often the time-series shard is sealed and trimmed to its retention.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+
+/// Seals and trims the store's samples now and then, on a blocking thread: commits go on
+/// meanwhile (see `store::shard`). A failed pass is logged and retried at the next tick.
+fn spawn_maintenance(store: Arc<dyn crate::store::Sink>, mut shutdown: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let store = store.clone();
+            let pass =
+                tokio::task::spawn_blocking(move || store.maintain(crate::clock::unix_ms())).await;
+            match pass {
+                Ok(Ok(m)) if m.sealed_series + m.dropped_blocks > 0 => {
+                    debug!(
+                        sealed_series = m.sealed_series,
+                        sealed_samples = m.sealed_samples,
+                        dropped_blocks = m.dropped_blocks,
+                        "time-series shard maintained"
+                    );
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "time-series shard maintenance failed"),
+                Err(e) => warn!(error = %e, "time-series shard maintenance stopped"),
+            }
+        }
+    });
 }
 
 /// How long another worker's unreleased claims wait for it before they are adopted.
@@ -360,6 +396,11 @@ impl Handler for WorkerNode {
                     last_error: s.last_error.clone().unwrap_or_default(),
                     behind: false,
                     last_commit_unix_ms: s.totals.last_commit_unix_ms,
+                    samples_total: s.ingest.samples,
+                    parse_errors_total: s.ingest.parse_errors,
+                    samples_too_old: s.ingest.too_old,
+                    samples_over_cap: s.ingest.over_cap,
+                    last_parse_error: s.ingest.last_error.clone().unwrap_or_default(),
                 }
             })
             .collect()

@@ -128,3 +128,51 @@ pub fn produce_sized(dir: &Path, prefix: &str, n: usize, size: usize) -> Vec<Str
     }
     hashes
 }
+
+/// Writes `n` JSON-lines files of 10 samples each (metric `v`, integer values) into `dir`;
+/// returns their content hashes and the samples' (count, sum).
+pub fn produce_jsonl(dir: &Path, prefix: &str, n: usize) -> (Vec<String>, u64, f64) {
+    std::fs::create_dir_all(dir).expect("create source dir");
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let (mut count, mut sum) = (0, 0.0);
+    let hashes = (0..n)
+        .map(|i| {
+            let mut text = String::new();
+            for line in 0..10 {
+                let v = (i * 10 + line) as f64;
+                text.push_str(&format!(
+                    "{{\"ts\": {}, \"v\": {v}}}\n",
+                    now_s - 600 + line as u64
+                ));
+                count += 1;
+                sum += v;
+            }
+            std::fs::write(dir.join(format!("{prefix}-samples-{i:03}.jsonl")), &text)
+                .expect("write source file");
+            hash(text.as_bytes())
+        })
+        .collect();
+    (hashes, count, sum)
+}
+
+/// Samples in a store's shard: (count, sum), through their series (a block of a lost series
+/// would not count).
+pub fn store_samples(store: &Path) -> (u64, f64) {
+    let catalog = store.join("catalog.sqlite");
+    if !catalog.exists() {
+        return (0, 0.0);
+    }
+    let conn = rusqlite::Connection::open(&catalog).expect("open catalog");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    conn.query_row(
+        "SELECT COALESCE(SUM(b.count), 0), COALESCE(SUM(b.sum), 0.0)
+         FROM ts_blocks b JOIN ts_series s ON s.id = b.series",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+    )
+    .unwrap_or((0, 0.0))
+}

@@ -7,6 +7,7 @@ use super::effects::Durable;
 use crate::leader::liveness::{Liveness, Millis, WorkerState};
 use crate::leader::reason::AssignmentReason;
 pub(crate) use crate::spec::ClientSpec;
+use crate::stats::tsdb::ClientIngest;
 
 /// Identifies one node session (one gRPC stream); never reused within a leader run.
 pub(crate) type SessionId = u64;
@@ -86,6 +87,8 @@ pub(crate) struct Progress {
     pub(crate) behind: bool,
     /// Newest commit, ms since the Unix epoch; 0 = never.
     pub(crate) last_commit_unix_ms: i64,
+    /// The worker shard's sample counters for this client.
+    pub(crate) ingest: ClientIngest,
 }
 
 #[derive(Debug, Clone)]

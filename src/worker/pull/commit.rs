@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{ClientTask, Cursor, CycleError, Link, batch, discard, sftp};
 use crate::failpoint;
-use crate::store::{Outcome, Staged};
+use crate::store::{Outcome, ParseSettings, Staged};
 
 /// Commits a staged batch (group commit) unless the lease ran out; returns the names now
 /// durable.
@@ -28,9 +28,11 @@ pub(super) async fn commit_staged(
     let paths: Vec<_> = staged.iter().map(|s| s.path.clone()).collect();
     let store = task.store.clone();
     let (worker, epoch) = (task.worker.clone(), task.epoch);
+    let parse = parse_settings(task);
     let commit_began = Instant::now();
     let outcomes =
-        tokio::task::spawn_blocking(move || store.commit_batch(&worker, epoch, staged)).await?;
+        tokio::task::spawn_blocking(move || store.commit_batch(&worker, epoch, staged, &parse))
+            .await?;
     let outcomes = match outcomes {
         Ok(o) => o,
         Err(e) => {
@@ -43,10 +45,22 @@ pub(super) async fn commit_staged(
         .commit_seconds
         .observe(commit_began.elapsed().as_secs_f64());
     let committed = count_committed(task, &outcomes, &sizes);
+    if committed > 0 {
+        refresh_ingest(task).await;
+    }
     debug!(client = %task.spec.name, files = names.len(), committed,
            bytes = sizes.iter().sum::<u64>(),
            ms = commit_began.elapsed().as_millis() as u64, "batch durable");
     Ok(names)
+}
+
+/// How this client's files are parsed. The leader checked the settings; should an unknown
+/// one still arrive (a newer leader), the files are committed as files only.
+fn parse_settings(task: &ClientTask) -> ParseSettings {
+    ParseSettings::from_spec(&task.spec.ingest).unwrap_or_else(|e| {
+        warn!(client = %task.spec.name, error = %e, "unknown parse settings: committing files only");
+        ParseSettings::files_only()
+    })
 }
 
 /// Adds a committed batch to the client's metrics and totals; returns how many files were
@@ -65,6 +79,29 @@ fn count_committed(task: &ClientTask, outcomes: &[Outcome], sizes: &[u64]) -> u6
         .totals
         .add_batch(committed, committed_bytes, crate::clock::unix_ms());
     committed
+}
+
+/// Reads the client's sample counters after a commit added to them, for the heartbeat and the
+/// metrics (counted by difference: the shard keeps the totals).
+pub(super) async fn refresh_ingest(task: &ClientTask) {
+    let store = task.store.clone();
+    let client = task.spec.name.clone();
+    match tokio::task::spawn_blocking(move || store.ingest(&client)).await {
+        Ok(Ok(now)) => {
+            let mut stats = task.stats();
+            let before = std::mem::replace(&mut stats.ingest, now);
+            let now = &stats.ingest;
+            task.metrics.ingested(
+                &task.spec.name,
+                now.samples.saturating_sub(before.samples),
+                now.parse_errors.saturating_sub(before.parse_errors),
+            );
+        }
+        Ok(Err(e)) => {
+            warn!(client = %task.spec.name, error = %e, "cannot read the sample counters")
+        }
+        Err(_) => {}
+    }
 }
 
 /// Commits the staged batch of batch mode, if any.

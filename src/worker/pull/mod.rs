@@ -108,6 +108,8 @@ pub(crate) struct ClientStats {
     pub(crate) last_error: Option<String>,
     /// Bytes committed since the last heartbeat took them.
     pub(crate) committed_bytes: u64,
+    /// The shard's sample counters for this client, as of the last commit.
+    pub(crate) ingest: crate::stats::tsdb::ClientIngest,
 }
 
 pub(crate) type SharedStats = Arc<Mutex<ClientStats>>;
@@ -156,8 +158,18 @@ impl ClientTask {
     async fn refresh_totals(&self) {
         let store = self.store.clone();
         let client = self.spec.name.clone();
-        if let Ok(Ok(totals)) = tokio::task::spawn_blocking(move || store.totals(&client)).await {
-            self.stats().totals = totals;
+        let read =
+            tokio::task::spawn_blocking(move || (store.totals(&client), store.ingest(&client)))
+                .await;
+        if let Ok((totals, ingest)) = read {
+            let mut stats = self.stats();
+            if let Ok(totals) = totals {
+                stats.totals = totals;
+            }
+            // Seeds the counters without counting them in the metrics again.
+            if let Ok(ingest) = ingest {
+                stats.ingest = ingest;
+            }
         }
     }
 }

@@ -1,0 +1,223 @@
+//! A batch's files and samples commit together, once (M1, hazard 28).
+
+use super::super::conformance::{auto, stage};
+use super::super::{LocalStore, Outcome, Sink};
+use super::*;
+
+/// Samples reachable through a stored series (blocks of a lost series id would not be).
+fn samples(store: &LocalStore) -> i64 {
+    store
+        .conn()
+        .query_row(
+            "SELECT COALESCE(SUM(b.count), 0) FROM ts_blocks b JOIN ts_series s ON s.id = b.series",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn files(store: &LocalStore) -> i64 {
+    store
+        .conn()
+        .query_row("SELECT COUNT(*) FROM files", [], |r| r.get(0))
+        .unwrap()
+}
+
+const A: &[u8] = b"{\"ts\": 1700000000, \"host\": \"a\", \"cpu\": 1.5, \"mem\": 2}\n{\"ts\": 1700000010, \"host\": \"a\", \"cpu\": 2.5}\n";
+const B: &[u8] = b"{\"ts\": 1700000000, \"host\": \"b\", \"cpu\": 7}\nnot json\n";
+
+#[test]
+fn a_batch_commits_files_and_samples_together_and_a_recommit_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let batch = vec![
+        stage(&store, "c", b"a.jsonl", A, 1),
+        stage(&store, "c", b"b.jsonl", B, 2),
+    ];
+    store.commit_batch("w", 1, batch, &auto()).unwrap();
+    assert_eq!((files(&store), samples(&store)), (2, 4));
+    let ingest = store.ingest("c").unwrap();
+    assert_eq!((ingest.samples, ingest.parse_errors), (4, 1));
+    assert_eq!(ingest.last_error.as_deref(), Some("line 2: not valid JSON"));
+    // The same keys again (a crash between commit and source removal): nothing added.
+    let again = vec![
+        stage(&store, "c", b"a.jsonl", A, 3),
+        stage(&store, "c", b"b.jsonl", B, 4),
+    ];
+    let out = store.commit_batch("w", 2, again, &auto()).unwrap();
+    assert_eq!(out, vec![Outcome::AlreadyPresent; 2]);
+    assert_eq!((files(&store), samples(&store)), (2, 4));
+    assert_eq!(store.ingest("c").unwrap().samples, 4);
+    // Reopened, the series are found again rather than created twice.
+    drop(store);
+    let store = LocalStore::open(dir.path()).unwrap();
+    let more = b"{\"ts\": 1700000020, \"host\": \"a\", \"cpu\": 3}\n";
+    store
+        .commit_batch(
+            "w",
+            2,
+            vec![stage(&store, "c", b"c.jsonl", more, 5)],
+            &auto(),
+        )
+        .unwrap();
+    let series: i64 = store
+        .conn()
+        .query_row("SELECT COUNT(*) FROM ts_series", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((samples(&store), series), (5, 3));
+}
+
+#[test]
+fn a_rolled_back_batch_leaves_no_sample_and_its_retry_adds_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    // Fails the transaction after the catalog rows and the new series were written.
+    store
+        .conn()
+        .execute_batch(
+            "CREATE TEMP TRIGGER boom BEFORE INSERT ON ts_blocks BEGIN SELECT RAISE(ABORT, 'boom'); END",
+        )
+        .unwrap();
+    let batch = vec![stage(&store, "c", b"a.jsonl", A, 1)];
+    assert!(store.commit_batch("w", 1, batch, &auto()).is_err());
+    assert_eq!((files(&store), samples(&store)), (0, 0));
+    store.conn().execute_batch("DROP TRIGGER boom").unwrap();
+    let retry = vec![stage(&store, "c", b"a.jsonl", A, 2)];
+    store.commit_batch("w", 1, retry, &auto()).unwrap();
+    // The series ids of the rolled-back transaction were forgotten, not reused.
+    assert_eq!((files(&store), samples(&store)), (1, 3));
+}
+
+#[test]
+fn unparsable_huge_and_files_only_batches_commit_as_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let junk = stage(&store, "c", b"noext", b"\x00\x01\x02 binary\n", 1);
+    let none = stage(&store, "c", b"a.jsonl", A, 2);
+    store.commit_batch("w", 1, vec![junk], &auto()).unwrap();
+    store
+        .commit_batch("w", 1, vec![none], &ParseSettings::files_only())
+        .unwrap();
+    assert_eq!((files(&store), samples(&store)), (2, 0));
+    let ingest = store.ingest("c").unwrap();
+    assert_eq!(ingest.parse_errors, 1);
+    assert!(ingest.last_error.unwrap().contains("not recognised"));
+    let mut big = stage(&store, "c", b"big.jsonl", A, 3);
+    big.meta.size = MAX_PARSE_BYTES + 1;
+    let parsed = parse_batch(&[big], &auto());
+    assert!(
+        parsed[0]
+            .as_ref()
+            .unwrap()
+            .last_error
+            .as_ref()
+            .unwrap()
+            .contains("parse limit")
+    );
+}
+
+#[test]
+fn maintenance_seals_and_keeps_every_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let now = 1_700_000_000_000i64;
+    let mut lines = String::new();
+    for i in 0..600 {
+        // Ten hours at one minute: most of it is older than the one-hour window.
+        let ts = now / 1000 - 36_000 + i * 60;
+        lines.push_str(&format!("{{\"ts\": {ts}, \"cpu\": {i}}}\n"));
+    }
+    let s = stage(&store, "c", b"m.jsonl", lines.as_bytes(), 1);
+    store.commit_batch("w", 1, vec![s], &auto()).unwrap();
+    let m = store.maintain(now).unwrap();
+    assert_eq!(m.sealed_series, 1);
+    assert!(m.sealed_samples > 0);
+    assert_eq!(samples(&store), 600);
+    // Far later: retention drops the lot.
+    let m = store.maintain(now + 31 * 86_400_000).unwrap();
+    assert!(m.dropped_blocks > 0);
+    assert_eq!(samples(&store), 0);
+    // The cache forgot the dropped series: new samples land in a stored series.
+    let s = stage(
+        &store,
+        "c",
+        b"n.jsonl",
+        b"{\"ts\": 1700000000, \"cpu\": 1}\n",
+        2,
+    );
+    store.commit_batch("w", 1, vec![s], &auto()).unwrap();
+    assert_eq!(samples(&store), 1);
+}
+
+/// Throughput of the commit path with samples: generated files committed through
+/// `commit_batch` (parse, one transaction, placement). Run in release:
+/// `cargo test --release --lib commit_path_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement"]
+fn commit_path_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let base_s = crate::clock::unix_ms() / 1000 - 3000;
+    for (format, ext) in [("influx", "lp"), ("prom", "prom"), ("jsonl", "jsonl")] {
+        let settings = ParseSettings::from_spec(&crate::spec::IngestSpec {
+            format: format.into(),
+            precision: "s".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        // 20 files x 60 hosts x 10 metrics x 50 timestamps = 600,000 samples.
+        let mut batch = Vec::new();
+        let mut samples = 0u64;
+        for f in 0..20 {
+            let mut text = String::new();
+            for t in 0..50 {
+                let ts = base_s + f * 50 + t;
+                for h in 0..60 {
+                    match format {
+                        "influx" => {
+                            text.push_str(&format!("host,host=h{h} "));
+                            let fields: Vec<String> =
+                                (0..10).map(|m| format!("m{m}={}.5", t * m)).collect();
+                            text.push_str(&format!("{} {ts}\n", fields.join(",")));
+                        }
+                        "prom" => {
+                            for m in 0..10 {
+                                text.push_str(&format!(
+                                    "m{m}{{host=\"h{h}\"}} {}.5 {}\n",
+                                    t * m,
+                                    ts * 1000
+                                ));
+                            }
+                        }
+                        _ => {
+                            let fields: Vec<String> =
+                                (0..10).map(|m| format!("\"m{m}\": {}.5", t * m)).collect();
+                            text.push_str(&format!(
+                                "{{\"ts\": {ts}, \"host\": \"h{h}\", {}}}\n",
+                                fields.join(", ")
+                            ));
+                        }
+                    }
+                    samples += 10;
+                }
+            }
+            let name = format!("{format}-{f}.{ext}");
+            batch.push(stage(
+                &store,
+                format,
+                name.as_bytes(),
+                text.as_bytes(),
+                samples,
+            ));
+        }
+        let began = std::time::Instant::now();
+        store.commit_batch("w", 1, batch, &settings).unwrap();
+        let secs = began.elapsed().as_secs_f64();
+        let stored = store.ingest(format).unwrap().samples;
+        assert_eq!(stored, samples);
+        println!(
+            "{format}: {samples} samples committed in {secs:.3} s: {:.0} samples/s",
+            samples as f64 / secs
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! shared by `sqdctl` (early, friendly errors) and the leader (authoritative check). Its
 //! protobuf form converts in `services::convert`.
 
-use crate::stats::parse::{Format, Precision};
+use crate::stats::parse::time::UnknownPrecision;
+use crate::stats::parse::{Format, Precision, UnknownName};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSpec {
@@ -30,15 +31,24 @@ pub struct IngestSpec {
     pub precision: String,
 }
 
+/// A client's parse settings that this sqd cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadIngestSpec {
+    #[error("--format: {0}")]
+    Format(#[from] UnknownName),
+    #[error("--precision: {0}")]
+    Precision(#[from] UnknownPrecision),
+}
+
 impl IngestSpec {
-    pub fn format(&self) -> Result<Format, String> {
+    pub fn format(&self) -> Result<Format, UnknownName> {
         if self.format.is_empty() {
             return Ok(Format::Auto);
         }
         self.format.parse()
     }
 
-    pub fn precision(&self) -> Result<Precision, String> {
+    pub fn precision(&self) -> Result<Precision, UnknownPrecision> {
         if self.precision.is_empty() {
             return Ok(Precision::Ns);
         }

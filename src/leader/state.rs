@@ -147,6 +147,28 @@ impl State {
     }
 
     fn load(&mut self, dir: &Path, cluster: &str) -> Result<Loaded, StateError> {
+        self.check_identity(dir, cluster)?;
+        let stale =
+            super::restore::staleness(&self.conn, dir).map_err(|e| StateError::Instance {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })?;
+        let next_epoch = self
+            .meta("next_epoch")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let clients = self.load_clients()?;
+        let workers = self.load_workers()?;
+        Ok(Loaded {
+            next_epoch,
+            clients,
+            workers,
+            stale,
+        })
+    }
+
+    /// Refuses a state of a newer schema or of another cluster; stamps a new one.
+    fn check_identity(&mut self, dir: &Path, cluster: &str) -> Result<(), StateError> {
         if let Some(found) = self.meta("schema")? {
             let found: i64 = found.parse().unwrap_or(i64::MAX);
             if found > SCHEMA_VERSION {
@@ -174,15 +196,10 @@ impl State {
                     .map_err(|e| self.wrap(e))?;
             }
         }
-        let stale =
-            super::restore::staleness(&self.conn, dir).map_err(|e| StateError::Instance {
-                path: self.path.clone(),
-                detail: e.to_string(),
-            })?;
-        let next_epoch = self
-            .meta("next_epoch")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
+        Ok(())
+    }
+
+    fn load_clients(&self) -> Result<Vec<(ClientSpec, Option<String>, u64)>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -214,7 +231,10 @@ impl State {
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.wrap(e))?;
-        drop(stmt);
+        Ok(clients)
+    }
+
+    fn load_workers(&self) -> Result<Vec<PersistedWorker>, StateError> {
         let mut stmt = self
             .conn
             .prepare("SELECT id, addr, version, draining FROM workers ORDER BY id")
@@ -230,13 +250,7 @@ impl State {
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.wrap(e))?;
-        drop(stmt);
-        Ok(Loaded {
-            next_epoch,
-            clients,
-            workers,
-            stale,
-        })
+        Ok(workers)
     }
 
     pub(crate) fn insert_client(&mut self, spec: &ClientSpec) -> Result<(), StateError> {

@@ -13,7 +13,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use super::{FileMeta, Staged, StoreError};
 use crate::config::ShardConfig;
-use crate::spec::IngestSpec;
+use crate::spec::{BadIngestSpec, IngestSpec};
 use crate::stats::block::Samples;
 use crate::stats::parse::{
     self, Format, MetricKind, ParseOptions, Precision, SampleSink, SeriesRef,
@@ -45,7 +45,7 @@ impl ParseSettings {
     }
 
     /// The settings a client was added with (checked by `sqdctl` and the leader already).
-    pub(crate) fn from_spec(spec: &IngestSpec) -> Result<Self, String> {
+    pub(crate) fn from_spec(spec: &IngestSpec) -> Result<Self, BadIngestSpec> {
         Ok(ParseSettings {
             format: spec.format()?,
             precision: spec.precision()?,

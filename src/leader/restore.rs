@@ -26,11 +26,11 @@ const INSTANCE_FILE: &str = "leader.instance";
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error(
-        "cannot read the backup {path}: {source}; pass the file written by `sqlite3 leader.sqlite '.backup FILE'`"
+        "cannot read the backup {path}: {error}; pass the file written by `sqlite3 leader.sqlite '.backup FILE'`"
     )]
     Backup {
         path: PathBuf,
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     #[error("the backup {path} is not a leader state ({detail})")]
     NotAState { path: PathBuf, detail: String },
@@ -42,15 +42,15 @@ pub enum RestoreError {
         found: String,
         wanted: String,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot update the restored state {path}: {source}")]
+    #[error("cannot update the restored state {path}: {error}")]
     Write {
         path: PathBuf,
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
 }
 
@@ -79,9 +79,9 @@ fn counter_of(path: &Path) -> Option<u64> {
 /// Puts `backup` in place as the state of `dir` (the caller holds the leader's lock), marked
 /// as restored, with the epoch counter no lower than the state it replaces.
 pub fn restore(dir: &Path, cluster: &str, backup: &Path) -> Result<Restored, RestoreError> {
-    let bad = |source| RestoreError::Backup {
+    let bad = |error| RestoreError::Backup {
         path: backup.to_owned(),
-        source,
+        error,
     };
     let src = Connection::open_with_flags(backup, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(bad)?;
     let check: String = src
@@ -120,7 +120,7 @@ pub fn restore(dir: &Path, cluster: &str, backup: &Path) -> Result<Restored, Res
     let tmp = dir.join("leader.sqlite.restoring");
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| RestoreError::Io { path, source }
+        move |error| RestoreError::Io { path, error }
     };
     remove_if_there(&tmp).map_err(io(&tmp))?;
     // A consistent single-file copy, whatever journal the backup carries.
@@ -146,9 +146,9 @@ pub fn restore(dir: &Path, cluster: &str, backup: &Path) -> Result<Restored, Res
 }
 
 fn mark_restored(target: &Path, next_epoch: u64) -> Result<(), RestoreError> {
-    let write = |source| RestoreError::Write {
+    let write = |error| RestoreError::Write {
         path: target.to_owned(),
-        source,
+        error,
     };
     let conn = Connection::open(target).map_err(write)?;
     conn.execute_batch("PRAGMA synchronous=FULL;")

@@ -340,8 +340,26 @@ fn restore_after_the_cluster_moved_on(worker_down_during_restore: bool) {
     let after = c.wait_status(Duration::from_secs(40), "all placed again", |s| {
         workers_in(s, "alive").len() == 3 && all_assigned(s, CLIENTS)
     });
-    // Let every worker act on what it was given, then read what they did.
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait until every worker started the task it was given, then read what they did.
+    wait_until(
+        Duration::from_secs(10),
+        "every assigned task started",
+        || {
+            assignments(&after)
+                .iter()
+                .all(|(client, (worker, epoch))| {
+                    let Some(proc) = worker.as_deref().and_then(|w| c.workers.get(w)) else {
+                        return false;
+                    };
+                    proc.log_text().lines().any(|l| {
+                        l.contains("client task started")
+                            && l.contains(&format!("\"client\":\"{client}\""))
+                            && l.contains(&format!("\"epoch\":{epoch}"))
+                    })
+                })
+                .then_some(())
+        },
+    );
     let end = now_micros();
     for (id, proc) in &c.workers {
         timeline.absorb(id, &proc.log_text(), end);

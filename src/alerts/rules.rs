@@ -40,44 +40,10 @@ const RULE_KEYS: [&str; 16] = [
     "allow_partial",
 ];
 
-/// A comparison between the series value and a threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Gt,
-    Ge,
-    Lt,
-    Le,
-    Eq,
-    Ne,
-}
-
-impl Op {
-    pub const ALL: [Op; 6] = [Op::Gt, Op::Ge, Op::Lt, Op::Le, Op::Eq, Op::Ne];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Gt => ">",
-            Op::Ge => ">=",
-            Op::Lt => "<",
-            Op::Le => "<=",
-            Op::Eq => "==",
-            Op::Ne => "!=",
-        }
-    }
-
-    /// `value op threshold`; NaN compares false (so it never fires, and counts as "clear").
-    pub fn holds(self, value: f64, threshold: f64) -> bool {
-        match self {
-            Op::Gt => value > threshold,
-            Op::Ge => value >= threshold,
-            Op::Lt => value < threshold,
-            Op::Le => value <= threshold,
-            // Exact comparison is what the user wrote; approximate equality would need a tolerance key.
-            Op::Eq => value == threshold,
-            Op::Ne => value != threshold && !value.is_nan(),
-        }
-    }
-}
+/// A comparison between the series value and a threshold: the same operators as PromQL's
+/// filters. NaN never holds for an alert (it never fires and counts as "clear"), see
+/// [`Rule::triggers`].
+pub use crate::stats::promql::lower::CmpOp as Op;
 
 /// What a rule watches: a query over the shards.
 #[derive(Debug, Clone)]
@@ -118,13 +84,13 @@ pub struct Rule {
 impl Rule {
     /// The condition that starts an episode (pending, then firing).
     pub fn triggers(&self, value: Option<f64>) -> bool {
-        value.is_some_and(|v| self.op.holds(v, self.threshold))
+        value.is_some_and(|v| !v.is_nan() && self.op.holds(v, self.threshold))
     }
 
     /// The condition that keeps a firing alert firing: the clear threshold when there is one.
     pub fn still_holds(&self, value: Option<f64>) -> bool {
         let limit = self.clear_threshold.unwrap_or(self.threshold);
-        value.is_some_and(|v| self.op.holds(v, limit))
+        value.is_some_and(|v| !v.is_nan() && self.op.holds(v, limit))
     }
 }
 

@@ -33,8 +33,13 @@
 #   leader_scale  simulated workers and agents heartbeating at 1 Hz, one TCP connection each;
 #                 leader CPU (% of one core), RSS, heartbeat round trip p99, failover time
 #
+# Stats ingest (set `ingest`): benches/ingest.rs on a real store (commit rate per format in
+# samples/s per core, bytes per sample after sealing 24 h of 60 series at 10 s, one-shard query
+# of 1,000 series over 24 h at 1 min), then the small-file set on JSON-lines content with the
+# client added `--format none` (sqd_none) and `--format auto` (sqd_auto), interleaved.
+#
 # Env overrides: BENCH_ONLY="sqd rsync_remove" (contenders),
-# BENCH_SETS="small medium large latency failover leader_scale",
+# BENCH_SETS="small medium large latency failover leader_scale ingest",
 # BENCH_FILES (small-file count), BENCH_RUNS, BENCH_WORKER_CONFIG (worker TOML), BENCH_LOGS
 # (copy the sqd logs there).
 set -euo pipefail
@@ -44,6 +49,8 @@ repo="$PWD"
 umask 022
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
+quick_flag=""
+[ $quick = 1 ] && quick_flag=--quick
 if [ $quick = 1 ]; then
   small_n=2000 medium_n=200 large_n=2 large_size=$((64 << 20)) runs=1
   latency_args=(--files 200 --rate 50)
@@ -57,7 +64,7 @@ else
 fi
 small_n="${BENCH_FILES:-$small_n}"
 runs="${BENCH_RUNS:-$runs}"
-sets="${BENCH_SETS:-small medium large latency failover leader_scale}"
+sets="${BENCH_SETS:-small medium large latency failover leader_scale ingest}"
 cipher=aes128-gcm@openssh.com
 
 # What a fresh Debian machine lacks: the contenders (rsync), sshd and the ssh client.
@@ -77,8 +84,8 @@ fi
 # start, some of it inside measured windows.
 py=$(python3 -c 'import sys; print(sys.executable)')
 cargo build --release --locked --bins >/dev/null
-cargo bench --locked --bench cluster --no-run >/dev/null 2>&1 ||
-  cargo bench --locked --bench cluster --no-run # show why it failed
+cargo bench --locked --bench cluster --bench ingest --no-run >/dev/null 2>&1 ||
+  cargo bench --locked --bench cluster --bench ingest --no-run # show why it failed
 # The cluster bench binary, run once per measurement (its JSON on stdout, progress on stderr).
 cluster() { cargo bench --locked --bench cluster -q -- "$@"; }
 sqd="$repo/target/release/sqd"
@@ -106,13 +113,28 @@ ssh_opts=(-o BatchMode=yes -o StrictHostKeyChecking=yes -o "UserKnownHostsFile=$
   -o IdentitiesOnly=yes -i "$SQD_SSHD_KEY" -p "$SQD_SSHD_PORT" -c "$cipher")
 remote="$SQD_SSHD_USER@127.0.0.1"
 
-produce() { # DIR COUNT SIZE: COUNT files of SIZE random bytes
-  "$py" - "$@" <<'PY'
-import os, sys
-d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+produce() { # DIR COUNT SIZE: COUNT files of SIZE random bytes (of JSON lines: produce_kind=jsonl)
+  "$py" - "$@" "${produce_kind:-random}" <<'PY'
+import os, random, sys, time
+d, n, size, kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 os.makedirs(d, exist_ok=True)
+rng = random.Random(7)
+# Recent timestamps (older ones would fall outside the shard's retention), 10 s per file.
+start = int(time.time()) - n * 10
+def stats(i, size):
+    # Host-like JSON lines, as the quickstart's producers write, up to SIZE at a line end.
+    lines, total, t = [], 0, start + i * 10
+    while True:
+        line = (f'{{"ts": {t}, "host": "h{i % 50}", "cpu": {rng.uniform(0, 100):.1f}, '
+                f'"mem_mb": {rng.randint(1000, 8000)}, "load1": {rng.uniform(0, 4):.2f}}}\n')
+        if total + len(line) > size:
+            return "".join(lines) if lines else line
+        lines.append(line); total += len(line); t += 1
 for i in range(n):
     with open(os.path.join(d, f"stats-{i:06d}.jsonl"), "wb") as f:
+        if kind == "jsonl":
+            f.write(stats(i, size).encode())
+            continue
         left = size
         while left:
             chunk = min(left, 8 << 20)
@@ -172,7 +194,8 @@ run_sqd() { # COUNT SIZE
     ${BENCH_WORKER_CONFIG:+--config "$BENCH_WORKER_CONFIG"} \
     >"$work/worker.log" 2>&1 &
   until "$sqdctl" --leader "$addr" status --json 2>/dev/null | grep -q '"state": "alive"'; do sleep 0.05; done
-  "$sqdctl" --leader "$addr" add-client bench --ssh "$remote:$SQD_SSHD_PORT" --path "$dir" >/dev/null
+  "$sqdctl" --leader "$addr" add-client bench --ssh "$remote:$SQD_SSHD_PORT" --path "$dir" \
+    ${sqd_format:+--format "$sqd_format"} >/dev/null
   # Connected and through a first (empty) listing: the steady state of a long-running worker.
   until grep -q 'connected client=bench' "$work/worker.log"; do sleep 0.05; done
   sleep 0.3
@@ -266,10 +289,16 @@ for set in $sets; do
       done
       continue
       ;;
+    ingest)
+      out=$(cargo bench --locked --bench ingest -q -- ${quick_flag})
+      echo "{\"set\": \"ingest\", \"run\": $out}" >>"$cluster_results"
+      echo "bench: ingest: $out" >&2
+      set=ingest_small n=$small_n size=4096; contenders=(sqd_none sqd_auto)
+      ;;
     small) n=$small_n size=4096; contenders=(sqd rsync_remove rsync_remove_fsync ssh_tar) ;;
     medium) n=$medium_n size=262144; contenders=(sqd rsync_remove rsync_remove_fsync ssh_tar) ;;
     large) n=$large_n size=$large_size; contenders=(sqd ssh_cat rsync_remove) ;;
-    *) echo "bench: unknown set $set (small, medium, large)" >&2; exit 2 ;;
+    *) echo "bench: unknown set $set (small, medium, large, latency, failover, leader_scale, ingest)" >&2; exit 2 ;;
   esac
   [ -n "${BENCH_ONLY:-}" ] && read -r -a contenders <<<"$BENCH_ONLY"
   # Runs interleave the contenders (sqd, rsync, ..., sqd, rsync, ...) so that the machine's
@@ -279,6 +308,8 @@ for set in $sets; do
       [ "$c" = rsync_remove_fsync ] && [ $fsync_ok = 0 ] && continue
       case $c in
         sqd) out=$(run_sqd "$n" "$size") ;;
+        sqd_none | sqd_auto)
+          out=$(produce_kind=jsonl sqd_format=${c#sqd_} run_sqd "$n" "$size") ;;
         rsync_remove) out=$(run_rsync "$n" "$size") ;;
         rsync_remove_fsync) out=$(run_rsync "$n" "$size" --fsync) ;;
         ssh_tar) out=$(run_tar "$n" "$size") ;;
@@ -305,7 +336,7 @@ def summary(set_name, d):
     secs = [r[0] for r in d["runs"]]
     per = lambda f: [f(r) for r in d["runs"]]
     res = {"runs": len(secs)}
-    if set_name == "small":
+    if set_name in ("small", "ingest_small"):
         rates = per(lambda r: n / r[0])
         res.update(files_per_s=statistics.median(rates), min=min(rates), max=max(rates))
         res["cpu_core_s"] = statistics.median(per(lambda r: r[1] * 1000 / n))
@@ -320,16 +351,17 @@ def summary(set_name, d):
         res["cpu_unit"] = "core-seconds per GB"
     return res
 report = {"cipher": cipher}
-names = {"small": "small_files", "medium": "medium_files", "large": "large_files"}
+names = {"small": "small_files", "medium": "medium_files", "large": "large_files",
+         "ingest_small": "ingest_small_files"}
 for s, cs in data.items():
     report[names[s]] = {c: summary(s, d) for c, d in cs.items()}
 for s, cs in data.items():
-    key = "files_per_s" if s == "small" else "mb_per_s"
+    key = "files_per_s" if s in ("small", "ingest_small") else "mb_per_s"
     first = next(iter(cs.values()))
     print(f"\n### {names[s]}: {first['n']} x {first['size'] // 1024} KiB ({cipher})\n")
     print(f"| contender | {key} (median) | min | max | sqd / this | cpu core-s | producer core-s |")
     print("|---|---|---|---|---|---|---|")
-    sqd = report[names[s]].get("sqd")
+    sqd = report[names[s]].get("sqd") or report[names[s]].get("sqd_auto")
     for c, r in report[names[s]].items():
         ratio = f"{sqd[key] / r[key]:.2f}" if sqd else "-"
         print(f"| {c} | {r[key]:.0f} | {r['min']:.0f} | {r['max']:.0f} | {ratio} | {r['cpu_core_s']:.2f} | {r['producer_cpu_core_s']:.2f} |")
@@ -370,6 +402,26 @@ if "leader_scale" in by_set:
         s = spread([r[k] for r in runs])
         ls[k], ls[k + "_min"], ls[k + "_max"] = s["median"], s["min"], s["max"]
     report["leader_scale"] = ls
+if "ingest" in by_set:
+    # One run: the rates are per core-second of CPU, steadier than wall time.
+    ing = by_set["ingest"][0]
+    report["ingest"] = ing
+    if "rate" in ing:
+        print("\n### ingest: committed files -> durable samples (one group commit per file)\n")
+        print("| format | samples | samples/s (wall) | samples per core-s |\n|---|---|---|---|")
+        for f, r in ing["rate"].items():
+            print(f"| {f} | {r['samples']} | {r['samples_per_s']:.0f} | {r['samples_per_core_s']:.0f} |")
+    if "size" in ing:
+        z = ing["size"]
+        print(f"\n### ingest: {z['series']} series x {z['hours']} h at {z['interval_s']} s, sealed\n")
+        print(f"| sealed blocks, bytes/sample | whole catalog after VACUUM, bytes/sample |\n|---|---|")
+        print(f"| {z['sealed_payload_bytes_per_sample']:.2f} | {z['catalog_bytes_per_sample']:.2f} |")
+    if "query" in ing:
+        q = ing["query"]
+        print(f"\n### ingest: one-shard query, {q['series']} series, {q['hours']} h at {q['step_s']} s step, "
+              f"{q['queries']} queries\n")
+        print(f"| p50 ms | p99 ms | max ms |\n|---|---|---|")
+        print(f"| {q['p50_ms']:.1f} | {q['p99_ms']:.1f} | {q['max_ms']:.1f} |")
 if "latency" in report:
     l = report["latency"]
     print(f"\n### latency: close on the client -> durable commit, {l['files']} files at {l['rate_per_s']:.0f}/s "

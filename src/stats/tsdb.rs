@@ -13,11 +13,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::block::{BlockError, Encoding, Samples};
 use super::partial::Partial;
-use super::query::{Labels, Range, Selector, SeriesPartials};
+use super::query::{Buckets, Labels, Range, Selector, SeriesPartials};
 
 /// Sealed blocks cover at most this span of one series (2 h, as Prometheus's head blocks).
 pub const SEAL_SPAN_MS: i64 = 2 * 3_600_000;
@@ -373,15 +374,19 @@ pub fn query(
         if !selector.matchers.iter().all(|m| m.matches(&labels)) {
             continue;
         }
-        let mut out = SeriesPartials {
-            labels,
-            buckets: BTreeMap::new(),
-        };
+        let mut buckets = Buckets::new();
         let mut b = blocks.query(params![id, range.from_ms, range.to_ms])?;
         while let Some(block) = b.next()? {
-            fold_block(block, range, &mut out.buckets)?;
+            fold_block(block, range, &mut buckets)?;
         }
-        if !out.buckets.is_empty() && !each(out) {
+        if buckets.is_empty() {
+            continue;
+        }
+        let out = SeriesPartials {
+            labels,
+            buckets: buckets.finish(),
+        };
+        if !each(out) {
             return Ok(());
         }
     }
@@ -391,12 +396,10 @@ pub fn query(
 fn fold_block(
     block: &rusqlite::Row<'_>,
     range: &Range,
-    into: &mut BTreeMap<i64, Partial>,
+    into: &mut Buckets,
 ) -> Result<(), TsdbError> {
     let stats = read_partial(block, 1)?;
-    let mut add = |bucket: i64, p: Partial| {
-        into.entry(bucket).and_modify(|m| m.merge(&p)).or_insert(p);
-    };
+    let mut add = |bucket: i64, p: Partial| into.add(bucket, p);
     // The whole block in one bucket: its stored aggregate is the answer, no samples read.
     if let (Some(a), Some(b)) = (range.bucket(stats.first_ts), range.bucket(stats.last_ts))
         && a == b
@@ -405,13 +408,33 @@ fn fold_block(
         return Ok(());
     }
     let encoding = Encoding::from_code(block.get(0)?)?;
-    let ts: Vec<u8> = block.get(9)?;
-    let vals: Vec<u8> = block.get(10)?;
-    let samples = Samples::decode(encoding, &ts, &vals)?;
+    // Borrowed from SQLite's row: no copy of the compressed bytes.
+    let blob = |at: usize| match block.get_ref(at)? {
+        ValueRef::Blob(b) => Ok(b),
+        other => Err(TsdbError::Block(BlockError::Damaged(format!(
+            "block column {at} is {:?}, not a blob",
+            other.data_type()
+        )))),
+    };
+    let samples = Samples::decode(encoding, blob(9)?, blob(10)?)?;
+    // Samples are sorted by time: fold each bucket's run locally and touch the map once per
+    // bucket, not once per sample (a 24 h query decodes millions of samples).
+    let mut run: Option<(i64, Partial)> = None;
     for (&t, &v) in samples.ts.iter().zip(&samples.vals) {
-        if let Some(bucket) = range.bucket(t) {
-            add(bucket, Partial::of(t, v));
+        let Some(bucket) = range.bucket(t) else {
+            continue;
+        };
+        match &mut run {
+            Some((b, p)) if *b == bucket => p.push(t, v),
+            _ => {
+                if let Some((b, p)) = run.replace((bucket, Partial::of(t, v))) {
+                    add(b, p);
+                }
+            }
         }
+    }
+    if let Some((b, p)) = run {
+        add(b, p);
     }
     Ok(())
 }

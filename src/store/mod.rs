@@ -2,6 +2,8 @@
 //! ([`FileMeta::key`]), and one conformance suite every sink must pass. The embedded default
 //! is [`LocalStore`] (a directory plus a SQLite catalog, no server).
 
+#[doc(hidden)]
+pub mod bench;
 pub(crate) mod local;
 pub(crate) mod shard;
 

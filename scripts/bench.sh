@@ -209,7 +209,7 @@ PY
 
 open_master() {
   ctl="$work/ctl"
-  ssh "${ssh_opts[@]}" -M -S "$ctl" -f -N "$remote"
+  ssh "${ssh_opts[@]}" -M -S "$ctl" -f -N -- "$remote"
 }
 close_master() { ssh -S "$ctl" -O exit x 2>/dev/null || true; ctl=; }
 
@@ -228,7 +228,7 @@ run_tar() { # COUNT SIZE
   rm -rf "$dir" "$dst"; produce "$dir" "$1" "$2"; mkdir -p "$dst"
   open_master
   measure_start
-  ssh "${ssh_opts[@]}" -S "$ctl" "$remote" "tar cf - -C '$dir' ." | tar xf - -C "$dst"
+  ssh "${ssh_opts[@]}" -S "$ctl" -- "$remote" "tar cf - -C '$dir' ." | tar xf - -C "$dst"
   measure_end
   close_master
 }
@@ -238,7 +238,7 @@ run_cat() { # COUNT SIZE
   rm -rf "$dir"; produce "$dir" "$1" "$2"
   open_master
   measure_start
-  for f in "$dir"/*; do ssh "${ssh_opts[@]}" -S "$ctl" "$remote" "cat '$f'" >/dev/null; done
+  for f in "$dir"/*; do ssh "${ssh_opts[@]}" -S "$ctl" -- "$remote" "cat '$f'" >/dev/null; done
   measure_end
   close_master
 }

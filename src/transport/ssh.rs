@@ -205,6 +205,15 @@ struct Helper {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects with strict host-key checking and the given key.
 pub async fn connect(params: &SshParams) -> Result<Remote, TransportError> {
+    // The `openssh` crate puts the destination last without a `--`: a host or user starting
+    // with '-' would reach `ssh` as an option. `SshTarget::parse` refuses them; this holds
+    // even for a target built another way.
+    if params.target.host.starts_with('-') || params.target.user.starts_with('-') {
+        return Err(TransportError::Connect {
+            target: crate::text::clip(&params.target.host),
+            reason: "a user or host starting with '-' would be read by ssh as an option; fix the client's --ssh".to_owned(),
+        });
+    }
     if let Some(key) = &params.key_file {
         check_key_file(key)?;
     }
@@ -299,14 +308,7 @@ async fn probe_batch_tools(session: &Arc<Session>) -> bool {
 }
 
 fn error_text(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
+    crate::text::causes(e)
 }
 
 /// What an SFTP request worked on: "no such file" means a missing directory (the client's

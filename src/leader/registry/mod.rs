@@ -32,11 +32,11 @@ use crate::version;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RegistryError {
-    #[error("client {0:?} already exists; remove it first or choose another name")]
+    #[error("client {:?} already exists; remove it first or choose another name", crate::text::clip(.0))]
     DuplicateClient(String),
-    #[error("unknown client {0:?}; list clients with `sqdctl status`")]
+    #[error("unknown client {:?}; list clients with `sqdctl status`", crate::text::clip(.0))]
     UnknownClient(String),
-    #[error("unknown worker {0:?}; list workers with `sqdctl status`")]
+    #[error("unknown worker {:?}; list workers with `sqdctl status`", crate::text::clip(.0))]
     UnknownWorker(String),
 }
 

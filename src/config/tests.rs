@@ -109,6 +109,7 @@ fn worker_sample_is_the_defaults_plus_examples() {
             max_file_bytes: 4096 * 1024 * 1024,
             transfer: TransferMode::Auto,
             shard: ShardConfig::default(),
+            fleet: FleetConfig::default(),
             log: default_log(),
         }
     );

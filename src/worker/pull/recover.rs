@@ -124,7 +124,7 @@ pub(crate) async fn resolve_leftovers(
     held: &Held,
 ) -> Result<(), ResolveError> {
     let params = ssh_params(spec, config)?;
-    let remote = ssh::connect(&params).await?;
+    let remote = super::open_ssh(&params, &config.spawner, super::Priority::First).await?;
     let resolver = Resolver {
         worker,
         spec,

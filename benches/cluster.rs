@@ -477,7 +477,12 @@ async fn sim_node(channel: Channel, index: usize, agent: Option<String>, shared:
                             return;
                         }
                     }
-                    Some(leader_message::Body::Revoke(_) | leader_message::Body::Wake(_)) | None => {}
+                    Some(
+                        leader_message::Body::Revoke(_)
+                        | leader_message::Body::Wake(_)
+                        | leader_message::Body::Forgotten(_),
+                    )
+                    | None => {}
                 }
             }
             _ = async { beat.as_mut().expect("guarded").tick().await }, if beat.is_some() => {

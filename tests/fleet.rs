@@ -130,3 +130,84 @@ fn a_healthy_client_flows_while_many_hosts_are_dead_and_ssh_spawns_stay_in_budge
         "{errors:?}"
     );
 }
+
+#[test]
+fn forget_worker_lets_a_dead_workers_claims_be_adopted_at_once() {
+    let sshd = Sshd::start();
+    let mut cluster = Cluster::start(500, 1500);
+    let fast = ["--settle-ms", "300", "--poll-ms", "100"];
+    cluster.spawn_worker_with("crashy", &fast, &[("SQD_FAILPOINT", "after_claim")]);
+    cluster.wait_alive(1);
+    let key = sshd.client_key.to_str().expect("utf-8").to_owned();
+    let kh = sshd.known_hosts.to_str().expect("utf-8").to_owned();
+    let dir = cluster.dir.path().join("src-victim");
+    cluster.add_ssh_client(
+        "victim",
+        &sshd,
+        &dir,
+        &["--key", &key, "--known-hosts", &kh],
+    );
+    let expected = produce(&dir, "victim", 30);
+    let crashy = cluster.workers.get_mut("crashy").expect("crashy");
+    let exit = crashy.wait_exit(Duration::from_secs(30));
+    assert!(
+        exit.is_some_and(|e| !e.success()),
+        "the failpoint did not fire"
+    );
+    assert!(leftovers(&dir).1 > 0, "the crash left claimed files");
+
+    // The rescuer would wait an hour for the dead worker to come back.
+    let mut slow = fast.to_vec();
+    slow.extend(["--orphan-after-s", "3600"]);
+    cluster.spawn_worker_with("rescuer", &slow, &[]);
+    cluster.wait_status(
+        Duration::from_secs(20),
+        "crashy dead and victim on the rescuer",
+        |s| {
+            workers_in(s, "dead").contains(&"crashy".to_owned())
+                && s["clients"][0]["worker"] == "rescuer"
+        },
+    );
+    // Only a dead worker can be forgotten.
+    let refused = cluster.ctl(&["forget-worker", "rescuer"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = text(&refused.stderr);
+    assert!(err.contains("alive, not dead"), "{err}");
+    assert_eq!(
+        cluster.ctl(&["forget-worker", "nope"]).status.code(),
+        Some(1)
+    );
+    // Its claims wait meanwhile.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        leftovers(&dir).1 > 0,
+        "claims adopted before the worker was forgotten"
+    );
+
+    let out = cluster.ctl(&["forget-worker", "crashy"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("forgot worker crashy"));
+    let forgotten = Instant::now();
+    wait_until(
+        Duration::from_secs(20),
+        "the claims adopted and committed",
+        || {
+            let (files, _) = store_contents(&cluster.store_dir("rescuer"));
+            (files.len() >= expected.len() && leftovers(&dir) == (0, 0)).then_some(())
+        },
+    );
+    eprintln!(
+        "adopted and drained {:?} after forget-worker",
+        forgotten.elapsed()
+    );
+    let (files, _) = store_contents(&cluster.store_dir("rescuer"));
+    assert_eq!(sorted(files), sorted(expected));
+    let status = cluster.status().expect("status");
+    let ids: Vec<&str> = status["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter_map(|w| w["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["rescuer"], "crashy left status");
+}

@@ -1,6 +1,7 @@
 //! `sqdctl`: the operator's commands against the leader's admin API.
 
 mod diagnose;
+mod fleet;
 mod output;
 
 use std::time::Duration;
@@ -45,6 +46,10 @@ pub enum Command {
     DrainWorker { id: String },
     /// Let a drained worker take clients again.
     UndrainWorker { id: String },
+    /// Forget a dead worker that will never come back: it leaves status, and the files it had
+    /// claimed are adopted by its clients' new owners now instead of after orphan_after_s.
+    /// Refused (exit 1) while the worker is alive or suspect.
+    ForgetWorker { id: String },
     /// Show workers and their clients: progress, lag, backlog, rate, last commit, errors.
     Status {
         /// One JSON object instead of tables (stable keys, for scripts).
@@ -296,6 +301,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::RemoveClient { name } => remove_client(&cli, name).await,
         Command::DrainWorker { id } => drain_worker(&cli, id).await,
         Command::UndrainWorker { id } => undrain_worker(&cli, id).await,
+        Command::ForgetWorker { id } => fleet::forget_worker(&cli, id).await,
         Command::Status {
             json,
             watch,

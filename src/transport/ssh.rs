@@ -230,17 +230,22 @@ pub(crate) async fn reachable(target: &SshTarget, timeout: Duration) -> Result<(
         ))),
     }
 }
-/// Connects with strict host-key checking and the given key.
-pub async fn connect(params: &SshParams) -> Result<Remote, TransportError> {
-    // The `openssh` crate puts the destination last without a `--`: a host or user starting
-    // with '-' would reach `ssh` as an option. `SshTarget::parse` refuses them; this holds
-    // even for a target built another way.
-    if params.target.host.starts_with('-') || params.target.user.starts_with('-') {
+/// The `openssh` crate puts the destination last without a `--`: a host or user starting with
+/// '-' would reach `ssh` as an option (`-oProxyCommand=…`). `SshTarget::parse` refuses them;
+/// this holds even for a target built another way.
+fn refuse_option_like(target: &SshTarget) -> Result<(), TransportError> {
+    if target.host.starts_with('-') || target.user.starts_with('-') {
         return Err(TransportError::Connect {
-            target: crate::text::clip(&params.target.host),
+            target: crate::text::clip(&target.host),
             reason: "a user or host starting with '-' would be read by ssh as an option; fix the client's --ssh".to_owned(),
         });
     }
+    Ok(())
+}
+
+/// Connects with strict host-key checking and the given key.
+pub async fn connect(params: &SshParams) -> Result<Remote, TransportError> {
+    refuse_option_like(&params.target)?;
     if let Some(key) = &params.key_file {
         check_key_file(key)?;
     }

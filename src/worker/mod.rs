@@ -76,6 +76,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
             cfg.fleet.ssh_spawns_per_s,
             metrics.ssh_spawns.clone(),
         )),
+        forgotten: pull::Forgotten::default(),
     };
     info!(worker = %cfg.id, leader = %cfg.leader, store = %cfg.store.display(), "worker starting");
     let store: Arc<dyn crate::store::Sink> = Arc::new(store);
@@ -452,6 +453,10 @@ impl Handler for WorkerNode {
                 {
                     running.wake.notify_one();
                 }
+            }
+            Body::Forgotten(f) => {
+                info!(worker = %self.id, forgotten = ?f.workers, "the operator forgot these workers: adopting their claims now");
+                self.pull.forgotten.forget(f.workers);
             }
             Body::Registered(_) | Body::HeartbeatAck(_) => {}
         }

@@ -50,6 +50,7 @@ impl Fleet {
                     Outbound::Close => {
                         self.held.remove(&session);
                     }
+                    Outbound::Forgotten(_) => {}
                 }
             }
             pending = next;

@@ -67,6 +67,28 @@ pub(crate) struct PullConfig {
     pub(crate) max_reconnect: Duration,
     /// Every `ssh` process the worker's clients start goes through it.
     pub(crate) spawner: Arc<Spawner>,
+    /// Workers the operator forgot: their unreleased claims are adopted without waiting.
+    pub(crate) forgotten: Forgotten,
+}
+
+/// The ids of workers the leader said were forgotten (`sqdctl forget-worker`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Forgotten(Arc<Mutex<std::collections::HashSet<String>>>);
+
+impl Forgotten {
+    pub(crate) fn forget(&self, workers: impl IntoIterator<Item = String>) {
+        self.set().extend(workers);
+    }
+
+    fn contains(&self, worker: &str) -> bool {
+        self.set().contains(worker)
+    }
+
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The worker's `ssh` spawns: the budget they wait for and their count in `/metrics`.

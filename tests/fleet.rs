@@ -177,6 +177,8 @@ fn forget_worker_lets_a_dead_workers_claims_be_adopted_at_once() {
         cluster.ctl(&["forget-worker", "nope"]).status.code(),
         Some(1)
     );
+    let human = text(&cluster.ctl(&["status"]).stdout);
+    assert!(human.contains("sqdctl forget-worker crashy"), "{human}");
     // Its claims wait meanwhile.
     std::thread::sleep(Duration::from_secs(2));
     assert!(

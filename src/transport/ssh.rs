@@ -214,13 +214,20 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether the host's ssh port accepts a TCP connection within `timeout`: a host that is down
 /// or refusing is told without starting an `ssh` process (about a thousandth of its cost).
+/// A name that does not resolve here is left to `ssh`: it may be an alias of the worker's
+/// `~/.ssh/config`.
 pub(crate) async fn reachable(target: &SshTarget, timeout: Duration) -> Result<(), TransportError> {
     let shown = format!("{}:{}", crate::text::clip(&target.host), target.port);
     let unreachable = |reason: String| TransportError::Unreachable {
         target: shown.clone(),
         reason,
     };
-    let connect = tokio::net::TcpStream::connect((target.host.as_str(), target.port));
+    let resolve = tokio::net::lookup_host((target.host.as_str(), target.port));
+    let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout(timeout, resolve).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => return Ok(()),
+    };
+    let connect = tokio::net::TcpStream::connect(&addrs[..]);
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(_stream)) => Ok(()),
         Ok(Err(e)) => Err(unreachable(crate::text::causes(&e))),

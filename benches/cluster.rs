@@ -46,15 +46,25 @@ fn main() {
         std::process::exit(2);
     };
     let opts = Opts::parse(&args[1..]);
-    let out = match what.as_str() {
-        "latency" => latency(&opts),
-        "failover" => failover(&opts),
-        "leader-scale" => leader_scale(&opts),
+    let run: fn(&Opts) -> serde_json::Value = match what.as_str() {
+        "latency" => latency,
+        "failover" => failover,
+        "leader-scale" => leader_scale,
         other => {
             eprintln!("cluster: unknown benchmark {other} (latency, failover, leader-scale)");
             std::process::exit(2);
         }
     };
+    // A set that fails or times out is reported, never a panic: bench.sh goes on with the
+    // other sets (its processes are killed by the unwinding `Cluster`).
+    let out = std::panic::catch_unwind(|| run(&opts)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "panicked".to_owned());
+        json!({ "failed": why, "timed_out": why.contains("timed out") })
+    });
     println!("{out}");
 }
 
@@ -86,6 +96,21 @@ impl Opts {
                 std::process::exit(2);
             }),
         }
+    }
+}
+
+/// Polls `f` every 25 ms until it returns Some, or None after `timeout` (a bench reports
+/// that instead of panicking).
+fn try_wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
@@ -200,23 +225,23 @@ fn latency(o: &Opts) -> Value {
         write_stats_file(&watch.join(&name), 4096, i as u64 + 7);
         closed.insert(name, unix_ms());
     }
-    let rows = wait_until(
-        Duration::from_secs(120),
-        "every latency file committed",
-        || {
-            let rows = catalog(&store);
-            (rows.len() > files).then_some(rows)
-        },
-    );
+    // The files committed within 120 s are measured; missing ones make the run `timed_out`.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut rows = catalog(&store);
+    while rows.len() <= files && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+        rows = catalog(&store);
+    }
     let lat: Vec<f64> = rows
         .iter()
         .filter_map(|(n, at)| closed.get(n).map(|c| (at - c) as f64))
         .collect();
-    assert_eq!(lat.len(), files, "every written file is in the catalog");
+    let timed_out = lat.len() < files;
     json!({
         "files": files, "rate_per_s": rate, "poll_ms": poll_ms, "settle_ms": settle_ms,
         "p50_ms": percentile(&lat, 50.0), "p99_ms": percentile(&lat, 99.0),
         "max_ms": percentile(&lat, 100.0),
+        "committed": lat.len(), "timed_out": timed_out,
     })
 }
 
@@ -305,6 +330,8 @@ fn failover(o: &Opts) -> Value {
     let mut reassign = Vec::new();
     let mut resume = Vec::new();
     let mut moved = Vec::new();
+    // Why the repeats stopped early, if they did (the figures so far are still reported).
+    let mut failed: Option<String> = None;
     for r in 0..repeats {
         // Kill only once placement is at rest: a client still being rebalanced to a restarted
         // worker would otherwise count as failed over when it merely finished moving.
@@ -345,8 +372,16 @@ fn failover(o: &Opts) -> Value {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let reassigned = reassigned.expect("the victim's clients were reassigned within 120 s");
-        let resumed = resumed.expect("the real client's file was committed within 120 s");
+        let (Some(reassigned), Some(resumed)) = (reassigned, resumed) else {
+            let what = if reassigned.is_none() {
+                "the victim's clients were not all reassigned"
+            } else {
+                "the real client's file was not committed"
+            };
+            eprintln!("failover {r}: {what} within 120 s; stopping the repeats");
+            failed = Some(format!("kill {r}: {what} within 120 s"));
+            break;
+        };
         eprintln!(
             "failover {r}: {} clients of {victim} reassigned in {:.2} s; files flow again after {:.2} s",
             victims.len(),
@@ -370,6 +405,7 @@ fn failover(o: &Opts) -> Value {
         "reassign_s": reassign, "resume_s_runs": resume,
         "p50_s": percentile(&reassign, 50.0), "p99_s": percentile(&reassign, 99.0),
         "resume_s": percentile(&resume, 50.0),
+        "timed_out": failed.is_some(), "failed": failed,
     })
 }
 
@@ -477,7 +513,12 @@ async fn sim_node(channel: Channel, index: usize, agent: Option<String>, shared:
                             return;
                         }
                     }
-                    Some(leader_message::Body::Revoke(_) | leader_message::Body::Wake(_)) | None => {}
+                    Some(
+                        leader_message::Body::Revoke(_)
+                        | leader_message::Body::Wake(_)
+                        | leader_message::Body::Forgotten(_),
+                    )
+                    | None => {}
                 }
             }
             _ = async { beat.as_mut().expect("guarded").tick().await }, if beat.is_some() => {
@@ -651,6 +692,7 @@ fn leader_scale(o: &Opts) -> Value {
     // Failover at scale: a simulated worker's connection drops (its process died); time until
     // every client it held was assigned to another simulated worker.
     let mut failover = Vec::new();
+    let mut failed: Option<String> = None;
     let mut victims_done = HashSet::new();
     for k in 0..kills {
         let owner = shared.owner.lock().unwrap().clone();
@@ -669,23 +711,28 @@ fn leader_scale(o: &Opts) -> Value {
         // worker process dies (its session breaks, then its lease runs out).
         let t_kill = Instant::now();
         worker_tasks[victim].abort();
-        let done = wait_until(
-            Duration::from_secs(120),
-            "the victim's clients reassigned",
-            || {
-                let owner = shared.owner.lock().unwrap();
-                let times: Option<Vec<Instant>> = its
-                    .iter()
-                    .map(|c| {
-                        owner
-                            .get(c)
-                            .filter(|(o, t)| *o != victim && *t > t_kill)
-                            .map(|(_, t)| *t)
-                    })
-                    .collect();
-                times.map(|t| t.into_iter().max().unwrap_or(t_kill))
-            },
-        );
+        let done = try_wait_until(Duration::from_secs(120), || {
+            let owner = shared.owner.lock().unwrap();
+            let times: Option<Vec<Instant>> = its
+                .iter()
+                .map(|c| {
+                    owner
+                        .get(c)
+                        .filter(|(o, t)| *o != victim && *t > t_kill)
+                        .map(|(_, t)| *t)
+                })
+                .collect();
+            times.map(|t| t.into_iter().max().unwrap_or(t_kill))
+        });
+        let Some(done) = done else {
+            eprintln!(
+                "leader-scale: failover {k}: the victim's clients were not reassigned within 120 s"
+            );
+            failed = Some(format!(
+                "kill {k}: the victim's clients were not reassigned within 120 s"
+            ));
+            break;
+        };
         let s = done.duration_since(t_kill).as_secs_f64();
         eprintln!(
             "leader-scale: failover {k}: {} clients moved in {s:.2} s",
@@ -702,5 +749,6 @@ fn leader_scale(o: &Opts) -> Value {
         "heartbeat_p50_ms": percentile(&rtt, 50.0), "heartbeat_p99_ms": percentile(&rtt, 99.0),
         "failover_s_runs": failover, "failover_s": percentile(&failover, 50.0),
         "node_errors": shared.errors.load(Ordering::Relaxed),
+        "timed_out": failed.is_some(), "failed": failed,
     })
 }

@@ -87,7 +87,9 @@ cargo build --release --locked --bins >/dev/null
 cargo bench --locked --bench cluster --bench ingest --no-run >/dev/null 2>&1 ||
   cargo bench --locked --bench cluster --bench ingest --no-run # show why it failed
 # The cluster bench binary, run once per measurement (its JSON on stdout, progress on stderr).
-cluster() { cargo bench --locked --bench cluster -q -- "$@"; }
+# Each cluster run is bounded (BENCH_SET_TIMEOUT seconds, default 3600) and never stops the
+# others; see the loop below.
+set_timeout="${BENCH_SET_TIMEOUT:-3600}"
 sqd="$repo/target/release/sqd"
 sqdctl="$repo/target/release/sqdctl"
 
@@ -232,7 +234,7 @@ PY
 
 open_master() {
   ctl="$work/ctl"
-  ssh "${ssh_opts[@]}" -M -S "$ctl" -f -N "$remote"
+  ssh "${ssh_opts[@]}" -M -S "$ctl" -f -N -- "$remote"
 }
 close_master() { ssh -S "$ctl" -O exit x 2>/dev/null || true; ctl=; }
 
@@ -251,7 +253,7 @@ run_tar() { # COUNT SIZE
   rm -rf "$dir" "$dst"; produce "$dir" "$1" "$2"; mkdir -p "$dst"
   open_master
   measure_start
-  ssh "${ssh_opts[@]}" -S "$ctl" "$remote" "tar cf - -C '$dir' ." | tar xf - -C "$dst"
+  ssh "${ssh_opts[@]}" -S "$ctl" -- "$remote" "tar cf - -C '$dir' ." | tar xf - -C "$dst"
   measure_end
   close_master
 }
@@ -261,7 +263,7 @@ run_cat() { # COUNT SIZE
   rm -rf "$dir"; produce "$dir" "$1" "$2"
   open_master
   measure_start
-  for f in "$dir"/*; do ssh "${ssh_opts[@]}" -S "$ctl" "$remote" "cat '$f'" >/dev/null; done
+  for f in "$dir"/*; do ssh "${ssh_opts[@]}" -S "$ctl" -- "$remote" "cat '$f'" >/dev/null; done
   measure_end
   close_master
 }
@@ -270,9 +272,10 @@ fsync_ok=0
 # (grep -q would close the pipe early; with pipefail rsync's SIGPIPE would hide the match)
 if rsync --help 2>&1 | grep -c -- '--fsync' >/dev/null; then fsync_ok=1; fi
 
-results="$work/results.txt" cluster_results="$work/cluster.jsonl"
+results="$work/results.txt" cluster_results="$work/cluster.jsonl" failed_runs="$work/failed.txt"
 : >"$results"
 : >"$cluster_results"
+: >"$failed_runs"
 for set in $sets; do
   case $set in
     latency | failover | leader_scale)
@@ -283,14 +286,27 @@ for set in $sets; do
         leader_scale) args=(leader-scale "${scale_args[@]}") n_runs=$runs ;;
       esac
       for _ in $(seq 1 "$n_runs"); do
-        out=$(cluster "${args[@]}")
+        # A set that fails, panics or hangs is reported as such and the other sets still run.
+        rc=0
+        out=$(timeout --kill-after=30 "$set_timeout" cargo bench --locked --bench cluster -q -- "${args[@]}") || rc=$?
+        if [ $rc -ne 0 ] || [ -z "$out" ]; then
+          timed=false
+          if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then timed=true; fi
+          out="{\"failed\": \"exit code $rc\", \"timed_out\": $timed}"
+        fi
         echo "{\"set\": \"$set\", \"run\": $out}" >>"$cluster_results"
         echo "bench: $set: $out" >&2
       done
       continue
       ;;
     ingest)
-      out=$(cargo bench --locked --bench ingest -q -- ${quick_flag})
+      rc=0
+      out=$(timeout --kill-after=30 "$set_timeout" cargo bench --locked --bench ingest -q -- ${quick_flag}) || rc=$?
+      if [ $rc -ne 0 ] || [ -z "$out" ]; then
+        timed=false
+        if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then timed=true; fi
+        out="{\"failed\": \"exit code $rc\", \"timed_out\": $timed}"
+      fi
       echo "{\"set\": \"ingest\", \"run\": $out}" >>"$cluster_results"
       echo "bench: ingest: $out" >&2
       set=ingest_small n=$small_n size=4096; contenders=(sqd_none sqd_auto)
@@ -306,23 +322,29 @@ for set in $sets; do
   for _ in $(seq 1 "$runs"); do
     for c in "${contenders[@]}"; do
       [ "$c" = rsync_remove_fsync ] && [ $fsync_ok = 0 ] && continue
+      rc=0
       case $c in
-        sqd) out=$(run_sqd "$n" "$size") ;;
+        sqd) out=$(run_sqd "$n" "$size") || rc=$? ;;
         sqd_none | sqd_auto)
-          out=$(produce_kind=jsonl sqd_format=${c#sqd_} run_sqd "$n" "$size") ;;
-        rsync_remove) out=$(run_rsync "$n" "$size") ;;
-        rsync_remove_fsync) out=$(run_rsync "$n" "$size" --fsync) ;;
-        ssh_tar) out=$(run_tar "$n" "$size") ;;
-        ssh_cat) out=$(run_cat "$n" "$size") ;;
+          out=$(produce_kind=jsonl sqd_format=${c#sqd_} run_sqd "$n" "$size") || rc=$? ;;
+        rsync_remove) out=$(run_rsync "$n" "$size") || rc=$? ;;
+        rsync_remove_fsync) out=$(run_rsync "$n" "$size" --fsync) || rc=$? ;;
+        ssh_tar) out=$(run_tar "$n" "$size") || rc=$? ;;
+        ssh_cat) out=$(run_cat "$n" "$size") || rc=$? ;;
         *) echo "bench: unknown contender $c" >&2; exit 2 ;;
       esac
+      if [ $rc -ne 0 ]; then
+        echo "bench: $set $c failed (exit code $rc); going on with the others" >&2
+        echo "$set $c exit code $rc" >>"$failed_runs"
+        continue
+      fi
       echo "$set $c $n $size $out" >>"$results"
       echo "bench: $set $c: $out (s, machine cpu s, producer cpu s)" >&2
     done
   done
 done
 
-"$py" - "$results" "$repo/bench-results.json" "$cipher" "$cluster_results" <<'PY'
+"$py" - "$results" "$repo/bench-results.json" "$cipher" "$cluster_results" "$failed_runs" <<'PY'
 import json, math, statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 out, cipher = sys.argv[2], sys.argv[3]
@@ -372,9 +394,19 @@ def pct(values, p):  # nearest rank
     return v[max(1, math.ceil(p / 100 * len(v))) - 1]
 def spread(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+report["failed"] = [l.strip() for l in open(sys.argv[5]) if l.strip()]
 by_set = {}
 for r in cluster_runs:
     by_set.setdefault(r["set"], []).append(r["run"])
+# Runs that failed or timed out are listed as such; the figures come from the others (and,
+# for failover, from the kills measured before a run stopped).
+for s, runs in list(by_set.items()):
+    bad = [r for r in runs if r.get("failed") or r.get("timed_out")]
+    report["failed"] += [f"{s}: " + (r.get("failed") or "timed out") for r in bad]
+    keep = [r for r in runs if not (r.get("failed") or r.get("timed_out"))]
+    by_set[s] = keep if s != "failover" else [r for r in runs if r.get("reassign_s")]
+    if not by_set[s]:
+        del by_set[s]
 if "latency" in by_set:
     runs = by_set["latency"]
     lat = {"runs": len(runs), "files": runs[0]["files"], "rate_per_s": runs[0]["rate_per_s"],
@@ -443,6 +475,10 @@ if "leader_scale" in report:
     print("| | median | min | max |\n|---|---|---|---|")
     for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p50_ms", "heartbeat_p99_ms", "failover_s"):
         print(f"| {k} | {l[k]:.1f} | {l[k + '_min']:.1f} | {l[k + '_max']:.1f} |")
+if report["failed"]:
+    print("\n### did not finish\n")
+    for f in report["failed"]:
+        print(f"- {f}")
 json.dump(report, open(out, "w"), indent=2)
 print(f"\nwrote {out}")
 PY

@@ -21,6 +21,7 @@
 //! - [`stats`]: the stats inside the files: parsers, the time-series shard, queries, PromQL.
 //! - [`alerts`]: alert rules, the alert state machine and notifications (pure).
 //! - [`spec`]: a client's settings and name rules.
+//! - [`text`]: long values cut and causes named once in user-facing messages.
 
 pub mod agent;
 pub mod alerts;
@@ -33,6 +34,7 @@ pub mod daemon;
 pub mod failpoint;
 pub(crate) mod files;
 pub mod leader;
+pub(crate) mod log_gate;
 pub mod metrics;
 pub mod node;
 pub mod proto;
@@ -40,6 +42,7 @@ pub mod services;
 pub mod spec;
 pub mod stats;
 pub mod store;
+pub mod text;
 pub mod transport;
 pub mod version;
 pub mod worker;

@@ -171,6 +171,8 @@ pub struct WorkerMetrics {
     pub(crate) pull_errors: Family<KindLabel, Counter>,
     pub(crate) ssh_connects: Counter,
     pub(crate) ssh_reconnects: Counter,
+    /// `ssh` processes started (its rate is the spawns per second the budget bounds).
+    pub(crate) ssh_spawns: Counter,
     /// Duration of one group commit (stage → durable), per batch.
     pub(crate) commit_seconds: Histogram,
     pub(crate) store_bytes: Gauge,
@@ -207,6 +209,10 @@ impl WorkerMetrics {
             ssh_reconnects: r.add(
                 "ssh_reconnects",
                 "SSH sessions established again after one was lost or failed",
+            ),
+            ssh_spawns: r.add(
+                "ssh_spawns",
+                "ssh processes started to connect to clients (bounded by ssh_spawns_per_s)",
             ),
             commit_seconds: r.with(
                 "commit_seconds",

@@ -18,6 +18,7 @@ use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::codec::MAX_MESSAGE_BYTES;
+use crate::log_gate::LogGate;
 use crate::proto::leader_message::Body;
 use crate::proto::node_service_client::NodeServiceClient;
 use crate::proto::{self, NodeMessage, node_message};
@@ -157,12 +158,23 @@ pub(crate) async fn run<H: Handler>(
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // A node that cannot reach its leader says so at once, then ever more rarely.
+    let mut reach_log = LogGate::new(Duration::from_secs(10), Duration::from_secs(300));
     loop {
         if *shutdown.borrow() {
             handler.shutdown().await;
             return Ok(());
         }
-        match session(ident, &endpoint, handler, &lease, &mut shutdown).await? {
+        match session(
+            ident,
+            &endpoint,
+            handler,
+            &lease,
+            &mut shutdown,
+            &mut reach_log,
+        )
+        .await?
+        {
             End::Shutdown => return Ok(()),
             End::Lost { was_registered } => {
                 if was_registered {
@@ -188,8 +200,9 @@ async fn session<H: Handler>(
     handler: &mut H,
     lease: &Lease,
     shutdown: &mut watch::Receiver<bool>,
+    reach_log: &mut LogGate,
 ) -> Result<End, NodeError> {
-    let Some(accepted) = register(ident, endpoint, handler, lease).await? else {
+    let Some(accepted) = register(ident, endpoint, handler, lease, reach_log).await? else {
         return Ok(End::Lost {
             was_registered: false,
         });
@@ -213,8 +226,10 @@ async fn register<H: Handler>(
     endpoint: &tonic::transport::Endpoint,
     handler: &H,
     lease: &Lease,
+    reach_log: &mut LogGate,
 ) -> Result<Option<Accepted>, NodeError> {
-    let Some((out, mut inbound, register_sent)) = open(ident, endpoint, handler).await else {
+    let Some((out, mut inbound, register_sent)) = open(ident, endpoint, handler, reach_log).await
+    else {
         return Ok(None);
     };
     let registered = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
@@ -259,14 +274,26 @@ async fn open<H: Handler>(
     ident: &Identity,
     endpoint: &tonic::transport::Endpoint,
     handler: &H,
+    reach_log: &mut LogGate,
 ) -> Option<(NodeOutbox, Streaming<proto::LeaderMessage>, Instant)> {
     let channel = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => {
-            debug!(leader = %endpoint.uri(), error = %e, "cannot reach the leader; retrying");
+            let error = crate::text::causes(&e);
+            match reach_log.failed(std::time::Instant::now()) {
+                Some(failures) => {
+                    warn!(leader = %endpoint.uri(), %error, failures, "cannot reach the leader; retrying with backoff")
+                }
+                None => {
+                    debug!(leader = %endpoint.uri(), %error, "cannot reach the leader; retrying")
+                }
+            }
             return None;
         }
     };
+    if let Some(failures) = reach_log.succeeded() {
+        info!(leader = %endpoint.uri(), failures, "reached the leader again");
+    }
     let mut client = NodeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let (out, rx) = mpsc::channel::<NodeMessage>(1024);
     let register_sent = Instant::now();

@@ -124,7 +124,7 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), BadName> 
     if name.is_empty() || name.len() > MAX_NAME_LEN || !ok_chars || name.starts_with(['.', '-']) {
         return Err(BadName {
             what,
-            name: name.to_owned(),
+            name: crate::text::clip(name),
         });
     }
     Ok(())
@@ -141,10 +141,14 @@ pub struct BadSshTarget {
 impl SshTarget {
     pub fn parse(s: &str) -> Result<Self, BadSshTarget> {
         let bad = |why: &'static str| BadSshTarget {
-            target: s.to_owned(),
+            target: crate::text::clip(s),
             why,
         };
         let (user, rest) = s.split_once('@').ok_or_else(|| bad("has no user"))?;
+        // `ssh` would read a leading '-' as an option (`-oProxyCommand=…` runs a command).
+        if user.starts_with('-') {
+            return Err(bad("has a user starting with '-'"));
+        }
         if user.is_empty() || user.contains(|c: char| c.is_whitespace() || c == '@') {
             return Err(bad("has an invalid user"));
         }
@@ -163,6 +167,9 @@ impl SshTarget {
                 None => (rest, None),
             }
         };
+        if host.starts_with('-') {
+            return Err(bad("has a host starting with '-'"));
+        }
         if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
             return Err(bad("has an invalid host"));
         }
@@ -194,7 +201,7 @@ impl ClientSpec {
         if !self.path.starts_with('/') {
             problems.push(format!(
                 "path {:?} must be an absolute directory on the producing host, e.g. /var/stats",
-                self.path
+                crate::text::clip(&self.path)
             ));
         }
         if self.path.contains('\0') || self.pattern.contains('\0') {
@@ -203,7 +210,7 @@ impl ClientSpec {
         if self.pattern.contains('/') {
             problems.push(format!(
                 "pattern {:?} must match file names only, without '/'",
-                self.pattern
+                crate::text::clip(&self.pattern)
             ));
         }
         for (flag, file) in [
@@ -212,7 +219,8 @@ impl ClientSpec {
         ] {
             if !file.is_empty() && !file.starts_with('/') {
                 problems.push(format!(
-                    "{flag} {file:?} must be an absolute path on the worker hosts"
+                    "{flag} {:?} must be an absolute path on the worker hosts",
+                    crate::text::clip(file)
                 ));
             }
         }
@@ -247,9 +255,22 @@ mod tests {
             "u@h:x",
             "u@[::1",
             "u@a/b",
+            "u@-oProxyCommand=touch /tmp/x",
+            "-oProxyCommand=x@h",
+            "u@[-oProxyCommand=x]:22",
         ] {
             assert!(SshTarget::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn long_values_are_cut_in_errors() {
+        let name = "a".repeat(10_000);
+        let msg = check_name("client name", &name).unwrap_err().to_string();
+        assert!(msg.len() < 300, "{msg}");
+        assert!(msg.contains("10000 bytes"), "{msg}");
+        let msg = SshTarget::parse(&name).unwrap_err().to_string();
+        assert!(msg.len() < 300, "{msg}");
     }
 
     #[test]

@@ -221,7 +221,7 @@ EOF
       if ! kill -0 "$pid" 2>/dev/null; then
         break
       fi
-      if timeout 3 ssh "${opts[@]}" -p "$port" "$user@127.0.0.1" true </dev/null >/dev/null 2>>"$dir/ssh-check.log"; then
+      if timeout 3 ssh "${opts[@]}" -p "$port" -- "$user@127.0.0.1" true </dev/null >/dev/null 2>>"$dir/ssh-check.log"; then
         ok=1
         break
       fi

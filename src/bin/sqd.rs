@@ -13,7 +13,8 @@ use sqd::worker::offline::{self, OfflineError, QueryText, UsageError};
 fn main() {
     let cli = sqd::cli::try_parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     if let Err(e) = run(cli.mode, cli.action) {
-        eprintln!("sqd: error: {e:#}");
+        let causes = sqd::text::join_causes(e.chain().map(ToString::to_string));
+        eprintln!("sqd: error: {causes}");
         // A bad value on the command line, as clap's own errors.
         let usage = e.downcast_ref::<UsageError>().is_some()
             || matches!(

@@ -29,7 +29,7 @@ use toml::{Table, Value};
 pub use crate::transport::ssh::TransferMode;
 pub use client::{ClientConfig, ClientFlags};
 pub use leader::{LeaderConfig, LeaderFlags};
-pub use worker::{ShardConfig, WorkerConfig, WorkerFlags};
+pub use worker::{FleetConfig, ShardConfig, WorkerConfig, WorkerFlags};
 
 use rules::Reason;
 pub(crate) use state_home::UserEnv;

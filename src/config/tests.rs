@@ -109,6 +109,7 @@ fn worker_sample_is_the_defaults_plus_examples() {
             max_file_bytes: 4096 * 1024 * 1024,
             transfer: TransferMode::Auto,
             shard: ShardConfig::default(),
+            fleet: FleetConfig::default(),
             log: default_log(),
         }
     );
@@ -531,4 +532,27 @@ fn the_default_state_dir_is_never_relative() {
     let cfg =
         LeaderConfig::load_as(Some(f.path()), &LeaderFlags::default(), &homeless).expect("file");
     assert_eq!(cfg.state_dir, PathBuf::from("/srv/sqd"));
+}
+
+#[test]
+fn fleet_keys_take_flags_over_the_file_and_name_bad_values() {
+    let file = write("max_reconnect_s = 60\nssh_spawns_per_s = 0\norphan_after_s = 120\n");
+    let err = WorkerConfig::load(Some(file.path()), &worker_flags()).unwrap_err();
+    let all = problems(err).join("\n");
+    assert!(all.contains("ssh_spawns_per_s"), "{all}");
+    assert!(!all.contains("max_reconnect_s"), "{all}");
+    let flags = WorkerFlags {
+        ssh_spawns_per_s: Some(3),
+        orphan_after_s: Some(30),
+        ..worker_flags()
+    };
+    let cfg = WorkerConfig::load(Some(file.path()), &flags).expect("valid");
+    assert_eq!(
+        cfg.fleet,
+        FleetConfig {
+            max_reconnect_s: 60,
+            ssh_spawns_per_s: 3,
+            orphan_after_s: 30,
+        }
+    );
 }

@@ -47,7 +47,33 @@ pub struct WorkerConfig {
     pub cluster: Option<String>,
     /// The time-series shard in the store.
     pub shard: ShardConfig,
+    /// How the worker treats hosts that do not answer and workers that do not come back.
+    pub fleet: FleetConfig,
     pub log: LogConfig,
+}
+
+/// How a worker lives among unreachable hosts and dead peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// Key `max_reconnect_s`, default 300: the longest pause between connection attempts to a
+    /// host that keeps failing the same way.
+    pub max_reconnect_s: u64,
+    /// Key `ssh_spawns_per_s`, default 10: most `ssh` processes the worker starts per second
+    /// (newly assigned and lately healthy clients go first).
+    pub ssh_spawns_per_s: u32,
+    /// Key `orphan_after_s`, default 600: how long another worker's unreleased claims wait for
+    /// it to come back before they are adopted (`sqdctl forget-worker` cuts it short).
+    pub orphan_after_s: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            max_reconnect_s: 300,
+            ssh_spawns_per_s: 10,
+            orphan_after_s: 600,
+        }
+    }
 }
 
 /// Limits of the worker's time-series shard (the samples parsed from committed files).
@@ -106,6 +132,18 @@ pub struct WorkerFlags {
     /// Most series this worker's time-series shard holds (default 100000).
     #[arg(long)]
     pub max_series: Option<u64>,
+    /// Longest pause in seconds between connection attempts to a host that keeps failing the
+    /// same way (default 300).
+    #[arg(long)]
+    pub max_reconnect_s: Option<u64>,
+    /// Most ssh processes started per second; newly assigned and lately healthy clients go
+    /// first (default 10).
+    #[arg(long)]
+    pub ssh_spawns_per_s: Option<u32>,
+    /// Seconds another worker's unreleased claims wait for it before they are adopted
+    /// (default 600; `sqdctl forget-worker` cuts it short).
+    #[arg(long)]
+    pub orphan_after_s: Option<u64>,
     #[command(flatten)]
     pub log: LogFlags,
 }
@@ -129,6 +167,9 @@ const KEYS: &[&str] = &[
     "max_series",
     "ooo_window_s",
     "retention_days",
+    "max_reconnect_s",
+    "ssh_spawns_per_s",
+    "orphan_after_s",
     "log_level",
     "log_format",
 ];
@@ -149,7 +190,15 @@ struct FileKeys {
     pace: PaceKeys,
     transfer: Slot<String>,
     shard: ShardKeys,
+    fleet: FleetKeys,
     log: LogSlots,
+}
+
+/// The keys of [`FleetConfig`].
+struct FleetKeys {
+    max_reconnect_s: Slot<i128>,
+    ssh_spawns_per_s: Slot<i128>,
+    orphan_after_s: Slot<i128>,
 }
 
 /// The keys of the time-series shard.
@@ -192,6 +241,11 @@ impl FileKeys {
                 max_series: l.integer("max_series"),
                 ooo_window_s: l.integer("ooo_window_s"),
                 retention_days: l.integer("retention_days"),
+            },
+            fleet: FleetKeys {
+                max_reconnect_s: l.integer("max_reconnect_s"),
+                ssh_spawns_per_s: l.integer("ssh_spawns_per_s"),
+                orphan_after_s: l.integer("orphan_after_s"),
             },
             log: l.log_keys(),
         };
@@ -244,9 +298,19 @@ impl WorkerConfig {
         let transfer = merge(flags.transfer.clone(), keys.transfer).or_default("auto".into());
         let transfer = l.check("transfer", transfer, rules::transfer_mode);
         let shard = shard(&mut l, keys.shard, flags);
+        let fleet = fleet(&mut l, keys.fleet, flags);
         let log = l.log(keys.log, &flags.log);
 
-        let built = match (id, leader, store, capacity, pace, transfer, shard, log) {
+        let built = match (
+            id,
+            leader,
+            store,
+            capacity,
+            pace,
+            transfer,
+            (shard, fleet),
+            log,
+        ) {
             (
                 Some(id),
                 Some(leader),
@@ -254,7 +318,7 @@ impl WorkerConfig {
                 Some(capacity),
                 Some(pace),
                 Some(transfer),
-                Some(shard),
+                (Some(shard), Some(fleet)),
                 Some(log),
             ) => Some(WorkerConfig {
                 id: id.value,
@@ -273,6 +337,7 @@ impl WorkerConfig {
                 max_file_bytes: pace.max_file_bytes,
                 transfer: transfer.value,
                 shard,
+                fleet,
                 log,
             }),
             _ => None,
@@ -325,5 +390,36 @@ fn shard(l: &mut super::Loader, keys: ShardKeys, flags: &WorkerFlags) -> Option<
         max_series: max_series?.value,
         ooo_window_s: window?.value,
         retention_days: retention?.value,
+    })
+}
+
+/// Checks how the worker treats unreachable hosts and dead peers.
+fn fleet(l: &mut super::Loader, keys: FleetKeys, flags: &WorkerFlags) -> Option<FleetConfig> {
+    let d = FleetConfig::default();
+    let max_reconnect = merge_int(flags.max_reconnect_s, keys.max_reconnect_s);
+    let max_reconnect = l.ranged::<u64>(
+        "max_reconnect_s",
+        max_reconnect,
+        i128::from(d.max_reconnect_s),
+        (1, 86_400),
+    );
+    let spawns = merge_int(flags.ssh_spawns_per_s, keys.ssh_spawns_per_s);
+    let spawns = l.ranged::<u32>(
+        "ssh_spawns_per_s",
+        spawns,
+        i128::from(d.ssh_spawns_per_s),
+        (1, 1000),
+    );
+    let orphan = merge_int(flags.orphan_after_s, keys.orphan_after_s);
+    let orphan = l.ranged::<u64>(
+        "orphan_after_s",
+        orphan,
+        i128::from(d.orphan_after_s),
+        (1, 30 * 86_400),
+    );
+    Some(FleetConfig {
+        max_reconnect_s: max_reconnect?.value,
+        ssh_spawns_per_s: spawns?.value,
+        orphan_after_s: orphan?.value,
     })
 }

@@ -1,5 +1,7 @@
 //! `sqdctl`: the operator's commands against the leader's admin API.
 
+mod diagnose;
+mod fleet;
 mod output;
 
 use std::time::Duration;
@@ -44,6 +46,10 @@ pub enum Command {
     DrainWorker { id: String },
     /// Let a drained worker take clients again.
     UndrainWorker { id: String },
+    /// Forget a dead worker that will never come back: it leaves status, and the files it had
+    /// claimed are adopted by its clients' new owners now instead of after orphan_after_s.
+    /// Refused (exit 1) while the worker is alive or suspect.
+    ForgetWorker { id: String },
     /// Show workers and their clients: progress, lag, backlog, rate, last commit, errors.
     Status {
         /// One JSON object instead of tables (stable keys, for scripts).
@@ -156,6 +162,10 @@ pub enum CtlError {
         "cannot reach the leader at {addr}: {reason}; is it running? point at it with --leader or SQD_LEADER"
     )]
     Unreachable { addr: String, reason: String },
+    #[error(
+        "no sqd leader at {addr}: {found}; point --leader or SQD_LEADER at the leader's gRPC address"
+    )]
+    NotALeader { addr: String, found: String },
     #[error("{0}")]
     Refused(String),
     #[error("{0}")]
@@ -167,7 +177,7 @@ impl CtlError {
         match self {
             CtlError::Refused(_) => 1,
             CtlError::Usage(_) => 2,
-            CtlError::Unreachable { .. } => 3,
+            CtlError::Unreachable { .. } | CtlError::NotALeader { .. } => 3,
         }
     }
 }
@@ -176,10 +186,13 @@ impl CtlError {
 struct Admin<'a> {
     client: AdminServiceClient<Channel>,
     leader: &'a str,
+    /// How long a failed call's peer is probed for what it is.
+    probe_for: Duration,
 }
 
 impl<'a> Admin<'a> {
     async fn connect(cli: &'a Cli) -> Result<Self, CtlError> {
+        diagnose::check_leader_addr(&cli.leader).map_err(CtlError::Usage)?;
         let endpoint = Endpoint::from_shared(format!("http://{}", cli.leader))
             .map_err(|e| {
                 CtlError::Usage(format!(
@@ -189,22 +202,37 @@ impl<'a> Admin<'a> {
             })?
             .connect_timeout(Duration::from_secs(cli.timeout))
             .timeout(Duration::from_secs(cli.timeout));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| CtlError::Unreachable {
-                addr: cli.leader.clone(),
-                reason: error_chain(&e),
-            })?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            let wait = Duration::from_secs(cli.timeout.clamp(1, 2));
+            match diagnose::probe(&cli.leader, wait).not_a_leader() {
+                Some(found) => CtlError::NotALeader {
+                    addr: cli.leader.clone(),
+                    found,
+                },
+                None => CtlError::Unreachable {
+                    addr: cli.leader.clone(),
+                    reason: error_chain(&e),
+                },
+            }
+        })?;
         Ok(Admin {
             client: AdminServiceClient::new(channel),
             leader: &cli.leader,
+            probe_for: Duration::from_secs(cli.timeout.clamp(1, 2)),
         })
     }
 
     /// A failed call: the leader gone or too slow, or its refusal.
     fn failed(&self, s: tonic::Status) -> CtlError {
         use tonic::Code;
+        if diagnose::below_grpc(&s)
+            && let Some(found) = diagnose::probe(self.leader, self.probe_for).not_a_leader()
+        {
+            return CtlError::NotALeader {
+                addr: self.leader.to_owned(),
+                found,
+            };
+        }
         match s.code() {
             Code::Unavailable | Code::DeadlineExceeded => CtlError::Unreachable {
                 addr: self.leader.to_owned(),
@@ -223,13 +251,7 @@ fn print_json(view: &impl serde::Serialize) -> Result<(), CtlError> {
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg = format!("{msg}: {s}");
-        source = s.source();
-    }
-    msg
+    crate::text::causes(e)
 }
 
 /// Writes the completion script of `program` for `shell` on stdout.
@@ -279,6 +301,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::RemoveClient { name } => remove_client(&cli, name).await,
         Command::DrainWorker { id } => drain_worker(&cli, id).await,
         Command::UndrainWorker { id } => undrain_worker(&cli, id).await,
+        Command::ForgetWorker { id } => fleet::forget_worker(&cli, id).await,
         Command::Status {
             json,
             watch,

@@ -341,6 +341,14 @@ impl StatusView {
             }
             out.push_str(&head);
             out.push('\n');
+            if w.state == "dead" {
+                // The leader cannot count them; the workers that took its clients over adopt
+                // them once `orphan_after_s` passed since they first saw them.
+                out.push_str(&format!(
+                    "  files it had claimed wait for it up to orphan_after_s (default 10 min); if it never comes back: sqdctl forget-worker {}\n",
+                    w.id
+                ));
+            }
             let rows: Vec<Vec<String>> = self
                 .clients
                 .iter()

@@ -51,6 +51,8 @@ pub(crate) enum ToNode {
         client: String,
         epoch: u64,
     },
+    /// Workers forgotten by the operator: adopt their claims at once.
+    Forgotten(Vec<String>),
 }
 
 /// The timing an accepted node must keep.
@@ -164,6 +166,11 @@ pub(crate) enum Command {
         client: String,
         limit: usize,
         reply: Reply<Explanation>,
+    },
+    /// `sqdctl forget-worker`: answers how many worker sessions were told.
+    ForgetWorker {
+        id: String,
+        reply: Reply<u32>,
     },
 }
 
@@ -334,6 +341,7 @@ impl Core {
             Command::AddClient { spec, reply } => answer(reply, self.add_client(spec, now))?,
             Command::RemoveClient { name, reply } => answer(reply, self.remove_client(&name))?,
             Command::Drain { id, drain, reply } => answer(reply, self.drain(&id, drain, now))?,
+            Command::ForgetWorker { id, reply } => answer(reply, self.forget_worker(&id, now))?,
             Command::Status { reply } => {
                 let _ = reply.send(status::status(&self.registry, &self.info, now));
             }
@@ -511,6 +519,18 @@ impl Core {
         Ok(())
     }
 
+    fn forget_worker(&mut self, id: &str, now: Millis) -> Result<u32, CoreError> {
+        let fx = self.registry.forget_worker(id, now)?;
+        let told = fx
+            .messages
+            .iter()
+            .filter(|(_, m)| matches!(m, Outbound::Forgotten(_)))
+            .count();
+        self.carry_out(fx)?;
+        info!(worker = %id, told, "worker forgotten; its claims are adopted now");
+        Ok(u32::try_from(told).unwrap_or(u32::MAX))
+    }
+
     fn drain(&mut self, id: &str, drain: bool, now: Millis) -> Result<Drained, CoreError> {
         let on_worker: Vec<String> = self
             .registry
@@ -577,6 +597,7 @@ impl Core {
                 Outbound::Close => {
                     self.sessions.remove(&session);
                 }
+                Outbound::Forgotten(id) => self.send(session, ToNode::Forgotten(vec![id])),
             }
         }
         Ok(())

@@ -338,41 +338,7 @@ impl State {
         };
         let tx = self.conn.transaction().map_err(wrap)?;
         for change in changes {
-            match change {
-                Durable::Assignment {
-                    client,
-                    worker,
-                    epoch,
-                } => {
-                    tx.execute(
-                        "UPDATE clients SET worker = ?2, epoch = ?3 WHERE name = ?1",
-                        params![client, worker, *epoch as i64],
-                    )
-                    .map_err(wrap)?;
-                }
-                Durable::Worker {
-                    id,
-                    addr,
-                    version,
-                    draining,
-                } => {
-                    tx.execute(
-                        "INSERT INTO workers (id, addr, version, draining) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT(id) DO UPDATE SET addr = ?2, version = ?3, draining = ?4",
-                        params![id, addr, version, *draining as i64],
-                    )
-                    .map_err(wrap)?;
-                }
-                Durable::NextEpoch(next) => {
-                    tx.execute(
-                        "INSERT INTO meta (key, value) VALUES ('next_epoch', ?1)
-                         ON CONFLICT(key) DO UPDATE SET value = ?1",
-                        [next.to_string()],
-                    )
-                    .map_err(wrap)?;
-                }
-                Durable::RestoreDone => super::restore::clear_restored(&tx).map_err(wrap)?,
-            }
+            apply_change(&tx, change).map_err(wrap)?;
         }
         for e in audit {
             tx.execute(
@@ -426,6 +392,46 @@ fn split_fields(text: &str) -> Vec<String> {
         .filter(|f| !f.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// One durable change inside the caller's transaction.
+fn apply_change(tx: &rusqlite::Transaction<'_>, change: &Durable) -> rusqlite::Result<()> {
+    match change {
+        Durable::Assignment {
+            client,
+            worker,
+            epoch,
+        } => {
+            tx.execute(
+                "UPDATE clients SET worker = ?2, epoch = ?3 WHERE name = ?1",
+                params![client, worker, *epoch as i64],
+            )?;
+        }
+        Durable::Worker {
+            id,
+            addr,
+            version,
+            draining,
+        } => {
+            tx.execute(
+                "INSERT INTO workers (id, addr, version, draining) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(id) DO UPDATE SET addr = ?2, version = ?3, draining = ?4",
+                params![id, addr, version, *draining as i64],
+            )?;
+        }
+        Durable::NextEpoch(next) => {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('next_epoch', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = ?1",
+                [next.to_string()],
+            )?;
+        }
+        Durable::RestoreDone => super::restore::clear_restored(tx)?,
+        Durable::ForgetWorker(id) => {
+            tx.execute("DELETE FROM workers WHERE id = ?1", [id])?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

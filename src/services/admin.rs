@@ -99,4 +99,16 @@ impl AdminService for AdminApi {
             .await??;
         Ok(Response::new(result.into()))
     }
+
+    async fn forget_worker(
+        &self,
+        request: Request<proto::ForgetWorkerRequest>,
+    ) -> Result<Response<proto::ForgetWorkerResponse>, Status> {
+        let id = request.into_inner().id;
+        let told = self
+            .core
+            .ask(|reply| Command::ForgetWorker { id, reply })
+            .await??;
+        Ok(Response::new(proto::ForgetWorkerResponse { told }))
+    }
 }

@@ -142,6 +142,7 @@ impl From<ToNode> for proto::LeaderMessage {
             }
             ToNode::HeartbeatAck { seq } => Body::HeartbeatAck(proto::HeartbeatAck { seq }),
             ToNode::Wake { client, epoch } => Body::Wake(proto::Wake { client, epoch }),
+            ToNode::Forgotten(workers) => Body::Forgotten(proto::Forgotten { workers }),
         };
         proto::LeaderMessage { body: Some(body) }
     }

@@ -18,6 +18,9 @@ impl From<CoreError> for tonic::Status {
             CoreError::Registry(
                 RegistryError::UnknownClient(_) | RegistryError::UnknownWorker(_),
             ) => tonic::Status::not_found(msg),
+            CoreError::Registry(RegistryError::WorkerNotDead(..)) => {
+                tonic::Status::failed_precondition(msg)
+            }
             CoreError::Invalid(_) => tonic::Status::invalid_argument(msg),
             CoreError::State(_) | CoreError::Persist(_) => tonic::Status::internal(msg),
             CoreError::Stopped => tonic::Status::unavailable(msg),

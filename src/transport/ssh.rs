@@ -68,6 +68,11 @@ pub enum TransportError {
     KeyUnreadable { path: String, reason: String },
     #[error("cannot connect to {target}: {reason}")]
     Connect { target: String, reason: String },
+    /// Nothing accepted a TCP connection at the host's ssh port (checked before `ssh` runs).
+    #[error(
+        "{target} is unreachable: {reason}; check the host is up and its sshd listens there, or fix the client's --ssh"
+    )]
+    Unreachable { target: String, reason: String },
     #[error(
         "remote directory {path} does not exist on {target}; create it or fix the client's --path"
     )]
@@ -103,6 +108,7 @@ impl TransportError {
                 "key_file"
             }
             TransportError::Connect { .. } => "connect",
+            TransportError::Unreachable { .. } => "unreachable",
             TransportError::DirMissing { .. } => "dir_missing",
             TransportError::Vanished { .. } => "file_vanished",
             TransportError::PermissionDenied { .. } => "permission_denied",
@@ -116,7 +122,9 @@ impl TransportError {
     pub(crate) fn needs_reconnect(&self) -> bool {
         matches!(
             self,
-            TransportError::Lost { .. } | TransportError::Connect { .. }
+            TransportError::Lost { .. }
+                | TransportError::Connect { .. }
+                | TransportError::Unreachable { .. }
         )
     }
 }
@@ -203,8 +211,48 @@ struct Helper {
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the host's ssh port accepts a TCP connection within `timeout`: a host that is down
+/// or refusing is told without starting an `ssh` process (about a thousandth of its cost).
+/// A name that does not resolve here is left to `ssh`: it may be an alias of the worker's
+/// `~/.ssh/config`.
+pub(crate) async fn reachable(target: &SshTarget, timeout: Duration) -> Result<(), TransportError> {
+    let shown = format!("{}:{}", crate::text::clip(&target.host), target.port);
+    let unreachable = |reason: String| TransportError::Unreachable {
+        target: shown.clone(),
+        reason,
+    };
+    let resolve = tokio::net::lookup_host((target.host.as_str(), target.port));
+    let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout(timeout, resolve).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => return Ok(()),
+    };
+    let connect = tokio::net::TcpStream::connect(&addrs[..]);
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(e)) => Err(unreachable(crate::text::causes(&e))),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {} s",
+            timeout.as_secs()
+        ))),
+    }
+}
+/// The `openssh` crate puts the destination last without a `--`: a host or user starting with
+/// '-' would reach `ssh` as an option (`-oProxyCommand=…`). `SshTarget::parse` refuses them;
+/// this holds even for a target built another way.
+fn refuse_option_like(target: &SshTarget) -> Result<(), TransportError> {
+    if target.host.starts_with('-') || target.user.starts_with('-') {
+        return Err(TransportError::Connect {
+            target: crate::text::clip(&target.host),
+            reason: "a user or host starting with '-' would be read by ssh as an option; fix the client's --ssh".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Connects with strict host-key checking and the given key.
 pub async fn connect(params: &SshParams) -> Result<Remote, TransportError> {
+    refuse_option_like(&params.target)?;
     if let Some(key) = &params.key_file {
         check_key_file(key)?;
     }
@@ -299,14 +347,7 @@ async fn probe_batch_tools(session: &Arc<Session>) -> bool {
 }
 
 fn error_text(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
+    crate::text::causes(e)
 }
 
 /// What an SFTP request worked on: "no such file" means a missing directory (the client's

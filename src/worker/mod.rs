@@ -58,6 +58,8 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         capacity: cfg.capacity,
     };
     let store = crate::store::LocalStore::open_with(&cfg.store, cfg.shard)?;
+    let mut prometheus = prometheus_client::registry::Registry::default();
+    let metrics = WorkerMetrics::new(&mut prometheus);
     let pull = pull::PullConfig {
         poll: Duration::from_millis(cfg.poll_ms),
         settle: Duration::from_millis(cfg.settle_ms),
@@ -67,9 +69,14 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         default_key: cfg.ssh_key.clone(),
         default_known_hosts: cfg.known_hosts.clone(),
         control_dir: cfg.store.join("ssh"),
-        orphan_after: ORPHAN_AFTER,
+        orphan_after: Duration::from_secs(cfg.fleet.orphan_after_s),
         transfer: cfg.transfer,
-        connect_pacer: Arc::new(pull::Pacer::new(CONNECT_INTERVAL)),
+        max_reconnect: Duration::from_secs(cfg.fleet.max_reconnect_s),
+        spawner: Arc::new(pull::Spawner::new(
+            cfg.fleet.ssh_spawns_per_s,
+            metrics.ssh_spawns.clone(),
+        )),
+        forgotten: pull::Forgotten::default(),
     };
     info!(worker = %cfg.id, leader = %cfg.leader, store = %cfg.store.display(), "worker starting");
     let store: Arc<dyn crate::store::Sink> = Arc::new(store);
@@ -85,8 +92,6 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         );
     }
     let lease = node::Lease::default();
-    let mut prometheus = prometheus_client::registry::Registry::default();
-    let metrics = WorkerMetrics::new(&mut prometheus);
     match store.bytes_stored() {
         Ok(bytes) => {
             metrics
@@ -149,17 +154,6 @@ fn spawn_maintenance(store: Arc<dyn crate::store::Sink>, mut shutdown: watch::Re
         }
     });
 }
-
-/// How long another worker's unreleased claims wait for it before they are adopted.
-const ORPHAN_AFTER: Duration = Duration::from_secs(600);
-
-/// Least time between two SSH connection attempts of one worker (20 per second). Each attempt
-/// is an `ssh` process; a worker given hundreds of unreachable hosts would otherwise spend its
-/// cores spawning them in bursts (measured: 20 workers x 100 unreachable clients on 2 cores
-/// reached a load of 130 and delayed a healthy client's failover by minutes). A rate, not a
-/// count of attempts in progress: a host that drops packets holds its attempt for the whole
-/// connect timeout, and must not make healthy hosts wait for it.
-const CONNECT_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Resolves a crash's leftover claims at one client, retrying until it can reach the host.
 fn spawn_resolver(
@@ -459,6 +453,10 @@ impl Handler for WorkerNode {
                 {
                     running.wake.notify_one();
                 }
+            }
+            Body::Forgotten(f) => {
+                info!(worker = %self.id, forgotten = ?f.workers, "the operator forgot these workers: adopting their claims now");
+                self.pull.forgotten.forget(f.workers);
             }
             Body::Registered(_) | Body::HeartbeatAck(_) => {}
         }

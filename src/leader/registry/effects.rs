@@ -20,6 +20,8 @@ pub(crate) enum Durable {
         draining: bool,
     },
     NextEpoch(u64),
+    /// The worker was forgotten (`sqdctl forget-worker`): its row goes.
+    ForgetWorker(String),
     /// The reconcile after a restore ended: later starts trust the state again.
     RestoreDone,
 }
@@ -39,6 +41,8 @@ pub(crate) enum Outbound {
     Order(Order),
     /// Close the session (fenced, superseded or declared dead).
     Close,
+    /// This worker was forgotten: adopt its unreleased claims at once.
+    Forgotten(String),
 }
 
 impl Outbound {

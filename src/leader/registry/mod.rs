@@ -32,12 +32,17 @@ use crate::version;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum RegistryError {
-    #[error("client {0:?} already exists; remove it first or choose another name")]
+    #[error("client {:?} already exists; remove it first or choose another name", crate::text::clip(.0))]
     DuplicateClient(String),
-    #[error("unknown client {0:?}; list clients with `sqdctl status`")]
+    #[error("unknown client {:?}; list clients with `sqdctl status`", crate::text::clip(.0))]
     UnknownClient(String),
-    #[error("unknown worker {0:?}; list workers with `sqdctl status`")]
+    #[error("unknown worker {:?}; list workers with `sqdctl status`", crate::text::clip(.0))]
     UnknownWorker(String),
+    #[error(
+        "worker {:?} is {}, not dead: only a dead worker can be forgotten; stop it (or wait for its lease to run out) first",
+        crate::text::clip(.0), .1
+    )]
+    WorkerNotDead(String, &'static str),
 }
 
 /// What a worker registration produced.
@@ -203,6 +208,52 @@ impl Registry {
         if let Agent::Up { session, .. } = client.agent {
             fx.messages.push((session, Outbound::Close));
         }
+        Ok(fx)
+    }
+
+    /// Forgets a dead worker for good (the operator says it never comes back): it leaves the
+    /// registry, any client still on record with it is placed afresh, and every worker is
+    /// told, so the owners of its former clients adopt its unreleased claims at once.
+    pub(crate) fn forget_worker(
+        &mut self,
+        id: &str,
+        now: Millis,
+    ) -> Result<Effects, RegistryError> {
+        let worker = self
+            .workers
+            .get(id)
+            .ok_or_else(|| RegistryError::UnknownWorker(id.to_owned()))?;
+        let state = match worker.last_heartbeat {
+            Some(last) => self.timing.judge(worker.liveness, last, now),
+            None => worker.liveness,
+        };
+        if state != Liveness::Dead || worker.session.is_some() {
+            let shown = if state == Liveness::Dead {
+                "still connected"
+            } else {
+                crate::leader::liveness::WorkerState::of(state, false, false).as_str()
+            };
+            return Err(RegistryError::WorkerNotDead(id.to_owned(), shown));
+        }
+        self.workers.remove(id);
+        let mut fx = Effects::default();
+        fx.durable.push(Durable::ForgetWorker(id.to_owned()));
+        for client in self.clients.values_mut() {
+            if client.worker.as_deref() == Some(id) {
+                client.worker = None;
+                fx.durable.push(Durable::Assignment {
+                    client: client.spec.name.clone(),
+                    worker: None,
+                    epoch: client.epoch,
+                });
+            }
+        }
+        let sessions: Vec<SessionId> = self.workers.values().filter_map(|w| w.session).collect();
+        for session in sessions {
+            fx.messages
+                .push((session, Outbound::Forgotten(id.to_owned())));
+        }
+        fx.extend(self.schedule(now));
         Ok(fx)
     }
 

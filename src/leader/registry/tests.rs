@@ -50,6 +50,7 @@ impl Fleet {
                     Outbound::Close => {
                         self.held.remove(&session);
                     }
+                    Outbound::Forgotten(_) => {}
                 }
             }
             pending = next;
@@ -107,6 +108,46 @@ fn a_dead_workers_clients_move_in_the_tick_it_is_declared_dead() {
             assert_eq!(owner.epoch, old_epoch);
         }
     }
+}
+
+#[test]
+fn only_a_dead_worker_is_forgotten_and_every_live_worker_is_told() {
+    let mut reg = Registry::new(timing(), V, 1);
+    let mut fleet = Fleet::default();
+    for (i, id) in ["a", "b"].iter().enumerate() {
+        let r = reg.register_worker(hello(id, &[]), i as u64, 0).unwrap();
+        fleet.held.insert(i as u64, BTreeMap::new());
+        fleet.apply(&mut reg, r.effects, 0);
+    }
+    let fx = reg.add_client(spec("c"), 0).unwrap();
+    fleet.apply(&mut reg, fx, 0);
+    let err = reg.forget_worker("b", 10).unwrap_err();
+    assert!(err.to_string().contains("alive, not dead"), "{err}");
+    assert!(matches!(
+        reg.forget_worker("nope", 10),
+        Err(RegistryError::UnknownWorker(_))
+    ));
+    // b's stream breaks: suspect (its lease may still run), then dead.
+    reg.session_closed(1);
+    assert!(reg.heartbeat(0, 0.0, 100));
+    let err = reg.forget_worker("b", 100).unwrap_err();
+    assert!(err.to_string().contains("suspect, not dead"), "{err}");
+    assert!(reg.heartbeat(0, 0.0, 401));
+    let fx = reg.tick(401);
+    fleet.apply(&mut reg, fx, 401);
+    let fx = reg.forget_worker("b", 402).unwrap();
+    assert!(fx.durable.contains(&Durable::ForgetWorker("b".into())));
+    assert_eq!(fx.messages, vec![(0, Outbound::Forgotten("b".into()))]);
+    assert!(reg.workers().all(|w| w.id != "b"));
+    assert!(
+        reg.owners()
+            .all(|(_, o)| o.is_some_and(|o| o.worker == "a"))
+    );
+    // Forgotten means gone: asking again names it unknown.
+    assert!(matches!(
+        reg.forget_worker("b", 403),
+        Err(RegistryError::UnknownWorker(_))
+    ));
 }
 
 #[test]

@@ -23,6 +23,7 @@ mod batch;
 mod commit;
 mod fetch;
 mod puller;
+mod reconnect;
 mod recover;
 mod sftp;
 
@@ -37,12 +38,14 @@ use tracing::{debug, info, warn};
 
 use super::held::Held;
 use crate::files::{ClaimDir, ClaimLayout, RemoteEntry, SettleTracker};
+use crate::log_gate::LogGate;
 use crate::metrics::WorkerMetrics;
 use crate::node::{Backoff, Lease};
 use crate::spec::{BadSshTarget, ClientSpec, SshTarget};
 use crate::store::{Sink, Staged, StoreError, Totals};
 use crate::transport::ssh::{self, Remote, SshParams, TransportError};
 use puller::{ClientPuller, Step, StepError};
+use reconnect::{Priority, ReconnectBackoff, SpawnBudget};
 pub(crate) use recover::resolve_leftovers;
 
 /// Settings shared by every client task of a worker.
@@ -60,42 +63,82 @@ pub(crate) struct PullConfig {
     /// before they are adopted (at least once; see [`super::lifecycle::claim_action`]).
     pub(crate) orphan_after: Duration,
     pub(crate) transfer: ssh::TransferMode,
-    /// Spaces the SSH connection attempts of all the worker's clients.
-    pub(crate) connect_pacer: Arc<Pacer>,
+    /// The longest pause between connection attempts to a host that keeps failing.
+    pub(crate) max_reconnect: Duration,
+    /// Every `ssh` process the worker's clients start goes through it.
+    pub(crate) spawner: Arc<Spawner>,
+    /// Workers the operator forgot: their unreleased claims are adopted without waiting.
+    pub(crate) forgotten: Forgotten,
 }
 
-/// Hands out start times at least `interval` apart, first come first served.
-#[derive(Debug)]
-pub(crate) struct Pacer {
-    interval: Duration,
-    next: Mutex<Instant>,
-}
+/// The ids of workers the leader said were forgotten (`sqdctl forget-worker`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Forgotten(Arc<Mutex<std::collections::HashSet<String>>>);
 
-impl Pacer {
-    pub(crate) fn new(interval: Duration) -> Self {
-        Pacer {
-            interval,
-            next: Mutex::new(Instant::now()),
-        }
+impl Forgotten {
+    pub(crate) fn forget(&self, workers: impl IntoIterator<Item = String>) {
+        self.set().extend(workers);
     }
 
-    /// Reserves the next start time at or after `now`; returns how long to wait for it.
-    fn reserve(&self, now: Instant) -> Duration {
-        let mut next = self
-            .next
+    fn contains(&self, worker: &str) -> bool {
+        self.set().contains(worker)
+    }
+
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let at = (*next).max(now);
-        *next = at + self.interval;
-        at - now
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
 
-    pub(crate) async fn wait(&self) {
-        let wait = self.reserve(Instant::now());
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+/// The worker's `ssh` spawns: the budget they wait for and their count in `/metrics`.
+#[derive(Debug)]
+pub(crate) struct Spawner {
+    budget: Mutex<SpawnBudget>,
+    spawned: prometheus_client::metrics::counter::Counter,
+}
+
+impl Spawner {
+    pub(crate) fn new(per_s: u32, spawned: prometheus_client::metrics::counter::Counter) -> Self {
+        Spawner {
+            budget: Mutex::new(SpawnBudget::new(per_s, Instant::now())),
+            spawned,
         }
     }
+
+    /// Waits until the budget allows one more `ssh` for `who`, and counts it.
+    async fn wait(&self, who: Priority) {
+        loop {
+            let taken = self
+                .budget
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(Instant::now(), who);
+            match taken {
+                Ok(()) => {
+                    self.spawned.inc();
+                    return;
+                }
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+}
+
+/// How long the reachability check waits for the host's ssh port to accept.
+const REACH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Opens an SSH connection the cheap way first: a TCP connect to the ssh port tells a host
+/// that is down or refusing without starting a process; only then does the `ssh` spawn wait
+/// its turn in the worker's budget.
+pub(crate) async fn open_ssh(
+    params: &SshParams,
+    spawner: &Spawner,
+    who: Priority,
+) -> Result<Remote, TransportError> {
+    ssh::reachable(&params.target, REACH_TIMEOUT).await?;
+    spawner.wait(who).await;
+    ssh::connect(params).await
 }
 
 /// Live numbers of one client, read by the heartbeat.
@@ -352,13 +395,19 @@ pub(crate) async fn serve_client(
     };
     let mut puller = ClientPuller::new(task, params);
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
-    // Unreachable hosts are retried less often than failing cycles on a live connection: each
-    // attempt costs a process, and a fleet has hosts that stay down for days.
-    let mut connect_backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    // Unreachable hosts are retried ever less often, up to `max_reconnect`: each attempt may
+    // cost a process, and a fleet has hosts that stay down for days.
+    let max_reconnect = puller.task().config.max_reconnect;
+    let mut connect_backoff = ReconnectBackoff::new(Duration::from_millis(250), max_reconnect);
+    let mut connect_log = LogGate::new(Duration::from_secs(30), max_reconnect);
     while !*stop.borrow() {
+        puller.set_priority(connect_backoff.priority());
         let pause = match puller.step(&mut stop).await {
             Ok(Step::Connected) => {
-                connect_backoff.reset();
+                connect_backoff.connected();
+                if let Some(failures) = connect_log.succeeded() {
+                    info!(client = %puller.task().spec.name, failures, "reachable again");
+                }
                 Pause::None
             }
             Ok(Step::Busy) => {
@@ -375,8 +424,14 @@ pub(crate) async fn serve_client(
                 let task = puller.task();
                 let delay = match &e {
                     StepError::Connect(e) => {
-                        warn!(client = %task.spec.name, error = %e, "cannot connect");
-                        connect_backoff.next_delay()
+                        let delay = connect_backoff.failed(e.kind(), jitter());
+                        match connect_log.failed(Instant::now()) {
+                            Some(failures) => {
+                                warn!(client = %task.spec.name, error = %e, failures, retry_in_s = delay.as_secs(), "cannot connect")
+                            }
+                            None => debug!(client = %task.spec.name, error = %e, "cannot connect"),
+                        }
+                        delay
                     }
                     StepError::Cycle(e) => {
                         warn!(client = %task.spec.name, error = %e, "pull cycle failed");
@@ -393,6 +448,14 @@ pub(crate) async fn serve_client(
         }
     }
     puller.finish(&signals.held).await;
+}
+
+/// A fraction in `[0, 1)` that differs between clients and attempts (spreads retries).
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    f64::from(nanos % 1_000_000) / 1_000_000.0
 }
 
 /// Waits out a pause; false when stop was asked meanwhile.
@@ -457,23 +520,5 @@ fn control_dir_for(base: &Path, client: &str) -> PathBuf {
 fn discard(paths: impl IntoIterator<Item = PathBuf>) {
     for p in paths {
         let _ = std::fs::remove_file(p);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pacer_spaces_starts_and_forgets_idle_time() {
-        let p = Pacer::new(Duration::from_millis(50));
-        let t0 = Instant::now() + Duration::from_secs(1);
-        assert_eq!(p.reserve(t0), Duration::ZERO);
-        assert_eq!(p.reserve(t0), Duration::from_millis(50));
-        assert_eq!(p.reserve(t0), Duration::from_millis(100));
-        // After a quiet spell the next start is immediate, not a burst of saved-up slots.
-        let later = t0 + Duration::from_secs(10);
-        assert_eq!(p.reserve(later), Duration::ZERO);
-        assert_eq!(p.reserve(later), Duration::from_millis(50));
     }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::reconnect::Priority;
 use super::{ClientTask, Cursor, CycleError, Link, batch, commit, recover, sftp};
-use crate::transport::ssh::{self, Remote, SshParams, TransportError};
+use crate::transport::ssh::{Remote, SshParams, TransportError};
 use crate::worker::held::Held;
 
 /// What a step did, and so what the driver does next.
@@ -53,6 +54,8 @@ pub(super) struct ClientPuller {
     cursor: Cursor,
     /// A connection was attempted before (the next one counts as a reconnect).
     connected_before: bool,
+    /// Where the next connection attempt stands in the worker's spawn budget.
+    priority: Priority,
 }
 
 impl ClientPuller {
@@ -63,7 +66,14 @@ impl ClientPuller {
             remote: None,
             cursor: Cursor::new(),
             connected_before: false,
+            priority: Priority::First,
         }
+    }
+
+    /// Sets where the next connection attempt stands in the spawn budget (the driver knows
+    /// how the client fared lately).
+    pub(super) fn set_priority(&mut self, priority: Priority) {
+        self.priority = priority;
     }
 
     pub(super) fn task(&self) -> &ClientTask {
@@ -112,10 +122,7 @@ impl ClientPuller {
     }
 
     async fn connect(&mut self, stop: &mut watch::Receiver<bool>) -> Result<Step, StepError> {
-        let attempt = async {
-            self.task.config.connect_pacer.wait().await;
-            ssh::connect(&self.params).await
-        };
+        let attempt = super::open_ssh(&self.params, &self.task.config.spawner, self.priority);
         let attempt = tokio::select! {
             r = attempt => r,
             _ = stop.wait_for(|s| *s) => return Ok(Step::Stopped),

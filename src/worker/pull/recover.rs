@@ -67,7 +67,8 @@ pub(super) async fn adopt(
             continue;
         };
         let seen = *foreign_seen.entry(dir.name.clone()).or_insert(now);
-        let orphaned = now.duration_since(seen) >= task.config.orphan_after;
+        let orphaned = now.duration_since(seen) >= task.config.orphan_after
+            || task.config.forgotten.contains(&claim.worker);
         if lifecycle::claim_action(&claim, &task.worker, task.epoch, orphaned) != ClaimAction::Adopt
         {
             continue;
@@ -124,7 +125,7 @@ pub(crate) async fn resolve_leftovers(
     held: &Held,
 ) -> Result<(), ResolveError> {
     let params = ssh_params(spec, config)?;
-    let remote = ssh::connect(&params).await?;
+    let remote = super::open_ssh(&params, &config.spawner, super::Priority::First).await?;
     let resolver = Resolver {
         worker,
         spec,

@@ -36,6 +36,7 @@ pub mod leader;
 pub mod metrics;
 pub mod node;
 pub mod proto;
+pub mod security;
 pub mod services;
 pub mod spec;
 pub mod stats;

@@ -56,6 +56,7 @@ fn default_leader() -> LeaderConfig {
         lease_ms: 3000,
         grace_ms: 500,
         max_moves_per_tick: 8,
+        security: Default::default(),
         log: default_log(),
     }
 }
@@ -109,6 +110,7 @@ fn worker_sample_is_the_defaults_plus_examples() {
             max_file_bytes: 4096 * 1024 * 1024,
             transfer: TransferMode::Auto,
             shard: ShardConfig::default(),
+            security: Default::default(),
             log: default_log(),
         }
     );
@@ -125,6 +127,7 @@ fn client_sample_is_the_defaults_plus_examples() {
             name: "host-1".into(),
             leader: "127.0.0.1:7070".into(),
             watch: "/var/stats".into(),
+            security: Default::default(),
             log: default_log(),
         }
     );
@@ -220,6 +223,7 @@ fn flags_alone_make_a_config() {
             watch: Some("/w".into()),
             node: NodeFlags {
                 leader: Some("leader.example:7070".into()),
+                ..Default::default()
             },
             ..Default::default()
         },
@@ -339,6 +343,7 @@ fn bad_leader_addresses_are_rejected() {
         let flags = WorkerFlags {
             node: NodeFlags {
                 leader: Some(bad.into()),
+                ..Default::default()
             },
             ..worker_flags()
         };
@@ -351,6 +356,7 @@ fn bad_leader_addresses_are_rejected() {
         let flags = WorkerFlags {
             node: NodeFlags {
                 leader: Some(good.into()),
+                ..Default::default()
             },
             ..worker_flags()
         };

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::security::{self, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, NodeFlags, ServeFlags,
     Slot, Sourced, TransferMode, merge, merge_int, rules,
 };
+use crate::security::NodeSecurity;
 
 /// Config of `sqd --mode worker`.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +49,8 @@ pub struct WorkerConfig {
     pub cluster: Option<String>,
     /// The time-series shard in the store.
     pub shard: ShardConfig,
+    /// Node token and TLS towards the leader (see [`crate::security`]).
+    pub security: NodeSecurity,
     pub log: LogConfig,
 }
 
@@ -149,6 +153,7 @@ struct FileKeys {
     pace: PaceKeys,
     transfer: Slot<String>,
     shard: ShardKeys,
+    security: SecurityKeys,
     log: LogSlots,
 }
 
@@ -193,9 +198,10 @@ impl FileKeys {
                 ooo_window_s: l.integer("ooo_window_s"),
                 retention_days: l.integer("retention_days"),
             },
+            security: SecurityKeys::take_node(l),
             log: l.log_keys(),
         };
-        l.unknown_keys(KEYS);
+        l.unknown_keys(&[KEYS, security::NODE_KEYS].concat());
         keys
     }
 }
@@ -244,6 +250,7 @@ impl WorkerConfig {
         let transfer = merge(flags.transfer.clone(), keys.transfer).or_default("auto".into());
         let transfer = l.check("transfer", transfer, rules::transfer_mode);
         let shard = shard(&mut l, keys.shard, flags);
+        let security = security::node(&mut l, keys.security, &flags.node.security);
         let log = l.log(keys.log, &flags.log);
 
         let built = match (id, leader, store, capacity, pace, transfer, shard, log) {
@@ -273,6 +280,7 @@ impl WorkerConfig {
                 max_file_bytes: pace.max_file_bytes,
                 transfer: transfer.value,
                 shard,
+                security,
                 log,
             }),
             _ => None,

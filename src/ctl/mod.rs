@@ -5,7 +5,8 @@ mod output;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::proto::{self, admin_service_client::AdminServiceClient};
 use crate::spec::{ClientSpec, IngestSpec};
@@ -16,7 +17,8 @@ use crate::spec::{ClientSpec, IngestSpec};
     version,
     about = "Operate an sqd cluster: add and remove clients, drain workers, show status",
     after_help = "Exit codes: 0 success; 1 the leader refused the request (unknown or duplicate name, \
-                  invalid value); 2 bad command line; 3 the leader could not be reached."
+                  invalid value); 2 bad command line or unusable token/TLS file; 3 the leader could \
+                  not be reached; 4 not authorised (missing or wrong admin token)."
 )]
 pub struct Cli {
     /// Leader address (HOST:PORT).
@@ -30,6 +32,33 @@ pub struct Cli {
     /// Seconds to wait for the leader before giving up.
     #[arg(long, default_value_t = 5, global = true)]
     pub timeout: u64,
+    /// File holding the leader's admin token (mode 0600).
+    #[arg(long, env = "SQD_TOKEN_FILE", value_name = "FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// CA of the leader's certificate (PEM); turns TLS on.
+    #[arg(long, env = "SQD_TLS_CA", value_name = "FILE", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a leader that requires one (mTLS).
+    #[arg(
+        long,
+        env = "SQD_TLS_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "SQD_TLS_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Send the token in plaintext to a non-loopback leader (trusted networks only).
+    #[arg(long, global = true)]
+    pub allow_insecure: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -160,6 +189,8 @@ pub enum CtlError {
     Refused(String),
     #[error("{0}")]
     Usage(String),
+    #[error("not authorised: {0}")]
+    Unauthorised(String),
 }
 
 impl CtlError {
@@ -168,25 +199,36 @@ impl CtlError {
             CtlError::Refused(_) => 1,
             CtlError::Usage(_) => 2,
             CtlError::Unreachable { .. } => 3,
+            CtlError::Unauthorised(_) => 4,
         }
     }
 }
 
 /// The leader's admin API, and the address it was reached at (named when it goes away).
 struct Admin<'a> {
-    client: AdminServiceClient<Channel>,
+    client: AdminServiceClient<InterceptedService<Channel, crate::security::Bearer>>,
     leader: &'a str,
 }
 
 impl<'a> Admin<'a> {
     async fn connect(cli: &'a Cli) -> Result<Self, CtlError> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", cli.leader))
-            .map_err(|e| {
-                CtlError::Usage(format!(
-                    "--leader {:?} is not a valid HOST:PORT: {e}",
+        let security = crate::security::NodeSecurity {
+            token_file: cli.token_file.clone(),
+            tls_ca: cli.tls_ca.clone(),
+            tls_cert: cli.tls_cert.clone(),
+            tls_key: cli.tls_key.clone(),
+            allow_insecure: cli.allow_insecure,
+        };
+        let connector =
+            crate::security::Connector::new(&cli.leader, &security).map_err(|e| match e {
+                crate::security::ConnectError::BadAddr { reason, .. } => CtlError::Usage(format!(
+                    "--leader {:?} is not a valid HOST:PORT: {reason}",
                     cli.leader
-                ))
-            })?
+                )),
+                crate::security::ConnectError::Security(e) => CtlError::Usage(e.to_string()),
+            })?;
+        let endpoint = connector
+            .endpoint
             .connect_timeout(Duration::from_secs(cli.timeout))
             .timeout(Duration::from_secs(cli.timeout));
         let channel = endpoint
@@ -197,7 +239,7 @@ impl<'a> Admin<'a> {
                 reason: error_chain(&e),
             })?;
         Ok(Admin {
-            client: AdminServiceClient::new(channel),
+            client: AdminServiceClient::with_interceptor(channel, connector.bearer),
             leader: &cli.leader,
         })
     }
@@ -210,6 +252,9 @@ impl<'a> Admin<'a> {
                 addr: self.leader.to_owned(),
                 reason: s.message().to_owned(),
             },
+            Code::Unauthenticated | Code::PermissionDenied => {
+                CtlError::Unauthorised(s.message().to_owned())
+            }
             _ => CtlError::Refused(s.message().to_owned()),
         }
     }

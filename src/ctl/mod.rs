@@ -208,6 +208,8 @@ impl CtlError {
 struct Admin<'a> {
     client: AdminServiceClient<InterceptedService<Channel, crate::security::Bearer>>,
     leader: &'a str,
+    /// Whether the connection is TLS (for the hint on a failed handshake).
+    tls: bool,
 }
 
 impl<'a> Admin<'a> {
@@ -241,6 +243,7 @@ impl<'a> Admin<'a> {
         Ok(Admin {
             client: AdminServiceClient::with_interceptor(channel, connector.bearer),
             leader: &cli.leader,
+            tls: cli.tls_ca.is_some(),
         })
     }
 
@@ -255,6 +258,16 @@ impl<'a> Admin<'a> {
             Code::Unauthenticated | Code::PermissionDenied => {
                 CtlError::Unauthorised(s.message().to_owned())
             }
+            // The connection failed after it was opened: with TLS, the leader refusing our
+            // certificate (or its absence) looks like this.
+            Code::Unknown | Code::Cancelled if self.tls => CtlError::Unreachable {
+                addr: self.leader.to_owned(),
+                reason: format!(
+                    "{}; over TLS this is often a refused client certificate: does the leader \
+                     require one (--tls-cert, --tls-key) signed by its tls_client_ca?",
+                    status_chain(&s)
+                ),
+            },
             _ => CtlError::Refused(s.message().to_owned()),
         }
     }
@@ -265,6 +278,14 @@ fn print_json(view: &impl serde::Serialize) -> Result<(), CtlError> {
     let text = serde_json::to_string_pretty(view).map_err(|e| CtlError::Refused(e.to_string()))?;
     println!("{text}");
     Ok(())
+}
+
+/// A status's message and the errors under it, without the status's debug dump.
+fn status_chain(s: &tonic::Status) -> String {
+    match std::error::Error::source(s) {
+        Some(source) => format!("{}: {}", s.message(), error_chain(source)),
+        None => s.message().to_owned(),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -182,3 +182,6 @@ pub(super) fn node(l: &mut Loader, keys: SecurityKeys, flags: &NodeSecurityFlags
         allow_insecure: insecure(flags.tls.allow_insecure, keys.insecure),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -131,3 +131,21 @@ fn a_client_sends_its_token_in_plaintext_only_to_loopback() {
     assert_eq!(host_of("[::1]:7070"), "::1");
     assert_eq!(host_of("leader:7070"), "leader");
 }
+
+#[test]
+fn a_node_certificate_names_exactly_its_node() {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["w1.worker.prod".to_owned()]).expect("params");
+    let cert = params.self_signed(&key).expect("cert");
+    let certs = vec![cert.der().clone()];
+    assert!(tls::names(&certs, &tls::node_name("worker", "w1", "prod")));
+    assert!(!tls::names(&certs, &tls::node_name("worker", "w2", "prod")));
+    assert!(!tls::names(&certs, &tls::node_name("agent", "w1", "prod")));
+    assert!(!tls::names(
+        &certs,
+        &tls::node_name("worker", "w1", "other")
+    ));
+    assert!(!tls::names(&[], "w1.worker.prod"));
+    // A name that is not a DNS name never matches.
+    assert!(!tls::names(&certs, "w1 worker"));
+}

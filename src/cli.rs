@@ -36,7 +36,8 @@ pub struct Cli {
 pub enum Action {
     /// Run the daemon in the foreground.
     Start(StartArgs),
-    /// Write the commented sample config for this mode.
+    /// Write the commented sample config for this mode (leader: or new tokens, with
+    /// --generate-tokens).
     Init {
         /// Where to write it (default: ./<mode>.toml). Refuses to overwrite.
         #[arg(long)]

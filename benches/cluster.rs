@@ -9,7 +9,8 @@
 //!   new file has been committed and removed at its source.
 //! - `leader-scale`: a real leader under simulated workers and client agents heartbeating over
 //!   real gRPC on loopback (one connection each); leader CPU, RSS, heartbeat round-trip p99 and
-//!   failover time at that scale.
+//!   failover time at that scale; `--secure 1` runs it with tokens and TLS on (the same
+//!   measurements, to compare with plaintext).
 //!
 //! Everything it starts is killed on drop (the test harness's `Proc`); it only talks to
 //! 127.0.0.1.
@@ -33,7 +34,74 @@ use sqd::proto::{
 use support::{Cluster, Proc, sshd::Sshd, wait_until};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A channel to the leader that carries the token (if any) of [`SECURE`].
+type Ch = InterceptedService<Channel, sqd::security::Bearer>;
+
+/// leader-scale with `--secure 1`: the token files and the CA of the leader's certificate.
+static SECURE: std::sync::OnceLock<Secure> = std::sync::OnceLock::new();
+
+struct Secure {
+    admin: std::path::PathBuf,
+    node: std::path::PathBuf,
+    ca: std::path::PathBuf,
+}
+
+/// The endpoint and token towards `addr` with `token` (admin or node) when secure.
+fn connector(addr: &str, node: bool) -> sqd::security::Connector {
+    let cfg = match SECURE.get() {
+        None => sqd::security::NodeSecurity::default(),
+        Some(s) => sqd::security::NodeSecurity {
+            token_file: Some(if node {
+                s.node.clone()
+            } else {
+                s.admin.clone()
+            }),
+            tls_ca: Some(s.ca.clone()),
+            ..Default::default()
+        },
+    };
+    sqd::security::Connector::new(addr, &cfg).expect("connector")
+}
+
+/// Tokens, a CA and a leader certificate for 127.0.0.1 in `dir`; the leader's extra flags.
+fn secure_leader(dir: &Path) -> Vec<String> {
+    let (admin, node) = (dir.join("admin.token"), dir.join("node.token"));
+    sqd::security::generate_tokens(&admin, &node).expect("tokens");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca = rcgen::CertifiedIssuer::self_signed(params, ca_key).expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("sign");
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write pem");
+        p.to_string_lossy().into_owned()
+    };
+    let ca_path = write("ca.pem", ca.pem());
+    let flags = vec![
+        "--admin-token-file".into(),
+        admin.to_string_lossy().into_owned(),
+        "--node-token-file".into(),
+        node.to_string_lossy().into_owned(),
+        "--tls-cert".into(),
+        write("leader.pem", cert.pem()),
+        "--tls-key".into(),
+        write("leader.key", key.serialize_pem()),
+    ];
+    let _ = SECURE.set(Secure {
+        admin,
+        node,
+        ca: ca_path.into(),
+    });
+    flags
+}
 
 fn main() {
     // `cargo bench` appends `--bench`; everything else is ours.
@@ -248,17 +316,14 @@ fn latency(o: &Opts) -> Value {
 // ---------------------------------------------------------------------------------------------
 // failover with real workers
 
-async fn admin(addr: &str) -> AdminServiceClient<Channel> {
-    let ch = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("leader uri")
-        .connect()
-        .await
-        .expect("connect to the leader");
-    AdminServiceClient::new(ch).max_decoding_message_size(64 << 20)
+async fn admin(addr: &str) -> AdminServiceClient<Ch> {
+    let c = connector(addr, false);
+    let ch = c.endpoint.connect().await.expect("connect to the leader");
+    AdminServiceClient::with_interceptor(ch, c.bearer).max_decoding_message_size(64 << 20)
 }
 
 /// Adds `names` as clients with an SSH target nobody listens on, `in_flight` at a time.
-async fn add_unreachable_clients(admin: &AdminServiceClient<Channel>, names: Vec<String>) {
+async fn add_unreachable_clients(admin: &AdminServiceClient<Ch>, names: Vec<String>) {
     let mut pending = futures_util::stream::iter(names.into_iter().map(|name| {
         let mut a = admin.clone();
         async move {
@@ -280,7 +345,7 @@ async fn add_unreachable_clients(admin: &AdminServiceClient<Channel>, names: Vec
 
 /// client -> worker ("" when unassigned), and the set of alive workers.
 async fn placement(
-    admin: &mut AdminServiceClient<Channel>,
+    admin: &mut AdminServiceClient<Ch>,
 ) -> (HashMap<String, String>, HashSet<String>) {
     let s = admin
         .status(proto::StatusRequest {})
@@ -319,7 +384,7 @@ fn failover(o: &Opts) -> Value {
     let real_dir = c.add_ssh_client("real", &sshd, &c.dir.path().join("real"), &[]);
     let names: Vec<String> = (1..clients).map(|i| format!("c{i:05}")).collect();
     rt.block_on(add_unreachable_clients(&admin, names));
-    let settled = |admin: &mut AdminServiceClient<Channel>| {
+    let settled = |admin: &mut AdminServiceClient<Ch>| {
         let (owners, alive) = rt.block_on(placement(admin));
         owners.len() == clients && owners.values().all(|w| alive.contains(w))
     };
@@ -431,7 +496,7 @@ fn node_msg(body: node_message::Body) -> proto::NodeMessage {
 /// One simulated worker (`worker = Some(index)`) or client agent (`agent = Some(name)`): registers,
 /// heartbeats at the leader's period with the progress a real node sends, answers Revoke with
 /// Released, and records heartbeat round trips.
-async fn sim_node(channel: Channel, index: usize, agent: Option<String>, shared: Arc<Shared>) {
+async fn sim_node(channel: Ch, index: usize, agent: Option<String>, shared: Arc<Shared>) {
     let mut client = NodeServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(64);
     let (role, id) = match &agent {
@@ -602,10 +667,17 @@ fn leader_scale(o: &Opts) -> Value {
     let kills: usize = o.num("kills", 3);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
+    // --secure 1: tokens and TLS on, to compare with plaintext.
+    let extra = if o.num("secure", 0) == 1 {
+        secure_leader(dir.path())
+    } else {
+        Vec::new()
+    };
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let leader = Proc::spawn(
         "leader",
         dir.path(),
-        &support::leader_args("127.0.0.1:0", &state, &[]),
+        &support::leader_args("127.0.0.1:0", &state, &extra),
         &[("RUST_LOG", "warn")],
     );
     let addr = support::wait_addr_file(&state.join("leader.addr"));
@@ -617,13 +689,15 @@ fn leader_scale(o: &Opts) -> Value {
     let t_setup = Instant::now();
     let (admin_client, channels) = rt.block_on(async {
         let admin = admin(&addr).await;
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .expect("leader uri")
-            .tcp_nodelay(true);
+        let c = connector(&addr, true);
+        let endpoint = c.endpoint.tcp_nodelay(true);
         let mut channels = Vec::with_capacity(conns);
         let mut connecting = futures_util::stream::iter((0..conns).map(|_| {
-            let e = endpoint.clone();
-            async move { e.connect().await.expect("connect a simulated node") }
+            let (e, bearer) = (endpoint.clone(), c.bearer.clone());
+            async move {
+                let ch = e.connect().await.expect("connect a simulated node");
+                InterceptedService::new(ch, bearer)
+            }
         }))
         .buffer_unordered(128);
         while let Some(ch) = connecting.next().await {

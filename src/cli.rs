@@ -36,11 +36,20 @@ pub struct Cli {
 pub enum Action {
     /// Run the daemon in the foreground.
     Start(StartArgs),
-    /// Write the commented sample config for this mode.
+    /// Write the commented sample config for this mode (leader: or new tokens, with
+    /// --generate-tokens).
     Init {
         /// Where to write it (default: ./<mode>.toml). Refuses to overwrite.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Leader only: write a new admin token and node token (mode 0600) instead of the
+        /// sample config; never overwrites an existing token file.
+        #[arg(long, conflicts_with = "config")]
+        generate_tokens: bool,
+        /// Where --generate-tokens writes admin.token and node.token (default: the leader's
+        /// state directory).
+        #[arg(long, value_name = "DIR", requires = "generate_tokens")]
+        token_dir: Option<PathBuf>,
     },
     /// Stop the local daemon of this mode gracefully (SIGTERM via its pid file).
     Stop(StartArgs),

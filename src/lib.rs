@@ -38,6 +38,7 @@ pub(crate) mod log_gate;
 pub mod metrics;
 pub mod node;
 pub mod proto;
+pub mod security;
 pub mod services;
 pub mod spec;
 pub mod stats;

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
+use tonic::{Code, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::codec::MAX_MESSAGE_BYTES;
@@ -42,6 +42,25 @@ pub enum NodeError {
     Refused { role: &'static str, reason: String },
     #[error("leader address {addr:?} is not valid: {reason}; use HOST:PORT")]
     BadLeaderAddr { addr: String, reason: String },
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
+}
+
+impl From<crate::security::ConnectError> for NodeError {
+    fn from(e: crate::security::ConnectError) -> Self {
+        match e {
+            crate::security::ConnectError::BadAddr { addr, reason } => {
+                NodeError::BadLeaderAddr { addr, reason }
+            }
+            crate::security::ConnectError::Security(e) => NodeError::Security(e),
+        }
+    }
+}
+
+/// How this node reaches the leader: its endpoint (TLS or not) and the token it sends.
+struct Link {
+    endpoint: tonic::transport::Endpoint,
+    bearer: crate::security::Bearer,
 }
 
 /// What the role does with the session.
@@ -144,19 +163,22 @@ enum End {
 pub(crate) async fn run<H: Handler>(
     ident: &Identity,
     leader: &str,
+    security: &crate::security::NodeSecurity,
     handler: &mut H,
     lease: Lease,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
-        .map_err(|e| NodeError::BadLeaderAddr {
-            addr: leader.to_owned(),
-            reason: e.to_string(),
-        })?
+    let connector = crate::security::Connector::new(leader, security)?;
+    let endpoint = connector
+        .endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
+    let link = Link {
+        endpoint,
+        bearer: connector.bearer,
+    };
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     // A node that cannot reach its leader says so at once, then ever more rarely.
     let mut reach_log = LogGate::new(Duration::from_secs(10), Duration::from_secs(300));
@@ -165,16 +187,7 @@ pub(crate) async fn run<H: Handler>(
             handler.shutdown().await;
             return Ok(());
         }
-        match session(
-            ident,
-            &endpoint,
-            handler,
-            &lease,
-            &mut shutdown,
-            &mut reach_log,
-        )
-        .await?
-        {
+        match session(ident, &link, handler, &lease, &mut shutdown, &mut reach_log).await? {
             End::Shutdown => return Ok(()),
             End::Lost { was_registered } => {
                 if was_registered {
@@ -196,13 +209,13 @@ pub(crate) async fn run<H: Handler>(
 
 async fn session<H: Handler>(
     ident: &Identity,
-    endpoint: &tonic::transport::Endpoint,
+    link: &Link,
     handler: &mut H,
     lease: &Lease,
     shutdown: &mut watch::Receiver<bool>,
     reach_log: &mut LogGate,
 ) -> Result<End, NodeError> {
-    let Some(accepted) = register(ident, endpoint, handler, lease, reach_log).await? else {
+    let Some(accepted) = register(ident, link, handler, lease, reach_log).await? else {
         return Ok(End::Lost {
             was_registered: false,
         });
@@ -223,12 +236,12 @@ struct Accepted {
 /// the leader refused this node for good.
 async fn register<H: Handler>(
     ident: &Identity,
-    endpoint: &tonic::transport::Endpoint,
+    link: &Link,
     handler: &H,
     lease: &Lease,
     reach_log: &mut LogGate,
 ) -> Result<Option<Accepted>, NodeError> {
-    let Some((out, mut inbound, register_sent)) = open(ident, endpoint, handler, reach_log).await
+    let Some((out, mut inbound, register_sent)) = open(ident, link, handler, reach_log).await
     else {
         return Ok(None);
     };
@@ -258,7 +271,7 @@ async fn register<H: Handler>(
     }
     let lease_len = Duration::from_millis(u64::from(registered.lease_ms.max(1)));
     lease.renew(register_sent, lease_len);
-    info!(leader = %endpoint.uri(), cluster = %registered.cluster, leader_version = %registered.leader_version,
+    info!(leader = %link.endpoint.uri(), cluster = %registered.cluster, leader_version = %registered.leader_version,
           heartbeat_ms = registered.heartbeat_ms, lease_ms = registered.lease_ms, "registered with the leader");
     Ok(Some(Accepted {
         out,
@@ -272,29 +285,30 @@ async fn register<H: Handler>(
 /// sent (the first lease runs from then). `None` when the leader cannot be reached.
 async fn open<H: Handler>(
     ident: &Identity,
-    endpoint: &tonic::transport::Endpoint,
+    link: &Link,
     handler: &H,
     reach_log: &mut LogGate,
 ) -> Option<(NodeOutbox, Streaming<proto::LeaderMessage>, Instant)> {
-    let channel = match endpoint.connect().await {
+    let channel = match link.endpoint.connect().await {
         Ok(c) => c,
         Err(e) => {
             let error = crate::text::causes(&e);
             match reach_log.failed(std::time::Instant::now()) {
                 Some(failures) => {
-                    warn!(leader = %endpoint.uri(), %error, failures, "cannot reach the leader; retrying with backoff")
+                    warn!(leader = %link.endpoint.uri(), %error, failures, "cannot reach the leader; retrying with backoff")
                 }
                 None => {
-                    debug!(leader = %endpoint.uri(), %error, "cannot reach the leader; retrying")
+                    debug!(leader = %link.endpoint.uri(), %error, "cannot reach the leader; retrying")
                 }
             }
             return None;
         }
     };
     if let Some(failures) = reach_log.succeeded() {
-        info!(leader = %endpoint.uri(), failures, "reached the leader again");
+        info!(leader = %link.endpoint.uri(), failures, "reached the leader again");
     }
-    let mut client = NodeServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = NodeServiceClient::with_interceptor(channel, link.bearer.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let (out, rx) = mpsc::channel::<NodeMessage>(1024);
     let register_sent = Instant::now();
     let register = proto::Register {
@@ -311,6 +325,10 @@ async fn open<H: Handler>(
         .ok()?;
     match client.session(ReceiverStream::new(rx)).await {
         Ok(r) => Some((out, r.into_inner(), register_sent)),
+        Err(e) if matches!(e.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+            warn!(error = %e.message(), "not authorised by the leader (check token_file, tls_cert and tls_key); retrying");
+            None
+        }
         Err(e) => {
             warn!(error = %e.message(), "leader rejected the session; retrying");
             None

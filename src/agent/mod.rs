@@ -102,6 +102,7 @@ pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(
     node::run(
         &ident,
         &cfg.leader,
+        &cfg.security,
         &mut agent,
         node::Lease::default(),
         shutdown,

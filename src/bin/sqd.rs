@@ -27,7 +27,12 @@ fn main() {
 
 fn run(mode: Mode, action: Action) -> anyhow::Result<()> {
     match action {
-        Action::Init { config } => init(mode, config),
+        Action::Init {
+            generate_tokens: true,
+            token_dir,
+            ..
+        } => generate_tokens(mode, token_dir),
+        Action::Init { config, .. } => init(mode, config),
         Action::Start(args) => start(mode, &args),
         Action::Stop(args) => stop(mode, args),
         Action::Restore(args) => restore(mode, args),
@@ -107,6 +112,38 @@ fn restore(mode: Mode, args: RestoreArgs) -> anyhow::Result<()> {
         done.backup_epoch,
         done.next_epoch,
         cfg.lease_ms + cfg.grace_ms,
+    );
+    Ok(())
+}
+
+fn generate_tokens(mode: Mode, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    if mode != Mode::Leader {
+        return Err(UsageError(
+            "tokens are generated on the leader: sqd --mode leader init --generate-tokens".into(),
+        )
+        .into());
+    }
+    let dir = match dir {
+        Some(dir) => dir,
+        None => LeaderConfig::load(None, &config::LeaderFlags::default())?.state_dir,
+    };
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let (admin, node) = (dir.join("admin.token"), dir.join("node.token"));
+    sqd::security::generate_tokens(&admin, &node)?;
+    println!(
+        "wrote {admin} and {node} (mode 0600)\n\
+         start the leader with: --admin-token-file {admin} --node-token-file {node}\n\
+         give {node} to workers and agents (--token-file) and {admin} to sqdctl \
+         (--token-file or SQD_TOKEN_FILE)",
+        admin = admin.display(),
+        node = node.display(),
     );
     Ok(())
 }

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::security::{self, SecurityKeys};
 use super::{
     ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, NodeFlags, Slot, merge, merge_int, rules,
 };
+use crate::security::NodeSecurity;
 
 /// Config of `sqd --mode client`.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +22,8 @@ pub struct ClientConfig {
     pub leader: String,
     /// Key `watch`, required.
     pub watch: PathBuf,
+    /// Node token and TLS towards the leader (see [`crate::security`]).
+    pub security: NodeSecurity,
     pub log: LogConfig,
 }
 
@@ -59,8 +63,9 @@ impl ClientConfig {
         let leader = l.string("leader");
         let watch: Slot<PathBuf> = l.path("watch");
         let complain = l.integer("complain_after_s");
+        let security_keys = SecurityKeys::take_node(&mut l);
         let log = l.log_keys();
-        l.unknown_keys(KEYS);
+        l.unknown_keys(&[KEYS, security::NODE_KEYS].concat());
 
         let name = l.require("name", "--name NAME", merge(flags.name.clone(), name));
         let name = l.check("name", name, |v| rules::name(v, CLIENT_NAME_MAX));
@@ -70,6 +75,7 @@ impl ClientConfig {
         let watch = l.check("watch", watch, rules::non_empty_path);
         let complain = merge_int(flags.complain_after_s, complain);
         let complain = l.ranged::<u64>("complain_after_s", complain, 60, (1, 86_400));
+        let security = security::node(&mut l, security_keys, &flags.node.security);
         let log = l.log(log, &flags.log);
 
         let built = match (name, leader, watch, complain, log) {
@@ -79,6 +85,7 @@ impl ClientConfig {
                     name: name.value,
                     leader: leader.value,
                     watch: watch.value,
+                    security,
                     log,
                 })
             }

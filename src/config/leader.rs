@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::security::{self, LeaderSecurityFlags, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, ServeFlags, Slot,
     Sourced, UserEnv, merge, merge_int, rules,
 };
+use crate::security::LeaderSecurity;
 
 /// Config of `sqd --mode leader`.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +33,8 @@ pub struct LeaderConfig {
     pub grace_ms: u64,
     /// Default 8; 1..=10000.
     pub max_moves_per_tick: usize,
+    /// Tokens, TLS and `allow_insecure` (see [`crate::security`]).
+    pub security: LeaderSecurity,
     pub log: LogConfig,
 }
 
@@ -52,6 +56,8 @@ pub struct LeaderFlags {
     /// Extra wait after a lease before a node is dead, in ms (default 500).
     #[arg(long)]
     pub grace_ms: Option<u64>,
+    #[command(flatten)]
+    pub security: LeaderSecurityFlags,
     #[command(flatten)]
     pub log: LogFlags,
 }
@@ -85,6 +91,7 @@ struct FileKeys {
     lease: Slot<i128>,
     grace: Slot<i128>,
     moves: Slot<i128>,
+    security: SecurityKeys,
     log: LogSlots,
 }
 
@@ -99,9 +106,10 @@ impl FileKeys {
             lease: l.integer("lease_ms"),
             grace: l.integer("grace_ms"),
             moves: l.integer("max_moves_per_tick"),
+            security: SecurityKeys::take_leader(l),
             log: l.log_keys(),
         };
-        l.unknown_keys(KEYS);
+        l.unknown_keys(&[KEYS, security::LEADER_KEYS].concat());
         keys
     }
 }
@@ -146,6 +154,7 @@ impl LeaderConfig {
             merge_int(flags.grace_ms, keys.grace),
         );
         let moves = l.ranged("max_moves_per_tick", keys.moves, 8, MAX_MOVES_PER_TICK);
+        let security = security::leader(&mut l, keys.security, &flags.security);
         let log = l.log(keys.log, &flags.log);
 
         let built = match (listen, state_dir, cluster, timing, moves, log) {
@@ -165,6 +174,7 @@ impl LeaderConfig {
                 lease_ms: timing.lease_ms,
                 grace_ms: timing.grace_ms,
                 max_moves_per_tick: moves.value,
+                security,
                 log,
             }),
             _ => None,

@@ -15,6 +15,7 @@
 mod client;
 mod leader;
 mod rules;
+mod security;
 mod state_home;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ use toml::{Table, Value};
 pub use crate::transport::ssh::TransferMode;
 pub use client::{ClientConfig, ClientFlags};
 pub use leader::{LeaderConfig, LeaderFlags};
+pub use security::{LeaderSecurityFlags, NodeSecurityFlags, TlsFlags};
 pub use worker::{FleetConfig, ShardConfig, WorkerConfig, WorkerFlags};
 
 use rules::Reason;
@@ -84,6 +86,8 @@ pub struct NodeFlags {
     /// Leader address HOST:PORT (default 127.0.0.1:7070).
     #[arg(long)]
     pub leader: Option<String>,
+    #[command(flatten)]
+    pub security: NodeSecurityFlags,
 }
 
 /// The daemon modes of `sqd --mode`.

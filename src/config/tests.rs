@@ -56,6 +56,7 @@ fn default_leader() -> LeaderConfig {
         lease_ms: 3000,
         grace_ms: 500,
         max_moves_per_tick: 8,
+        security: Default::default(),
         log: default_log(),
     }
 }
@@ -110,6 +111,7 @@ fn worker_sample_is_the_defaults_plus_examples() {
             transfer: TransferMode::Auto,
             shard: ShardConfig::default(),
             fleet: FleetConfig::default(),
+            security: Default::default(),
             log: default_log(),
         }
     );
@@ -126,6 +128,7 @@ fn client_sample_is_the_defaults_plus_examples() {
             name: "host-1".into(),
             leader: "127.0.0.1:7070".into(),
             watch: "/var/stats".into(),
+            security: Default::default(),
             log: default_log(),
         }
     );
@@ -221,6 +224,7 @@ fn flags_alone_make_a_config() {
             watch: Some("/w".into()),
             node: NodeFlags {
                 leader: Some("leader.example:7070".into()),
+                ..Default::default()
             },
             ..Default::default()
         },
@@ -340,6 +344,7 @@ fn bad_leader_addresses_are_rejected() {
         let flags = WorkerFlags {
             node: NodeFlags {
                 leader: Some(bad.into()),
+                ..Default::default()
             },
             ..worker_flags()
         };
@@ -352,6 +357,7 @@ fn bad_leader_addresses_are_rejected() {
         let flags = WorkerFlags {
             node: NodeFlags {
                 leader: Some(good.into()),
+                ..Default::default()
             },
             ..worker_flags()
         };

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::security::{self, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, NodeFlags, ServeFlags,
     Slot, Sourced, TransferMode, merge, merge_int, rules,
 };
+use crate::security::NodeSecurity;
 
 /// Config of `sqd --mode worker`.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +51,8 @@ pub struct WorkerConfig {
     pub shard: ShardConfig,
     /// How the worker treats hosts that do not answer and workers that do not come back.
     pub fleet: FleetConfig,
+    /// Node token and TLS towards the leader (see [`crate::security`]).
+    pub security: NodeSecurity,
     pub log: LogConfig,
 }
 
@@ -191,6 +195,7 @@ struct FileKeys {
     transfer: Slot<String>,
     shard: ShardKeys,
     fleet: FleetKeys,
+    security: SecurityKeys,
     log: LogSlots,
 }
 
@@ -247,9 +252,10 @@ impl FileKeys {
                 ssh_spawns_per_s: l.integer("ssh_spawns_per_s"),
                 orphan_after_s: l.integer("orphan_after_s"),
             },
+            security: SecurityKeys::take_node(l),
             log: l.log_keys(),
         };
-        l.unknown_keys(KEYS);
+        l.unknown_keys(&[KEYS, security::NODE_KEYS].concat());
         keys
     }
 }
@@ -299,6 +305,7 @@ impl WorkerConfig {
         let transfer = l.check("transfer", transfer, rules::transfer_mode);
         let shard = shard(&mut l, keys.shard, flags);
         let fleet = fleet(&mut l, keys.fleet, flags);
+        let security = security::node(&mut l, keys.security, &flags.node.security);
         let log = l.log(keys.log, &flags.log);
 
         let built = match (
@@ -338,6 +345,7 @@ impl WorkerConfig {
                 transfer: transfer.value,
                 shard,
                 fleet,
+                security,
                 log,
             }),
             _ => None,

@@ -7,7 +7,8 @@ mod output;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::proto::{self, admin_service_client::AdminServiceClient};
 use crate::spec::{ClientSpec, IngestSpec};
@@ -18,7 +19,8 @@ use crate::spec::{ClientSpec, IngestSpec};
     version,
     about = "Operate an sqd cluster: add and remove clients, drain workers, show status",
     after_help = "Exit codes: 0 success; 1 the leader refused the request (unknown or duplicate name, \
-                  invalid value); 2 bad command line; 3 the leader could not be reached."
+                  invalid value); 2 bad command line or unusable token/TLS file; 3 the leader could \
+                  not be reached; 4 not authorised (missing or wrong admin token)."
 )]
 pub struct Cli {
     /// Leader address (HOST:PORT).
@@ -32,6 +34,33 @@ pub struct Cli {
     /// Seconds to wait for the leader before giving up.
     #[arg(long, default_value_t = 5, global = true)]
     pub timeout: u64,
+    /// File holding the leader's admin token (mode 0600).
+    #[arg(long, env = "SQD_TOKEN_FILE", value_name = "FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// CA of the leader's certificate (PEM); turns TLS on.
+    #[arg(long, env = "SQD_TLS_CA", value_name = "FILE", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a leader that requires one (mTLS).
+    #[arg(
+        long,
+        env = "SQD_TLS_CERT",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "SQD_TLS_KEY",
+        value_name = "FILE",
+        global = true,
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Send the token in plaintext to a non-loopback leader (trusted networks only).
+    #[arg(long, global = true)]
+    pub allow_insecure: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -170,6 +199,8 @@ pub enum CtlError {
     Refused(String),
     #[error("{0}")]
     Usage(String),
+    #[error("not authorised: {0}")]
+    Unauthorised(String),
 }
 
 impl CtlError {
@@ -178,28 +209,41 @@ impl CtlError {
             CtlError::Refused(_) => 1,
             CtlError::Usage(_) => 2,
             CtlError::Unreachable { .. } | CtlError::NotALeader { .. } => 3,
+            CtlError::Unauthorised(_) => 4,
         }
     }
 }
 
 /// The leader's admin API, and the address it was reached at (named when it goes away).
 struct Admin<'a> {
-    client: AdminServiceClient<Channel>,
+    client: AdminServiceClient<InterceptedService<Channel, crate::security::Bearer>>,
     leader: &'a str,
     /// How long a failed call's peer is probed for what it is.
     probe_for: Duration,
+    /// Whether the connection is TLS (for the hint on a failed handshake).
+    tls: bool,
 }
 
 impl<'a> Admin<'a> {
     async fn connect(cli: &'a Cli) -> Result<Self, CtlError> {
         diagnose::check_leader_addr(&cli.leader).map_err(CtlError::Usage)?;
-        let endpoint = Endpoint::from_shared(format!("http://{}", cli.leader))
-            .map_err(|e| {
-                CtlError::Usage(format!(
-                    "--leader {:?} is not a valid HOST:PORT: {e}",
+        let security = crate::security::NodeSecurity {
+            token_file: cli.token_file.clone(),
+            tls_ca: cli.tls_ca.clone(),
+            tls_cert: cli.tls_cert.clone(),
+            tls_key: cli.tls_key.clone(),
+            allow_insecure: cli.allow_insecure,
+        };
+        let connector =
+            crate::security::Connector::new(&cli.leader, &security).map_err(|e| match e {
+                crate::security::ConnectError::BadAddr { reason, .. } => CtlError::Usage(format!(
+                    "--leader {:?} is not a valid HOST:PORT: {reason}",
                     cli.leader
-                ))
-            })?
+                )),
+                crate::security::ConnectError::Security(e) => CtlError::Usage(e.to_string()),
+            })?;
+        let endpoint = connector
+            .endpoint
             .connect_timeout(Duration::from_secs(cli.timeout))
             .timeout(Duration::from_secs(cli.timeout));
         let channel = endpoint.connect().await.map_err(|e| {
@@ -216,9 +260,10 @@ impl<'a> Admin<'a> {
             }
         })?;
         Ok(Admin {
-            client: AdminServiceClient::new(channel),
+            client: AdminServiceClient::with_interceptor(channel, connector.bearer),
             leader: &cli.leader,
             probe_for: Duration::from_secs(cli.timeout.clamp(1, 2)),
+            tls: cli.tls_ca.is_some(),
         })
     }
 
@@ -238,6 +283,19 @@ impl<'a> Admin<'a> {
                 addr: self.leader.to_owned(),
                 reason: s.message().to_owned(),
             },
+            Code::Unauthenticated | Code::PermissionDenied => {
+                CtlError::Unauthorised(s.message().to_owned())
+            }
+            // The connection failed after it was opened: with TLS, the leader refusing our
+            // certificate (or its absence) looks like this.
+            Code::Unknown | Code::Cancelled if self.tls => CtlError::Unreachable {
+                addr: self.leader.to_owned(),
+                reason: format!(
+                    "{}; over TLS this is often a refused client certificate: does the leader \
+                     require one (--tls-cert, --tls-key) signed by its tls_client_ca?",
+                    status_chain(&s)
+                ),
+            },
             _ => CtlError::Refused(s.message().to_owned()),
         }
     }
@@ -248,6 +306,14 @@ fn print_json(view: &impl serde::Serialize) -> Result<(), CtlError> {
     let text = serde_json::to_string_pretty(view).map_err(|e| CtlError::Refused(e.to_string()))?;
     println!("{text}");
     Ok(())
+}
+
+/// A status's message and the errors under it, without the status's debug dump.
+fn status_chain(s: &tonic::Status) -> String {
+    match std::error::Error::source(s) {
+        Some(source) => format!("{}: {}", s.message(), error_chain(source)),
+        None => s.message().to_owned(),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

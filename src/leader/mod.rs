@@ -30,12 +30,14 @@ use crate::daemon::{self, DaemonError, PidLock};
 use crate::proto::{
     admin_service_server::AdminServiceServer, node_service_server::NodeServiceServer,
 };
+use crate::security::LeaderGuard;
 use crate::services::{admin::AdminApi, node::NodeApi};
 use crate::version::VERSION;
 use liveness::Timing;
 use registry::Registry;
 use state::{Loaded, State, StateError};
 use status::LeaderInfo;
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
@@ -63,6 +65,8 @@ pub enum LeaderError {
     CoreGone,
     #[error(transparent)]
     Restore(#[from] restore::RestoreError),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
 }
 
 /// `sqd --mode leader restore`: puts `backup` in place as the state of `cfg.state_dir`; refused
@@ -80,6 +84,8 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs the leader until `shutdown` turns true.
 pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(), LeaderError> {
+    // A leader that would run open refuses before it takes the lock or loads anything.
+    let guard = LeaderGuard::load(cfg.listen, &cfg.security, Default::default())?;
     let _lock = PidLock::acquire(&cfg.state_dir, "leader")?;
     let started = Instant::now();
     // Nothing is served before the state is loaded (C5).
@@ -94,7 +100,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: cfg.cluster.clone(),
         version: VERSION.to_owned(),
     };
-    let metrics = serve_metrics(&cfg, &shutdown).await?;
+    let metrics = serve_metrics(&cfg, &shutdown, &guard).await?;
     let (handle, core_thread) =
         core::spawn(registry, state, info, started, metrics).map_err(|source| LeaderError::Io {
             path: cfg.state_dir.clone(),
@@ -103,11 +109,8 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     info!(addr = %local, cluster = %cfg.cluster, version = VERSION, clients, workers,
           heartbeat_ms = cfg.heartbeat_ms, lease_ms = cfg.lease_ms, "leader serving");
 
-    let node = NodeServiceServer::new(NodeApi::new(handle.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let closer = handle.clone();
-    let admin =
-        AdminServiceServer::new(AdminApi::new(handle)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let server = server(&cfg, &guard, handle)?;
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
     let (core_done_tx, core_done_rx) = tokio::sync::oneshot::channel();
@@ -125,11 +128,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         let _ = closer.send(core::Command::Shutdown);
         let _ = stopping_tx.send(());
     };
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .add_service(node)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    let server = server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
     let cut = async {
         if stopping_rx.await.is_ok() {
             tokio::time::sleep(STOP_GRACE).await;
@@ -150,6 +149,31 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         }
         failed = core_failed(core_done_rx) => failed,
     }
+}
+
+/// The gRPC router: each service behind its token gate, over TLS when configured.
+fn server(
+    cfg: &LeaderConfig,
+    guard: &LeaderGuard,
+    handle: core::CoreHandle,
+) -> Result<tonic::transport::server::Router, LeaderError> {
+    let mut api = NodeApi::new(handle.clone());
+    if guard.require_node_names {
+        api = api.requiring_cert_names(cfg.cluster.clone());
+    }
+    let node = NodeServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let admin =
+        AdminServiceServer::new(AdminApi::new(handle)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = guard.tls.clone() {
+        builder = builder
+            .tls_config(tls)
+            .map_err(crate::security::SecurityError::from)?;
+    }
+    Ok(builder
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(InterceptedService::new(node, guard.node.clone()))
+        .add_service(InterceptedService::new(admin, guard.admin.clone())))
 }
 
 /// Resolves only when the core thread failed: a core that ended cleanly (the stop) leaves
@@ -225,9 +249,11 @@ async fn listen(cfg: &LeaderConfig) -> Result<(TcpListener, SocketAddr), LeaderE
 async fn serve_metrics(
     cfg: &LeaderConfig,
     shutdown: &watch::Receiver<bool>,
+    guard: &LeaderGuard,
 ) -> Result<crate::metrics::LeaderMetrics, LeaderError> {
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = crate::metrics::LeaderMetrics::new(&mut prometheus);
+    crate::security::gate::register_metrics(&mut prometheus, &guard.refused);
     if let Some(addr) = cfg.metrics {
         // The state is loaded and the gRPC port bound by now: the leader is ready.
         let ready: crate::metrics::Readiness = std::sync::Arc::new(|| Ok(()));

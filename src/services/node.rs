@@ -22,6 +22,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct NodeApi {
     core: CoreHandle,
     next_session: AtomicU64,
+    /// With mTLS, the cluster whose names a node's certificate must carry.
+    cert_cluster: Option<String>,
 }
 
 impl NodeApi {
@@ -29,7 +31,38 @@ impl NodeApi {
         NodeApi {
             core,
             next_session: AtomicU64::new(1),
+            cert_cluster: None,
         }
+    }
+
+    /// Refuses a `Register` whose id the client certificate does not name (mTLS).
+    pub(crate) fn requiring_cert_names(mut self, cluster: String) -> Self {
+        self.cert_cluster = Some(cluster);
+        self
+    }
+
+    fn check_cert(
+        &self,
+        certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+        hello: &proto::Register,
+        peer: &str,
+    ) -> Result<(), Status> {
+        let Some(cluster) = &self.cert_cluster else {
+            return Ok(());
+        };
+        let role = match proto::NodeRole::try_from(hello.role) {
+            Ok(proto::NodeRole::Agent) => "agent",
+            _ => "worker",
+        };
+        let name = crate::security::tls::node_name(role, &hello.id, cluster);
+        if certs.is_some_and(|c| crate::security::tls::names(c, &name)) {
+            return Ok(());
+        }
+        tracing::warn!(%peer, id = %hello.id, expected = %name, "refused a Register: the client certificate does not name this node");
+        Err(Status::permission_denied(format!(
+            "the client certificate does not name {name}; a {role}'s certificate must carry \
+             the DNS name {name}"
+        )))
     }
 }
 
@@ -47,8 +80,10 @@ impl NodeService for NodeApi {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let certs = request.peer_certs();
         let mut inbound = request.into_inner();
         let hello = first_register(&mut inbound).await?;
+        self.check_cert(certs.as_deref().map(Vec::as_slice), &hello, &peer)?;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (outbox, rx) = mpsc::unbounded_channel();
         self.core.send(Command::Register {

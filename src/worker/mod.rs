@@ -116,7 +116,15 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         tokio::spawn(serve);
     }
     let mut worker = WorkerNode::new(cfg.id.clone(), store, pull, lease.clone(), held, metrics);
-    node::run(&ident, &cfg.leader, &mut worker, lease, shutdown).await?;
+    node::run(
+        &ident,
+        &cfg.leader,
+        &cfg.security,
+        &mut worker,
+        lease,
+        shutdown,
+    )
+    .await?;
     info!(worker = %cfg.id, "worker stopped");
     Ok(())
 }

@@ -70,8 +70,10 @@ fn producers(cluster: &Cluster, sshd: &Sshd, names: &[&str]) -> Vec<Producer> {
         .collect()
 }
 
+/// A series' labels and a bucket's start (unix s).
+type Point = (BTreeMap<String, String>, i64);
 /// (labels, bucket start s) → value, from an answer in the `--json` shape.
-type Points = BTreeMap<(BTreeMap<String, String>, i64), f64>;
+type Points = BTreeMap<Point, f64>;
 
 fn points(answer: &Value) -> Points {
     let mut out = Points::new();
@@ -90,7 +92,7 @@ fn points(answer: &Value) -> Points {
 
 /// What a single store holding every written sample answers, per aggregation.
 fn expected(written: &Written, from_s: i64, agg: &str) -> Points {
-    let mut buckets: BTreeMap<(BTreeMap<String, String>, i64), Vec<(i64, f64)>> = BTreeMap::new();
+    let mut buckets: BTreeMap<Point, Vec<(i64, f64)>> = BTreeMap::new();
     for ((client, host), samples) in written {
         let labels = BTreeMap::from([
             ("client".to_owned(), client.clone()),

@@ -2,8 +2,8 @@
 # Runs a real local sqd pipeline on this machine: a private sshd on 127.0.0.1 (own host key,
 # own client key), a leader, two workers with the embedded store, and two "producing hosts"
 # (directories served by that sshd) writing sample stats files (JSON lines with `cpu`); then
-# prints `sqdctl status` showing the files committed, and a one-shard query of each worker's
-# store: the average cpu per host over the last minute.
+# prints `sqdctl status` showing the files committed, and a cluster query over every worker's
+# shard: the average cpu per host, minute by minute.
 #
 #   scripts/quickstart.sh          start (or restart) everything and show status
 #   scripts/quickstart.sh stop     stop it all gracefully

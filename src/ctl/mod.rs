@@ -3,6 +3,7 @@
 mod diagnose;
 mod fleet;
 mod output;
+mod query;
 
 use std::time::Duration;
 
@@ -31,9 +32,10 @@ pub struct Cli {
         global = true
     )]
     pub leader: String,
-    /// Seconds to wait for the leader before giving up.
-    #[arg(long, default_value_t = 5, global = true)]
-    pub timeout: u64,
+    /// How long to wait for the leader (default 5s); for query, series and metrics the query's
+    /// deadline (default 10s), after which missing shards are named. 10s, 500ms, or seconds.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub timeout: Option<String>,
     /// File holding the leader's admin token (mode 0600).
     #[arg(long, env = "SQD_TOKEN_FILE", value_name = "FILE", global = true)]
     pub token_file: Option<std::path::PathBuf>,
@@ -101,6 +103,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Query every shard of the cluster: a table of time x series (partial answers warned on
+    /// stderr), or --json / --csv.
+    Query(Box<query::QueryArgs>),
+    /// List series (metric and labels) in any shard, optionally of one METRIC and matchers.
+    Series(query::SeriesArgs),
+    /// List every metric name in any shard.
+    Metrics(query::MetricsArgs),
     /// Print a shell completion script: `sqdctl completions bash > /etc/bash_completion.d/sqdctl`.
     Completions {
         shell: clap_complete::Shell,
@@ -224,8 +233,21 @@ struct Admin<'a> {
     tls: bool,
 }
 
+/// How long to wait for the leader when `--timeout` is not given.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
 impl<'a> Admin<'a> {
     async fn connect(cli: &'a Cli) -> Result<Self, CtlError> {
+        let wait = match &cli.timeout {
+            Some(t) => query::parse_timeout(t)?,
+            None => LEADER_WAIT,
+        };
+        Self::connect_for(cli, wait).await
+    }
+
+    /// Connects within `--timeout` (at most 5 s by default) and lets each call take `rpc`.
+    async fn connect_for(cli: &'a Cli, rpc: Duration) -> Result<Self, CtlError> {
+        let connect = rpc.min(LEADER_WAIT);
         diagnose::check_leader_addr(&cli.leader).map_err(CtlError::Usage)?;
         let security = crate::security::NodeSecurity {
             token_file: cli.token_file.clone(),
@@ -242,13 +264,10 @@ impl<'a> Admin<'a> {
                 )),
                 crate::security::ConnectError::Security(e) => CtlError::Usage(e.to_string()),
             })?;
-        let endpoint = connector
-            .endpoint
-            .connect_timeout(Duration::from_secs(cli.timeout))
-            .timeout(Duration::from_secs(cli.timeout));
+        let endpoint = connector.endpoint.connect_timeout(connect).timeout(rpc);
+        let probe_for = connect.clamp(Duration::from_secs(1), Duration::from_secs(2));
         let channel = endpoint.connect().await.map_err(|e| {
-            let wait = Duration::from_secs(cli.timeout.clamp(1, 2));
-            match diagnose::probe(&cli.leader, wait).not_a_leader() {
+            match diagnose::probe(&cli.leader, probe_for).not_a_leader() {
                 Some(found) => CtlError::NotALeader {
                     addr: cli.leader.clone(),
                     found,
@@ -260,9 +279,10 @@ impl<'a> Admin<'a> {
             }
         })?;
         Ok(Admin {
-            client: AdminServiceClient::with_interceptor(channel, connector.bearer),
+            client: AdminServiceClient::with_interceptor(channel, connector.bearer)
+                .max_decoding_message_size(crate::codec::MAX_MESSAGE_BYTES),
             leader: &cli.leader,
-            probe_for: Duration::from_secs(cli.timeout.clamp(1, 2)),
+            probe_for,
             tls: cli.tls_ca.is_some(),
         })
     }
@@ -378,6 +398,9 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             limit,
             json,
         } => explain(&cli, client, *limit, *json).await,
+        Command::Query(args) => query::query(&cli, args).await,
+        Command::Series(args) => query::series(&cli, args).await,
+        Command::Metrics(args) => query::metrics(&cli, args).await,
         Command::Completions { shell, program } => {
             completions(*shell, *program);
             Ok(())

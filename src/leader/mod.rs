@@ -6,6 +6,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod core;
+pub(crate) mod fanout;
 pub(crate) mod liveness;
 pub(crate) mod reason;
 pub(crate) mod reconcile;
@@ -110,7 +111,11 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
           heartbeat_ms = cfg.heartbeat_ms, lease_ms = cfg.lease_ms, "leader serving");
 
     let closer = handle.clone();
-    let server = server(&cfg, &guard, handle)?;
+    // Every cluster read (sqdctl, the HTTP API, alert rules) goes through this one fan-out.
+    let reader = std::sync::Arc::new(fanout::Fanout::new(fanout::RegistryShards::new(
+        handle.clone(),
+    )));
+    let server = server(&cfg, &guard, handle, reader)?;
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
     let (core_done_tx, core_done_rx) = tokio::sync::oneshot::channel();
@@ -156,14 +161,15 @@ fn server(
     cfg: &LeaderConfig,
     guard: &LeaderGuard,
     handle: core::CoreHandle,
+    reader: std::sync::Arc<fanout::Fanout<fanout::RegistryShards>>,
 ) -> Result<tonic::transport::server::Router, LeaderError> {
     let mut api = NodeApi::new(handle.clone());
     if guard.require_node_names {
         api = api.requiring_cert_names(cfg.cluster.clone());
     }
     let node = NodeServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let admin =
-        AdminServiceServer::new(AdminApi::new(handle)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServiceServer::new(AdminApi::new(handle, reader))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = guard.tls.clone() {
         builder = builder

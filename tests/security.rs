@@ -161,6 +161,27 @@ impl Secure {
     }
 }
 
+/// Calls a worker's `ShardService.Metrics` with no token; the status code it answers.
+fn shard_metrics_without_token(addr: &str) -> tonic::Code {
+    use sqd::proto::{ShardMetricsRequest, shard_service_client::ShardServiceClient};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let call = async {
+            let mut client = ShardServiceClient::connect(format!("http://{addr}")).await?;
+            let mut stream = client.metrics(ShardMetricsRequest {}).await?.into_inner();
+            while stream.message().await?.is_some() {}
+            Ok::<(), Box<dyn std::error::Error>>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), call).await {
+            Ok(Ok(())) => tonic::Code::Ok,
+            Ok(Err(e)) => e
+                .downcast_ref::<tonic::Status>()
+                .map_or(tonic::Code::Unknown, tonic::Status::code),
+            Err(_) => tonic::Code::DeadlineExceeded,
+        }
+    })
+}
+
 fn path(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_owned()
 }
@@ -240,6 +261,14 @@ fn tokens_guard_every_admin_rpc_and_the_node_session() {
             .is_some_and(|(w, _)| w.as_deref() == Some("w1"))
     });
     let view = registry_view(&settled);
+
+    // The leader reads w1's shard with the node token; a stranger gets nothing from it.
+    let out = s.ctl(&["metrics", "--deny-partial"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shard_addr = std::fs::read_to_string(s.dir.path().join("store-w1").join("listen.addr"))
+        .expect("the worker writes listen.addr");
+    let code = shard_metrics_without_token(shard_addr.trim());
+    assert_eq!(code, tonic::Code::Unauthenticated);
 
     let wrong = write_secret(
         s.dir.path(),

@@ -114,6 +114,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     // Every cluster read (sqdctl, the HTTP API, alert rules) goes through this one fan-out.
     let reader = std::sync::Arc::new(fanout::Fanout::new(fanout::RegistryShards::new(
         handle.clone(),
+        guard.shard_bearer.clone(),
     )));
     let server = server(&cfg, &guard, handle, reader)?;
 

@@ -17,6 +17,8 @@ use super::token::{Expected, Token, bearer};
 pub(crate) enum Api {
     Admin,
     Node,
+    /// A worker's shard (queries from the leader): the node token, which the leader also holds.
+    Shard,
 }
 
 impl Api {
@@ -24,6 +26,7 @@ impl Api {
         match self {
             Api::Admin => "admin",
             Api::Node => "node",
+            Api::Shard => "shard",
         }
     }
 }
@@ -41,6 +44,10 @@ impl Refusal {
         let (what, file) = match api {
             Api::Admin => ("the admin API", "the admin token (sqdctl --token-file)"),
             Api::Node => ("NodeService", "the node token (token_file)"),
+            Api::Shard => (
+                "this worker's ShardService",
+                "the node token (the leader's node_token_file)",
+            ),
         };
         match self {
             Refusal::Missing => format!("{what} needs a token: send {file}"),

@@ -128,6 +128,8 @@ pub(crate) struct LeaderGuard {
     pub(crate) require_node_names: bool,
     /// Counts what the gates refuse; registered with the leader's metrics.
     pub(crate) refused: gate::Refused,
+    /// What the leader sends to workers' shards: the node token, which their gate expects.
+    pub(crate) shard_bearer: Bearer,
 }
 
 impl LeaderGuard {
@@ -144,6 +146,7 @@ impl LeaderGuard {
             admin: gate::Gate::new(gate::Api::Admin, admin.as_ref(), refused.clone()),
             node: gate::Gate::new(gate::Api::Node, node.as_ref(), refused.clone()),
             refused,
+            shard_bearer: Bearer::new(node.as_ref()),
             tls: tls::server(cfg)?,
             require_node_names: cfg.tls_client_ca.is_some() && cfg.tls_cert.is_some(),
         })

@@ -43,6 +43,13 @@ pub enum WorkerError {
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error(
+        "--listen {0} would serve this worker's shard to anyone on the network: set token_file \
+         (--token-file) to the cluster's node token, or listen on 127.0.0.1"
+    )]
+    OpenShard(std::net::SocketAddr),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
+    #[error(
         "cannot listen on {addr} for shard queries: {source}; is another process using the port? pick another with --listen"
     )]
     Listen {
@@ -64,6 +71,18 @@ async fn serve_shard(
         addr: want.to_string(),
         source,
     };
+    // Shard answers are the fleet's data: off loopback they need the node token (the leader
+    // sends it), as the leader's own API does (DESIGN S1).
+    let token = match &cfg.security.token_file {
+        Some(path) => Some(crate::security::token::Token::read(path)?),
+        None if !want.ip().is_loopback() => return Err(WorkerError::OpenShard(want)),
+        None => None,
+    };
+    let gate = crate::security::gate::Gate::new(
+        crate::security::gate::Api::Shard,
+        token.as_ref(),
+        Default::default(),
+    );
     let listener = tokio::net::TcpListener::bind(want).await.map_err(failed)?;
     let bound = listener.local_addr().map_err(failed)?;
     daemon::write_addr_file(&cfg.store.join("listen.addr"), bound)?;
@@ -76,7 +95,9 @@ async fn serve_shard(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
-            .add_service(api)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                api, gate,
+            ))
             .serve_with_incoming_shutdown(incoming, daemon::wait_for(shutdown))
             .await;
         if let Err(e) = served {

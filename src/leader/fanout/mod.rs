@@ -189,12 +189,15 @@ pub(crate) struct RegistryShards {
     core: CoreHandle,
     /// One lazily connected channel per address, reused across queries.
     channels: Mutex<HashMap<String, tonic::transport::Channel>>,
+    /// The node token, which workers' shard gates expect.
+    bearer: crate::security::Bearer,
 }
 
 impl RegistryShards {
-    pub(crate) fn new(core: CoreHandle) -> Self {
+    pub(crate) fn new(core: CoreHandle, bearer: crate::security::Bearer) -> Self {
         RegistryShards {
             core,
+            bearer,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -227,7 +230,7 @@ impl ShardSource for RegistryShards {
             let mut shards: Vec<Arc<dyn Shard>> = Vec::new();
             for w in workers {
                 let shard: Arc<dyn Shard> = match self.channel(&w.addr) {
-                    Ok(channel) => Arc::new(RemoteShard::new(w.id, channel)),
+                    Ok(channel) => Arc::new(RemoteShard::new(w.id, channel, self.bearer.clone())),
                     Err(why) => Arc::new(remote::Unreachable { id: w.id, why }),
                 };
                 shards.push(shard);

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Chunks, Opening, Shard};
@@ -30,12 +31,13 @@ pub(super) fn channel(addr: &str) -> Result<Channel, String> {
 
 pub(crate) struct RemoteShard {
     id: String,
-    client: ShardServiceClient<Channel>,
+    client: ShardServiceClient<InterceptedService<Channel, crate::security::Bearer>>,
 }
 
 impl RemoteShard {
-    pub(crate) fn new(id: String, channel: Channel) -> Self {
-        let client = ShardServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    pub(crate) fn new(id: String, channel: Channel, bearer: crate::security::Bearer) -> Self {
+        let client = ShardServiceClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         RemoteShard { id, client }
     }
 }

@@ -50,6 +50,7 @@ fn default_leader() -> LeaderConfig {
     LeaderConfig {
         listen: "127.0.0.1:7070".parse().expect("addr"),
         metrics: None,
+        query_listen: None,
         state_dir: "/home/u/.local/state/sqd/leader".into(),
         cluster: "sqd".into(),
         heartbeat_ms: 1000,

@@ -7,6 +7,7 @@
 pub(crate) mod audit;
 pub(crate) mod core;
 pub(crate) mod liveness;
+pub(crate) mod promapi;
 pub(crate) mod reason;
 pub(crate) mod reconcile;
 pub(crate) mod registry;

@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/sqd/v1/common.proto",
         "proto/sqd/v1/leader.proto",
+        "proto/sqd/v1/shard.proto",
         "proto/sqd/v1/admin.proto",
     ];
     for file in files {

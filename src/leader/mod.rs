@@ -6,6 +6,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod core;
+pub(crate) mod fanout;
 pub(crate) mod liveness;
 pub(crate) mod promapi;
 pub(crate) mod reason;
@@ -107,8 +108,12 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let node = NodeServiceServer::new(NodeApi::new(handle.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let closer = handle.clone();
-    let admin =
-        AdminServiceServer::new(AdminApi::new(handle)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // Every cluster read (sqdctl, the HTTP API, alert rules) goes through this one fan-out.
+    let reader = std::sync::Arc::new(fanout::Fanout::new(fanout::RegistryShards::new(
+        handle.clone(),
+    )));
+    let admin = AdminServiceServer::new(AdminApi::new(handle, reader))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
     let (core_done_tx, core_done_rx) = tokio::sync::oneshot::channel();

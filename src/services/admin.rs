@@ -2,16 +2,20 @@
 
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use crate::leader::core::{Command, CoreHandle};
+use crate::leader::fanout::{Fanout, RegistryShards};
 use crate::proto::{self, admin_service_server::AdminService};
 
 pub(crate) struct AdminApi {
     core: CoreHandle,
+    reader: Arc<Fanout<RegistryShards>>,
 }
 
 impl AdminApi {
-    pub(crate) fn new(core: CoreHandle) -> Self {
-        AdminApi { core }
+    pub(crate) fn new(core: CoreHandle, reader: Arc<Fanout<RegistryShards>>) -> Self {
+        AdminApi { core, reader }
     }
 
     async fn drain(
@@ -98,5 +102,31 @@ impl AdminService for AdminApi {
             })
             .await??;
         Ok(Response::new(result.into()))
+    }
+
+    type QueryStream = super::query::QueryStream;
+
+    async fn query(
+        &self,
+        request: Request<proto::QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let stream = super::query::query(self.reader.as_ref(), request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn series(
+        &self,
+        request: Request<proto::SeriesRequest>,
+    ) -> Result<Response<proto::SeriesResponse>, Status> {
+        let answer = super::query::series(self.reader.as_ref(), request.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn metrics(
+        &self,
+        request: Request<proto::MetricsRequest>,
+    ) -> Result<Response<proto::MetricsResponse>, Status> {
+        let answer = super::query::metrics(self.reader.as_ref(), request.into_inner()).await?;
+        Ok(Response::new(answer))
     }
 }

@@ -4,6 +4,8 @@
 pub(crate) mod admin;
 pub(crate) mod convert;
 pub(crate) mod node;
+pub(crate) mod query;
+pub(crate) mod shard_wire;
 
 use crate::leader::core::CoreError;
 use crate::leader::registry::RegistryError;

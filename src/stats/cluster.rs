@@ -34,6 +34,18 @@ impl ShardReport {
         timed_out.sort();
         self.failed.keys().cloned().chain(timed_out).collect()
     }
+
+    /// `w2 failed (connection refused); w3 timed out` — the shards missing from an answer, for
+    /// warnings and errors.
+    pub fn describe_missing(&self) -> String {
+        let mut timed_out = self.timed_out.clone();
+        timed_out.sort();
+        (self.failed.iter())
+            .map(|(id, why)| format!("{id} failed ({why})"))
+            .chain(timed_out.into_iter().map(|id| format!("{id} timed out")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// A value merged from every shard that answered, with the report of who did.
@@ -80,3 +92,167 @@ pub trait ClusterReader: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<Answer<Vec<String>>, ClusterError>> + Send;
 }
+
+/// Most series in one chunk of a shard's (or the leader's) streamed answer.
+pub const CHUNK_SERIES: usize = 50;
+/// About the most bytes in one chunk (one series larger than this travels alone).
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Cuts a stream of items into chunks of at most [`CHUNK_SERIES`] items or about
+/// [`CHUNK_BYTES`], so neither side holds more than a chunk per stream in flight.
+#[derive(Debug)]
+pub struct Chunker<T> {
+    items: Vec<T>,
+    bytes: usize,
+    max_items: usize,
+    max_bytes: usize,
+}
+
+impl<T> Default for Chunker<T> {
+    fn default() -> Self {
+        Chunker::new(CHUNK_SERIES, CHUNK_BYTES)
+    }
+}
+
+impl<T> Chunker<T> {
+    pub fn new(max_items: usize, max_bytes: usize) -> Self {
+        Chunker {
+            items: Vec::new(),
+            bytes: 0,
+            max_items: max_items.max(1),
+            max_bytes,
+        }
+    }
+
+    /// Adds an item of about `bytes` encoded; returns a full chunk to send.
+    pub fn push(&mut self, item: T, bytes: usize) -> Option<Vec<T>> {
+        let full = !self.items.is_empty() && self.bytes + bytes > self.max_bytes;
+        let out = full.then(|| self.take());
+        self.items.push(item);
+        self.bytes += bytes;
+        if out.is_none() && self.items.len() >= self.max_items {
+            return Some(self.take());
+        }
+        out
+    }
+
+    /// The last, possibly short, chunk (`None` when nothing is left).
+    pub fn finish(mut self) -> Option<Vec<T>> {
+        (!self.items.is_empty()).then(|| self.take())
+    }
+
+    fn take(&mut self) -> Vec<T> {
+        self.bytes = 0;
+        std::mem::take(&mut self.items)
+    }
+}
+
+/// About the encoded size of one series' partials (labels plus ~70 bytes a bucket).
+pub fn partials_bytes(s: &SeriesPartials) -> usize {
+    labels_bytes(&s.labels) + s.buckets.len() * 70
+}
+
+/// About the encoded size of one series key.
+pub fn key_bytes(k: &SeriesKey) -> usize {
+    k.metric.len() + labels_bytes(&k.labels) + 4
+}
+
+fn labels_bytes(labels: &[(String, String)]) -> usize {
+    labels.iter().map(|(k, v)| k.len() + v.len() + 6).sum()
+}
+
+/// Merges the series of each group — the labels named in `by` (a series without one of them
+/// groups as if it lacked it, as Prometheus's `by` does) — bucket by bucket, so a group's avg
+/// is over every sample of its series. An empty `by` keeps every series apart.
+pub fn group_by(answer: Vec<SeriesPartials>, by: &[String]) -> Vec<SeriesPartials> {
+    if by.is_empty() {
+        return answer;
+    }
+    let mut merger = super::query::Merger::default();
+    for s in answer {
+        let labels = s
+            .labels
+            .into_iter()
+            .filter(|(k, _)| by.contains(k))
+            .collect();
+        merger.add(SeriesPartials {
+            labels,
+            buckets: s.buckets,
+        });
+    }
+    merger.finish()
+}
+
+/// Where one shard's answer stands while a read is under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Progress {
+    Pending,
+    Done,
+    Failed(String),
+}
+
+/// Builds a [`ShardReport`] from what happens to each asked shard; pure, so the report's rules
+/// (a shard that never finished is timed out, or failed when its reader vanished) are tested
+/// without a network.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    shards: Vec<(String, Progress)>,
+}
+
+impl Tally {
+    pub fn new(asked: impl IntoIterator<Item = String>) -> Self {
+        Tally {
+            shards: asked
+                .into_iter()
+                .map(|id| (id, Progress::Pending))
+                .collect(),
+        }
+    }
+
+    /// True while shard `i`'s chunks still count: once it failed, nothing more of it is taken.
+    pub fn pending(&self, i: usize) -> bool {
+        matches!(self.shards.get(i), Some((_, Progress::Pending)))
+    }
+
+    pub fn done(&mut self, i: usize) {
+        if let Some((_, p @ Progress::Pending)) = self.shards.get_mut(i) {
+            *p = Progress::Done;
+        }
+    }
+
+    pub fn failed(&mut self, i: usize, why: String) {
+        if let Some((_, p @ Progress::Pending)) = self.shards.get_mut(i) {
+            *p = Progress::Failed(why);
+        }
+    }
+
+    /// True once every shard finished one way or another.
+    pub fn settled(&self) -> bool {
+        self.shards.iter().all(|(_, p)| *p != Progress::Pending)
+    }
+
+    /// The report; shards still pending timed out when `deadline_passed`, otherwise their
+    /// reader stopped without a word (counted as failed, never silently dropped).
+    pub fn finish(self, deadline_passed: bool) -> ShardReport {
+        let mut report = ShardReport::default();
+        for (id, progress) in self.shards {
+            report.asked.push(id.clone());
+            match progress {
+                Progress::Done => report.answered.push(id),
+                Progress::Failed(why) => {
+                    report.failed.insert(id, why);
+                }
+                Progress::Pending if deadline_passed => report.timed_out.push(id),
+                Progress::Pending => {
+                    report
+                        .failed
+                        .insert(id, "its reader stopped before the answer ended".into());
+                }
+            }
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests;

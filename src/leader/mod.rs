@@ -61,6 +61,8 @@ pub enum LeaderError {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    QueryApi(#[from] promapi::PromApiError),
     #[error("the leader core stopped unexpectedly")]
     CoreGone,
     #[error(transparent)]
@@ -112,6 +114,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let reader = std::sync::Arc::new(fanout::Fanout::new(fanout::RegistryShards::new(
         handle.clone(),
     )));
+    serve_query_api(&cfg, reader.clone(), &shutdown).await?;
     let admin = AdminServiceServer::new(AdminApi::new(handle, reader))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -244,4 +247,20 @@ async fn serve_metrics(
         tokio::spawn(serve);
     }
     Ok(metrics)
+}
+
+/// When configured, serves the Prometheus-compatible query API over `reader` and writes its
+/// address to `<state-dir>/query.addr` (for scripts and tests that asked for port 0).
+async fn serve_query_api<R: crate::stats::cluster::ClusterReader>(
+    cfg: &LeaderConfig,
+    reader: std::sync::Arc<R>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), LeaderError> {
+    let Some(addr) = cfg.query_listen else {
+        return Ok(());
+    };
+    let (bound, serve) = promapi::serve(addr, reader, daemon::wait_for(shutdown.clone())).await?;
+    daemon::write_addr_file(&cfg.state_dir.join("query.addr"), bound)?;
+    tokio::spawn(serve);
+    Ok(())
 }

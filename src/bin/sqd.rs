@@ -57,7 +57,7 @@ fn query(mode: Mode, args: &QueryArgs) -> anyhow::Result<()> {
     let q = text.check(sqd::clock::unix_ms())?;
     let answer = offline::query(&args.store, &q)?;
     if args.json {
-        println!("{}", offline::render_json(&answer, q.agg));
+        println!("{}", offline::render_json(&answer, q.agg, &args.store));
     } else {
         print!("{}", offline::render_table(&answer, q.agg));
     }

@@ -1,6 +1,7 @@
 //! `sqdctl`: the operator's commands against the leader's admin API.
 
 mod output;
+mod query;
 
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ pub struct Cli {
         global = true
     )]
     pub leader: String,
-    /// Seconds to wait for the leader before giving up.
-    #[arg(long, default_value_t = 5, global = true)]
-    pub timeout: u64,
+    /// How long to wait for the leader (default 5s); for query, series and metrics the query's
+    /// deadline (default 10s), after which missing shards are named. 10s, 500ms, or seconds.
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub timeout: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,6 +68,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Query every shard of the cluster: a table of time x series (partial answers warned on
+    /// stderr), or --json / --csv.
+    Query(Box<query::QueryArgs>),
+    /// List series (metric and labels) in any shard, optionally of one METRIC and matchers.
+    Series(query::SeriesArgs),
+    /// List every metric name in any shard.
+    Metrics(query::MetricsArgs),
     /// Print a shell completion script: `sqdctl completions bash > /etc/bash_completion.d/sqdctl`.
     Completions {
         shell: clap_complete::Shell,
@@ -178,8 +187,21 @@ struct Admin<'a> {
     leader: &'a str,
 }
 
+/// How long to wait for the leader when `--timeout` is not given.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
 impl<'a> Admin<'a> {
     async fn connect(cli: &'a Cli) -> Result<Self, CtlError> {
+        let wait = match &cli.timeout {
+            Some(t) => query::parse_timeout(t)?,
+            None => LEADER_WAIT,
+        };
+        Self::connect_for(cli, wait).await
+    }
+
+    /// Connects within `--timeout` (at most 5 s by default) and lets each call take `rpc`.
+    async fn connect_for(cli: &'a Cli, rpc: Duration) -> Result<Self, CtlError> {
+        let connect = rpc.min(LEADER_WAIT);
         let endpoint = Endpoint::from_shared(format!("http://{}", cli.leader))
             .map_err(|e| {
                 CtlError::Usage(format!(
@@ -187,8 +209,8 @@ impl<'a> Admin<'a> {
                     cli.leader
                 ))
             })?
-            .connect_timeout(Duration::from_secs(cli.timeout))
-            .timeout(Duration::from_secs(cli.timeout));
+            .connect_timeout(connect)
+            .timeout(rpc);
         let channel = endpoint
             .connect()
             .await
@@ -197,7 +219,8 @@ impl<'a> Admin<'a> {
                 reason: error_chain(&e),
             })?;
         Ok(Admin {
-            client: AdminServiceClient::new(channel),
+            client: AdminServiceClient::new(channel)
+                .max_decoding_message_size(crate::codec::MAX_MESSAGE_BYTES),
             leader: &cli.leader,
         })
     }
@@ -289,6 +312,9 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             limit,
             json,
         } => explain(&cli, client, *limit, *json).await,
+        Command::Query(args) => query::query(&cli, args).await,
+        Command::Series(args) => query::series(&cli, args).await,
+        Command::Metrics(args) => query::metrics(&cli, args).await,
         Command::Completions { shell, program } => {
             completions(*shell, *program);
             Ok(())

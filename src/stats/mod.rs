@@ -10,4 +10,5 @@ pub mod parse;
 pub mod partial;
 pub mod promql;
 pub mod query;
+pub mod render;
 pub mod tsdb;

@@ -6,6 +6,7 @@ mod held;
 mod lifecycle;
 pub mod offline;
 mod pull;
+mod shard_api;
 mod staging;
 
 use std::collections::HashMap;
@@ -41,6 +42,48 @@ pub enum WorkerError {
     Open(#[from] crate::store::StoreError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(
+        "cannot listen on {addr} for shard queries: {source}; is another process using the port? pick another with --listen"
+    )]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Serves `ShardService` (the leader's cluster queries) on `listen`, or on 127.0.0.1 at a free
+/// port when unset; returns the address to advertise, also written to `<store>/listen.addr`.
+async fn serve_shard(
+    cfg: &WorkerConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<std::net::SocketAddr, WorkerError> {
+    let want = cfg
+        .listen
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let failed = |source| WorkerError::Listen {
+        addr: want.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(want).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    daemon::write_addr_file(&cfg.store.join("listen.addr"), bound)?;
+    if cfg.listen.is_none() {
+        info!(addr = %bound, "shard queries served on loopback only; a leader on another host needs --listen");
+    }
+    let api =
+        proto::shard_service_server::ShardServiceServer::new(shard_api::ShardApi::new(&cfg.store))
+            .max_decoding_message_size(crate::codec::MAX_MESSAGE_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(api)
+            .serve_with_incoming_shutdown(incoming, daemon::wait_for(shutdown))
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "the shard query server stopped");
+        }
+    });
+    Ok(bound)
 }
 
 pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
@@ -49,11 +92,12 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         source,
     })?;
     let _lock = PidLock::acquire(&cfg.store, "worker")?;
+    let shard_addr = serve_shard(&cfg, shutdown.clone()).await?;
     let ident = node::Identity {
         role: proto::NodeRole::Worker,
         id: cfg.id.clone(),
         version: crate::version::advertised(),
-        addr: cfg.listen.map(|a| a.to_string()).unwrap_or_default(),
+        addr: shard_addr.to_string(),
         cluster: cfg.cluster.clone().unwrap_or_default(),
         capacity: cfg.capacity,
     };

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::config::ShardConfig;
 use crate::stats::parse::time::rfc3339_ms;
@@ -152,6 +152,20 @@ fn catalog(store: &Path) -> Result<PathBuf, UsageError> {
     }
 }
 
+/// A read-only connection to the shard in `catalog`, or `None` when the store has no shard
+/// tables (last opened by an sqd without samples: nothing to answer). WAL lets it read a
+/// snapshot while the worker commits.
+pub(crate) fn open_shard(catalog: &Path) -> Result<Option<Connection>, rusqlite::Error> {
+    let conn = Connection::open_with_flags(catalog, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let has_shard: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'ts_series')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(has_shard.then_some(conn))
+}
+
 /// Answers `q` from the shard of the store at `store`, opened read-only.
 pub fn query(store: &Path, q: &ShardQuery) -> Result<Vec<SeriesPartials>, OfflineError> {
     let path = catalog(store)?;
@@ -159,18 +173,8 @@ pub fn query(store: &Path, q: &ShardQuery) -> Result<Vec<SeriesPartials>, Offlin
         path: path.clone(),
         source,
     };
-    let conn =
-        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(wrap)?;
-    // A store last opened by an sqd without samples has no shard tables: nothing to answer.
-    let has_shard: bool = conn
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'ts_series')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(wrap)?;
     let mut out = Vec::new();
-    if has_shard {
+    if let Some(conn) = open_shard(&path).map_err(wrap)? {
         tsdb::query(&conn, &q.selector, &q.range, |s| {
             out.push(s);
             true
@@ -211,73 +215,27 @@ pub fn compact(store: &Path, config: ShardConfig, now_ms: i64) -> Result<Compact
     })
 }
 
-/// Unix seconds of a bucket start: an integer when whole.
-fn unix_s(ms: i64) -> Value {
-    if ms % 1000 == 0 {
-        json!(ms / 1000)
-    } else {
-        json!(ms as f64 / 1000.0)
-    }
+/// The answer as `sqdctl query --json` prints it, with a one-shard report naming the store.
+pub fn render_json(answer: &[SeriesPartials], agg: Agg, store: &Path) -> Value {
+    let id = store.display().to_string();
+    let report = crate::stats::cluster::ShardReport {
+        asked: vec![id.clone()],
+        answered: vec![id],
+        ..Default::default()
+    };
+    crate::stats::render::json(answer, agg, &report)
 }
 
-/// `{"series": [{"labels": {name: value}, "points": [[unix_s, value]]}]}`; a NaN value is null.
-pub fn render_json(answer: &[SeriesPartials], agg: Agg) -> Value {
-    let series: Vec<Value> = answer
-        .iter()
-        .map(|s| {
-            let labels: serde_json::Map<String, Value> = s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            let points: Vec<Value> = s
-                .buckets
-                .iter()
-                .map(|(t, p)| json!([unix_s(*t), p.value(agg)]))
-                .collect();
-            json!({"labels": labels, "points": points})
-        })
-        .collect();
-    json!({ "series": series })
-}
-
-/// `2026-12-02T01:02:03Z` (milliseconds shown only when not whole).
-fn rfc3339(ms: i64) -> String {
-    let date = crate::store::local::utc_date(ms);
-    let in_day = ms.rem_euclid(86_400_000);
-    let (h, m, s, frac) = (
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000,
-    );
-    if frac == 0 {
-        format!("{date}T{h:02}:{m:02}:{s:02}Z")
-    } else {
-        format!("{date}T{h:02}:{m:02}:{s:02}.{frac:03}Z")
-    }
-}
-
-/// One block per series: its labels, then a time and a value per line.
+/// One row per bucket time, one column per series.
 pub fn render_table(answer: &[SeriesPartials], agg: Agg) -> String {
-    if answer.is_empty() {
-        return "no samples match\n".to_owned();
-    }
-    let mut out = String::new();
-    for s in answer {
-        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-        out.push_str(&format!("{{{}}}\n", labels.join(", ")));
-        for (t, p) in &s.buckets {
-            out.push_str(&format!("  {}  {}\n", rfc3339(*t), p.value(agg)));
-        }
-    }
-    out
+    crate::stats::render::table(answer, agg)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stats::partial::Partial;
+    use serde_json::json;
 
     const NOW: i64 = 1_764_637_200_000; // 2025-12-02T01:00:00Z
 
@@ -328,21 +286,17 @@ mod tests {
     }
 
     #[test]
-    fn answers_render_as_json_and_table() {
-        let mut p = Partial::of(NOW + 1, 1.0);
-        p.push(NOW + 2, 3.0);
+    fn answers_render_as_json_with_a_one_shard_report() {
+        let p = Partial::of(NOW + 1, 1.0);
         let answer = vec![SeriesPartials {
-            labels: vec![("client".into(), "a".into()), ("host".into(), "h".into())],
+            labels: vec![("client".into(), "a".into())],
             buckets: [(NOW, p)].into_iter().collect(),
         }];
         assert_eq!(
-            render_json(&answer, Agg::Avg),
-            json!({"series": [{"labels": {"client": "a", "host": "h"}, "points": [[NOW / 1000, 2.0]]}]})
+            render_json(&answer, Agg::Avg, Path::new("/s")),
+            json!({"partial": false,
+                   "shards": {"asked": ["/s"], "answered": ["/s"], "failed": {}, "timed_out": []},
+                   "series": [{"labels": {"client": "a"}, "points": [[NOW / 1000, 1.0]]}]})
         );
-        assert_eq!(
-            render_table(&answer, Agg::Max),
-            "{client=\"a\", host=\"h\"}\n  2025-12-02T01:00:00Z  3\n"
-        );
-        assert_eq!(rfc3339(NOW + 5), "2025-12-02T01:00:00.005Z");
     }
 }

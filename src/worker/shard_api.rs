@@ -1,0 +1,154 @@
+//! `ShardService` on the worker: answers the leader's fan-out from this store's shard. Each
+//! read runs on a blocking thread with its own read-only connection inside one read
+//! transaction (a WAL snapshot: commits go on meanwhile), sends chunks through a channel of
+//! one, and stops reading as soon as the stream's receiver is gone (the leader's deadline
+//! passed or its caller left).
+
+use std::path::PathBuf;
+
+use rusqlite::Connection;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use crate::proto::{self, shard_service_server::ShardService};
+use crate::services::shard_wire::{
+    key_to_proto, partials_to_proto, range_from_proto, selector_from_proto,
+};
+use crate::stats::cluster::{Chunker, key_bytes, partials_bytes};
+use crate::stats::tsdb;
+
+pub(crate) struct ShardApi {
+    catalog: PathBuf,
+}
+
+impl ShardApi {
+    pub(crate) fn new(store: &std::path::Path) -> Self {
+        ShardApi {
+            catalog: store.join("catalog.sqlite"),
+        }
+    }
+}
+
+type Chunks<M> = ReceiverStream<Result<M, Status>>;
+
+/// Runs `read` on a blocking thread over a snapshot of the shard; `read` hands each chunk to
+/// its `send`, which answers false once the receiver is gone.
+fn stream<M: Send + 'static>(
+    catalog: PathBuf,
+    read: impl FnOnce(&Connection, &mut dyn FnMut(M) -> bool) -> Result<(), tsdb::TsdbError>
+    + Send
+    + 'static,
+) -> Chunks<M> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::task::spawn_blocking(move || {
+        let mut send = |m: M| tx.blocking_send(Ok(m)).is_ok();
+        let failed = match crate::worker::offline::open_shard(&catalog) {
+            Ok(None) => None,
+            Ok(Some(conn)) => snapshot(&conn, |c| read(c, &mut send)).err(),
+            Err(e) => Some(format!("cannot open the shard {}: {e}", catalog.display())),
+        };
+        if let Some(why) = failed {
+            debug!(error = %why, "shard read failed");
+            let _ = tx.blocking_send(Err(Status::internal(why)));
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// One read transaction around `read`, so every series comes from the same snapshot.
+fn snapshot(
+    conn: &Connection,
+    read: impl FnOnce(&Connection) -> Result<(), tsdb::TsdbError>,
+) -> Result<(), String> {
+    conn.execute_batch("BEGIN")
+        .map_err(|e| format!("cannot begin a read: {e}"))?;
+    let result = read(conn).map_err(|e| format!("shard read failed: {e}"));
+    let _ = conn.execute_batch("COMMIT");
+    result
+}
+
+#[tonic::async_trait]
+impl ShardService for ShardApi {
+    type QueryStream = Chunks<proto::ShardQueryChunk>;
+    type SeriesStream = Chunks<proto::ShardSeriesChunk>;
+    type MetricsStream = Chunks<proto::ShardMetricsChunk>;
+
+    async fn query(
+        &self,
+        request: Request<proto::ShardQueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let r = request.into_inner();
+        let bad = |e: crate::stats::query::QueryError| Status::invalid_argument(e.to_string());
+        let selector = selector_from_proto(r.selector.unwrap_or_default()).map_err(bad)?;
+        let range = range_from_proto(r.from_ms, r.to_ms, r.step_ms).map_err(bad)?;
+        Ok(Response::new(stream(
+            self.catalog.clone(),
+            move |conn, send| {
+                let mut chunker = Chunker::default();
+                let mut open = true;
+                tsdb::query(conn, &selector, &range, |s| {
+                    let bytes = partials_bytes(&s);
+                    if let Some(series) = chunker.push(partials_to_proto(s), bytes) {
+                        open = send(proto::ShardQueryChunk { series });
+                    }
+                    open
+                })?;
+                if let Some(series) = chunker.finish().filter(|_| open) {
+                    send(proto::ShardQueryChunk { series });
+                }
+                Ok(())
+            },
+        )))
+    }
+
+    async fn series(
+        &self,
+        request: Request<proto::ShardSeriesRequest>,
+    ) -> Result<Response<Self::SeriesStream>, Status> {
+        let selector = (request.into_inner().selector)
+            .map(selector_from_proto)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(stream(
+            self.catalog.clone(),
+            move |conn, send| {
+                let mut chunker = Chunker::default();
+                for key in tsdb::series(conn, selector.as_ref())? {
+                    let bytes = key_bytes(&key);
+                    if let Some(series) = chunker.push(key_to_proto(key), bytes)
+                        && !send(proto::ShardSeriesChunk { series })
+                    {
+                        return Ok(());
+                    }
+                }
+                if let Some(series) = chunker.finish() {
+                    send(proto::ShardSeriesChunk { series });
+                }
+                Ok(())
+            },
+        )))
+    }
+
+    async fn metrics(
+        &self,
+        _request: Request<proto::ShardMetricsRequest>,
+    ) -> Result<Response<Self::MetricsStream>, Status> {
+        Ok(Response::new(stream(self.catalog.clone(), |conn, send| {
+            let mut chunker = Chunker::new(1_000, crate::stats::cluster::CHUNK_BYTES);
+            for name in tsdb::metrics(conn)? {
+                let bytes = name.len() + 2;
+                if let Some(names) = chunker.push(name, bytes)
+                    && !send(proto::ShardMetricsChunk { names })
+                {
+                    return Ok(());
+                }
+            }
+            if let Some(names) = chunker.finish() {
+                send(proto::ShardMetricsChunk { names });
+            }
+            Ok(())
+        })))
+    }
+}

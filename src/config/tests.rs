@@ -533,3 +533,28 @@ fn the_default_state_dir_is_never_relative() {
         LeaderConfig::load_as(Some(f.path()), &LeaderFlags::default(), &homeless).expect("file");
     assert_eq!(cfg.state_dir, PathBuf::from("/srv/sqd"));
 }
+
+#[test]
+fn the_query_api_is_off_unless_an_address_is_given() {
+    let cfg = load_leader(None, &LeaderFlags::default()).expect("defaults");
+    assert_eq!(cfg.query_listen, None);
+    let f = write("query_listen = \"127.0.0.1:9090\"\n");
+    let cfg = load_leader(Some(f.path()), &LeaderFlags::default()).expect("valid");
+    assert_eq!(cfg.query_listen, "127.0.0.1:9090".parse().ok());
+    let flags = LeaderFlags {
+        query_listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    let cfg = load_leader(Some(f.path()), &flags).expect("valid");
+    assert_eq!(cfg.query_listen, "127.0.0.1:0".parse().ok());
+    let flags = LeaderFlags {
+        query_listen: Some("grafana".into()),
+        ..Default::default()
+    };
+    let p = problems(load_leader(None, &flags).unwrap_err());
+    assert!(p[0].starts_with("flag --query-listen: "), "{p:#?}");
+    assert!(
+        p[0].contains("\"grafana\" is not a socket address"),
+        "{p:#?}"
+    );
+}

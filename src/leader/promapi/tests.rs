@@ -557,6 +557,19 @@ fn a_shard_that_does_not_answer_gives_a_partial_answer_that_says_so() {
 }
 
 #[test]
+fn grafanas_health_check_is_answered() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let server = Server::start(shards(dir.path(), None));
+    for (q, want) in [("1+1", 2.0), ("2 ^ 3 - 1", 7.0), ("-(7 % 4) / 2", -1.5)] {
+        let form = format!("query={}&time=1700000000", enc(q));
+        let (code, body) = server.call("/api/v1/query", Some(&form));
+        assert_eq!(code, 200, "{q}: {body}");
+        assert_eq!(body["data"]["resultType"], "scalar", "{q}");
+        assert_eq!(point(&body["data"]["result"]), (T0, want), "{q}");
+    }
+}
+
+#[test]
 fn unsupported_promql_is_422_bad_data_naming_the_part() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let server = Server::start(shards(dir.path(), None));

@@ -2,7 +2,7 @@
 //! with `--query-listen`, one worker, a producing host over the private sshd writing a known
 //! JSON-lines fixture; then Debian's `promtool query instant` and `promtool query range`
 //! against the leader's API, values checked against the fixture; an unsupported expression
-//! answers HTTP 422 `bad_data`.
+//! answers HTTP 422 `bad_data`; with the worker killed, an answer carries the partial warning.
 
 mod support;
 
@@ -211,4 +211,17 @@ fn promtool_reads_sqd_as_a_prometheus_server() {
         body["error"].as_str().is_some_and(|e| e.contains("offset")),
         "{body}"
     );
+
+    // The only worker killed: its shard cannot answer, and the answer says so.
+    cluster.workers.get_mut("w1").expect("w1").kill9();
+    let path = format!("/api/v1/query?query=cpu&time={}&timeout=5s", at(30));
+    let (code, body) = http_get(&api, &path).expect("answer");
+    assert_eq!(code, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("json");
+    let warning = body["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("partial answer: shards w1 did not answer (w1: "),
+        "{body}"
+    );
+    assert_eq!(body["data"]["result"], serde_json::json!([]), "{body}");
 }

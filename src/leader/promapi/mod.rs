@@ -27,6 +27,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{info, warn};
 
 use crate::stats::cluster::ClusterReader;
@@ -36,6 +37,27 @@ use params::{InstantRequest, Params, RangeRequest, SeriesRequest};
 
 /// Largest form body read (Prometheus's clients send queries, not data).
 const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Most reads in flight at once, each a fan-out to every shard; more wait their turn
+/// (Prometheus's `--query.max-concurrency` default).
+const MAX_CONCURRENT_READS: usize = 20;
+
+/// What every handler shares.
+struct Api<R> {
+    reader: Arc<R>,
+    turns: Semaphore,
+}
+
+impl<R> Api<R> {
+    async fn turn(&self) -> Result<SemaphorePermit<'_>, ApiError> {
+        // The semaphore is never closed; a closed one would mean the server is going away.
+        self.turns.acquire().await.map_err(|_| {
+            ApiError::from(crate::stats::cluster::ClusterError::Unavailable(
+                "the query API is stopping".into(),
+            ))
+        })
+    }
+}
 
 /// The address could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +116,10 @@ fn router<R: ClusterReader>(reader: Arc<R>) -> Router {
             get(|| async { reply(Ok(empty("[]"))) }).post(|| async { reply(Ok(empty("[]"))) }),
         )
         .fallback(|req: Request| async move { reply(Err(ApiError::not_found(req.uri().path()))) })
-        .with_state(reader)
+        .with_state(Arc::new(Api {
+            reader,
+            turns: Semaphore::new(MAX_CONCURRENT_READS),
+        }))
 }
 
 fn empty(data: &str) -> Reply {
@@ -142,44 +167,48 @@ async fn read_params(req: Request) -> Result<Params, ApiError> {
     Ok(Params::decode(parts.uri.query(), form.as_deref()))
 }
 
-async fn query<R: ClusterReader>(State(reader): State<Arc<R>>, req: Request) -> Response {
+async fn query<R: ClusterReader>(State(api): State<Arc<Api<R>>>, req: Request) -> Response {
     let answer = async {
         let params = read_params(req).await?;
         let req = InstantRequest::parse(&params, crate::clock::unix_ms())?;
-        exec::instant(reader.as_ref(), &req).await
+        let _turn = api.turn().await?;
+        exec::instant(api.reader.as_ref(), &req).await
     };
     reply(answer.await)
 }
 
-async fn query_range<R: ClusterReader>(State(reader): State<Arc<R>>, req: Request) -> Response {
+async fn query_range<R: ClusterReader>(State(api): State<Arc<Api<R>>>, req: Request) -> Response {
     let answer = async {
         let params = read_params(req).await?;
         let req = RangeRequest::parse(&params)?;
-        exec::range(reader.as_ref(), &req).await
+        let _turn = api.turn().await?;
+        exec::range(api.reader.as_ref(), &req).await
     };
     reply(answer.await)
 }
 
-async fn series<R: ClusterReader>(State(reader): State<Arc<R>>, req: Request) -> Response {
+async fn series<R: ClusterReader>(State(api): State<Arc<Api<R>>>, req: Request) -> Response {
     let answer = async {
         let params = read_params(req).await?;
         let req = SeriesRequest::parse(&params, true)?;
-        exec::series(reader.as_ref(), &req).await
+        let _turn = api.turn().await?;
+        exec::series(api.reader.as_ref(), &req).await
     };
     reply(answer.await)
 }
 
-async fn labels<R: ClusterReader>(State(reader): State<Arc<R>>, req: Request) -> Response {
+async fn labels<R: ClusterReader>(State(api): State<Arc<Api<R>>>, req: Request) -> Response {
     let answer = async {
         let params = read_params(req).await?;
         let req = SeriesRequest::parse(&params, false)?;
-        exec::labels(reader.as_ref(), &req).await
+        let _turn = api.turn().await?;
+        exec::labels(api.reader.as_ref(), &req).await
     };
     reply(answer.await)
 }
 
 async fn label_values<R: ClusterReader>(
-    State(reader): State<Arc<R>>,
+    State(api): State<Arc<Api<R>>>,
     Path(name): Path<String>,
     req: Request,
 ) -> Response {
@@ -187,7 +216,8 @@ async fn label_values<R: ClusterReader>(
         params::check_label_name(&name)?;
         let params = read_params(req).await?;
         let req = SeriesRequest::parse(&params, false)?;
-        exec::label_values(reader.as_ref(), &name, &req).await
+        let _turn = api.turn().await?;
+        exec::label_values(api.reader.as_ref(), &name, &req).await
     };
     reply(answer.await)
 }

@@ -10,13 +10,19 @@ use crate::stats::query::Labels;
 
 /// A sample value as Prometheus's `strconv.FormatFloat(v, 'f', -1, 64)` writes it.
 pub(crate) fn value_text(v: f64) -> String {
+    let mut out = String::new();
+    push_value(&mut out, v);
+    out
+}
+
+fn push_value(out: &mut String, v: f64) {
     if v.is_nan() {
-        "NaN".to_owned()
+        out.push_str("NaN");
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
     } else {
         // Rust's `Display` is the shortest round-trip decimal without an exponent, as 'f', -1.
-        format!("{v}")
+        let _ = write!(out, "{v}");
     }
 }
 
@@ -30,9 +36,17 @@ fn push_ts(out: &mut String, t_ms: i64) {
     };
     let (secs, ms) = (abs / 1000, abs % 1000);
     let _ = write!(out, "{sign}{secs}");
-    if ms != 0 {
-        let frac = format!("{ms:03}");
-        let _ = write!(out, ".{}", frac.trim_end_matches('0'));
+    match ms {
+        0 => {}
+        _ if ms % 100 == 0 => {
+            let _ = write!(out, ".{}", ms / 100);
+        }
+        _ if ms % 10 == 0 => {
+            let _ = write!(out, ".{:02}", ms / 10);
+        }
+        _ => {
+            let _ = write!(out, ".{ms:03}");
+        }
     }
 }
 
@@ -44,9 +58,10 @@ fn push_str(out: &mut String, s: &str) {
 fn push_point(out: &mut String, t_ms: i64, v: f64) {
     out.push('[');
     push_ts(out, t_ms);
-    out.push(',');
-    push_str(out, &value_text(v));
-    out.push(']');
+    // A value's text needs no JSON escaping.
+    out.push_str(",\"");
+    push_value(out, v);
+    out.push_str("\"]");
 }
 
 fn push_labels(out: &mut String, labels: &Labels) {

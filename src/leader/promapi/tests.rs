@@ -204,6 +204,15 @@ fn values_and_timestamps_are_written_as_prometheus_writes_them() {
         r#"{"resultType":"scalar","result":[1,"2"]}"#
     );
     assert_eq!(
+        [1_234, 1_250, 5, -7].map(|t| render::scalar(t, 0.5)),
+        [
+            r#"{"resultType":"scalar","result":[1.234,"0.5"]}"#,
+            r#"{"resultType":"scalar","result":[1.25,"0.5"]}"#,
+            r#"{"resultType":"scalar","result":[0.005,"0.5"]}"#,
+            r#"{"resultType":"scalar","result":[-0.007,"0.5"]}"#,
+        ]
+    );
+    assert_eq!(
         render::success("[]", &["w".into()]),
         r#"{"status":"success","data":[],"warnings":["w"]}"#
     );
@@ -364,7 +373,7 @@ impl Server {
     fn call(&self, path: &str, form: Option<&str>) -> (u16, Value) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.addr).unwrap_or_else(|e| panic!("{e}"));
-        s.set_read_timeout(Some(Duration::from_secs(10)))
+        s.set_read_timeout(Some(Duration::from_secs(120)))
             .unwrap_or_else(|e| panic!("{e}"));
         let req = match form {
             None => format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
@@ -651,4 +660,70 @@ fn series_labels_and_values_include_the_metric_name() {
     );
     let (code, body) = server.call("/api/v1/alerts", None);
     assert_eq!((code, body["errorType"].as_str()), (404, Some("not_found")));
+}
+
+#[test]
+#[ignore = "measurement"]
+fn measure_query_range_1000_series() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut shards_v = Vec::new();
+    let t = std::time::Instant::now();
+    for shard in 0..3 {
+        let path = dir.path().join(format!("w{shard}.sqlite"));
+        let series: Vec<(SeriesKey, Vec<(i64, f64)>)> = (0..1000)
+            .map(|i| {
+                let key = SeriesKey {
+                    metric: "m".into(),
+                    labels: l(&[("host", &format!("h{i}"))]),
+                };
+                let samples = (0..1440)
+                    .filter(|k| k % 3 == shard)
+                    .map(|k| (T0 + k * 60_000, (i + k) as f64))
+                    .collect();
+                (key, samples)
+            })
+            .collect();
+        write_shard(&path, "c", &series);
+        shards_v.push((format!("w{shard}"), path));
+    }
+    eprintln!("written in {:?}", t.elapsed());
+    let reader = TsdbShards { shards: shards_v };
+    {
+        use crate::stats::cluster::ClusterReader;
+        let times = QueryTimes::range(T0, T0 + 86_400_000, 60_000);
+        let plan = crate::stats::promql::Plan::new("avg_over_time(m[1m])", times)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let f = plan.fetch.clone().unwrap_or_else(|| panic!("fetch"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = std::time::Instant::now();
+        let a = rt
+            .block_on(reader.query(f.selector, f.shard_range, Duration::from_secs(60)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("reader (3 tsdb reads + merge): {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let m = plan.evaluate(&a.value).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("evaluate: {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let body = render::matrix(&m);
+        eprintln!("render: {:?}, {} bytes", t.elapsed(), body.len());
+    }
+    let server = Server::start(reader);
+    let q = format!(
+        "/api/v1/query_range?query={}&start={}&end={}&step=60",
+        enc("avg_over_time(m[1m])"),
+        T0 / 1000,
+        (T0 + 86_400_000) / 1000
+    );
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let (code, body) = server.call(&q, None);
+        assert_eq!(code, 200);
+        eprintln!(
+            "query_range 1000 series x 1441 steps: {:?}, {} series",
+            t.elapsed(),
+            body["data"]["result"].as_array().map_or(0, Vec::len)
+        );
+    }
 }

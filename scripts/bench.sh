@@ -32,6 +32,9 @@
 #                 committed and removed (resume_s)
 #   leader_scale  simulated workers and agents heartbeating at 1 Hz, one TCP connection each;
 #                 leader CPU (% of one core), RSS, heartbeat round trip p99, failover time
+#   query         (benches/query.rs; not in the default sets) 3 workers with pre-filled shards,
+#                 1,000 series x 24 h at 10 s; 50 cluster queries of 24 h at 1 min: p50/p99,
+#                 leader RSS growth; time to answer with one shard SIGSTOPped (deadline 2 s)
 #
 # Env overrides: BENCH_ONLY="sqd rsync_remove" (contenders),
 # BENCH_SETS="small medium large latency failover leader_scale",
@@ -81,6 +84,7 @@ cargo bench --locked --bench cluster --no-run >/dev/null 2>&1 ||
   cargo bench --locked --bench cluster --no-run # show why it failed
 # The cluster bench binary, run once per measurement (its JSON on stdout, progress on stderr).
 cluster() { cargo bench --locked --bench cluster -q -- "$@"; }
+query_bench() { cargo bench --locked --bench query -q -- "$@"; }
 sqd="$repo/target/release/sqd"
 sqdctl="$repo/target/release/sqdctl"
 
@@ -252,6 +256,13 @@ results="$work/results.txt" cluster_results="$work/cluster.jsonl"
 : >"$cluster_results"
 for set in $sets; do
   case $set in
+    query)
+      if [ $quick = 1 ]; then q_args=(--series 300 --hours 6 --queries 20); else q_args=(); fi
+      out=$(query_bench "${q_args[@]}")
+      echo "{\"set\": \"query\", \"run\": $out}" >>"$cluster_results"
+      echo "bench: query: $out" >&2
+      continue
+      ;;
     latency | failover | leader_scale)
       case $set in
         latency) args=(latency "${latency_args[@]}") n_runs=$runs ;;
@@ -362,6 +373,8 @@ if "failover" in by_set:
         "resume_s": statistics.median(resume), "resume_min_s": min(resume),
         "resume_max_s": max(resume),
     }
+if "query" in by_set:
+    report["query"] = by_set["query"][-1]
 if "leader_scale" in by_set:
     runs = by_set["leader_scale"]
     ls = {"runs": len(runs), "workers": runs[0]["workers"], "agents": runs[0]["agents"],
@@ -391,6 +404,13 @@ if "leader_scale" in report:
     print("| | median | min | max |\n|---|---|---|---|")
     for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p50_ms", "heartbeat_p99_ms", "failover_s"):
         print(f"| {k} | {l[k]:.1f} | {l[k + '_min']:.1f} | {l[k + '_max']:.1f} |")
+if "query" in report:
+    q = report["query"]
+    print(f"\n### query: {q['workers']} workers, {q['series']} series x {q['hours']} h at {q['interval_s']} s, "
+          f"{q['queries']} queries at {q['step_s']} s step\n")
+    print(f"p50 {q['p50_ms']:.0f} ms, p99 {q['p99_ms']:.0f} ms, leader RSS growth {q['leader_rss_growth_mb']:.1f} MB; "
+          f"one shard hung: answered in {q['hung_shard_answer_s']:.2f} s (deadline {q['hung_shard_timeout_s']:.0f} s), "
+          f"partial={q['hung_shard_partial']}")
 json.dump(report, open(out, "w"), indent=2)
 print(f"\nwrote {out}")
 PY

@@ -2,8 +2,8 @@
 # Runs a real local sqd pipeline on this machine: a private sshd on 127.0.0.1 (own host key,
 # own client key), a leader, two workers with the embedded store, and two "producing hosts"
 # (directories served by that sshd) writing sample stats files (JSON lines with `cpu`); then
-# prints `sqdctl status` showing the files committed, and a one-shard query of each worker's
-# store: the average cpu per host over the last minute.
+# prints `sqdctl status` showing the files committed, and a cluster query over every worker's
+# shard: the average cpu per host, minute by minute.
 #
 #   scripts/quickstart.sh          start (or restart) everything and show status
 #   scripts/quickstart.sh stop     stop it all gracefully
@@ -133,15 +133,13 @@ done
 echo
 "$sqdctl" --leader "$leader" status
 echo
-# Each worker's store is one shard; a client's samples are in the store of the worker that
-# committed its files (the cluster-wide query comes later).
-for w in w1 w2; do
-  echo "==> average cpu per host over the last minute, store of $w:"
-  "$sqd" --mode worker query --store "$root/store-$w" cpu --from -1m --step 1m --agg avg
-done
+# Each worker's store is one shard; the leader asks every shard and merges their answers.
+echo "==> average cpu per host over the last 5 minutes, every shard of the cluster:"
+"$sqdctl" --leader "$leader" query cpu --by host --from -5m --step 1m --agg avg
 echo
 echo "Files land in $root/store-w*/files/<client>/<date>/ (catalog: catalog.sqlite)."
-echo "Samples: $sqd --mode worker query --store $root/store-w1 cpu --from -15m --step 1m --json"
+echo "Samples: $sqdctl --leader $leader query cpu --where host=host-a --from -15m --step 1m --json"
+echo "One shard, offline: $sqd --mode worker query --store $root/store-w1 cpu --from -15m --step 1m"
 echo "The pipeline keeps running. Logs: $root/*.log"
 echo "Try:  $sqdctl --leader $leader status --json"
 echo "Stop: scripts/quickstart.sh stop"

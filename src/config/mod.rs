@@ -66,7 +66,8 @@ pub struct LogFlags {
 /// Flags of the modes that serve (leader and worker); `Some` overrides the file.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeFlags {
-    /// Address to serve on (leader default 127.0.0.1:7070).
+    /// Address to serve on (leader default 127.0.0.1:7070; a worker serves its shard's
+    /// queries there, default 127.0.0.1 on a free port: a leader on another host needs it).
     #[arg(long)]
     pub listen: Option<String>,
     /// Serve Prometheus /metrics, /healthz and /readyz on this IP:PORT.

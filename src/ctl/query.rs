@@ -41,7 +41,7 @@ pub struct QueryArgs {
     /// Aggregation over each bucket: avg, min, max, sum, count, last or first.
     #[arg(long, default_value = "avg")]
     agg: String,
-    /// Merge the series sharing these labels' values (repeatable); the others are dropped.
+    /// Merge the series sharing these labels' values into one (repeatable); other labels drop.
     #[arg(long, value_name = "LABEL")]
     by: Vec<String>,
     /// One JSON object: {"partial", "shards", "series": [{"labels", "points"}]}.

@@ -204,7 +204,7 @@ mod tests {
             table(&answer(), Agg::Max),
             "TIME                  {client=\"a\", host=\"h\"}  {client=\"b,c\"}\n\
              2025-12-02T01:00:00Z  3\n\
-             2025-12-02T01:01:00Z  5                         7\n"
+             2025-12-02T01:01:00Z  5                       7\n"
         );
         assert_eq!(table(&[], Agg::Max), "no samples match\n");
         assert_eq!(rfc3339(NOW + 5), "2025-12-02T01:00:00.005Z");

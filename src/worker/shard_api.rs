@@ -152,3 +152,50 @@ impl ShardService for ShardApi {
         })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    /// A dropped receiver stops the read at the next chunk: the blocking thread does not read
+    /// the rest of the shard for nobody.
+    #[tokio::test]
+    async fn the_read_stops_when_the_receiver_is_gone() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let catalog = dir.path().join("catalog.sqlite");
+        Connection::open(&catalog)
+            .and_then(|c| c.execute_batch("CREATE TABLE ts_series (id INTEGER)"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let counter = sent.clone();
+        let mut chunks = stream(catalog, move |_, send| {
+            for i in 0..1_000_000u64 {
+                if !send(i) {
+                    break;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = done_tx.send(());
+            Ok(())
+        });
+        for _ in 0..3 {
+            assert!(chunks.next().await.is_some());
+        }
+        drop(chunks);
+        tokio::time::timeout(std::time::Duration::from_secs(5), done_rx)
+            .await
+            .unwrap_or_else(|e| panic!("the read went on: {e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            sent.load(Ordering::SeqCst) < 10,
+            "{}",
+            sent.load(Ordering::SeqCst)
+        );
+    }
+}

@@ -218,11 +218,14 @@ impl ShardSource for RegistryShards {
                 .ask(|reply| Command::Status { reply })
                 .await
                 .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+            let workers: Vec<_> = (status.workers.into_iter())
+                .filter(|w| !w.addr.is_empty() && w.state != WorkerState::Refused)
+                .collect();
+            // Addresses no worker advertises any more (restarted on another port) are let go.
+            (self.channels.lock().unwrap_or_else(|p| p.into_inner()))
+                .retain(|addr, _| workers.iter().any(|w| w.addr == *addr));
             let mut shards: Vec<Arc<dyn Shard>> = Vec::new();
-            for w in status.workers {
-                if w.addr.is_empty() || w.state == WorkerState::Refused {
-                    continue;
-                }
+            for w in workers {
                 let shard: Arc<dyn Shard> = match self.channel(&w.addr) {
                     Ok(channel) => Arc::new(RemoteShard::new(w.id, channel)),
                     Err(why) => Arc::new(remote::Unreachable { id: w.id, why }),

@@ -202,3 +202,57 @@ async fn no_shards_is_an_empty_whole_answer() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(answer.value.is_empty() && !answer.report.partial() && answer.report.asked.is_empty());
 }
+
+/// Sets its flag when dropped: tells whether a shard's stream was let go.
+struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+struct Endless(Arc<std::sync::atomic::AtomicBool>);
+
+impl Shard for Endless {
+    fn id(&self) -> &str {
+        "endless"
+    }
+    fn query(&self, _: &Selector, _: &Range) -> Opening<Vec<SeriesPartials>> {
+        let guard = Dropped(self.0.clone());
+        Box::pin(async move {
+            let stream = futures_util::stream::pending::<Result<Vec<SeriesPartials>, String>>()
+                .map(move |x| {
+                    let _keep = &guard;
+                    x
+                });
+            Ok(stream.boxed())
+        })
+    }
+    fn series(&self, _: Option<&Selector>) -> Opening<Vec<SeriesKey>> {
+        Box::pin(async { Err("unused".to_owned()) })
+    }
+    fn metrics(&self) -> Opening<Vec<String>> {
+        Box::pin(async { Err("unused".to_owned()) })
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_read_drops_the_shard_streams() {
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = Fanout::new(Fixed(vec![Arc::new(Endless(dropped.clone()))]));
+    let read = f.query(selector(), range(), Duration::from_secs(60));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), read)
+            .await
+            .is_err()
+    );
+    // The abort lands when the runtime next polls the aborted task.
+    for _ in 0..100 {
+        if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the shard's stream outlived the cancelled read");
+}

@@ -9,6 +9,7 @@ use crate::stats::promql::{Matrix, Series};
 use crate::stats::query::Labels;
 
 /// A sample value as Prometheus's `strconv.FormatFloat(v, 'f', -1, 64)` writes it.
+#[cfg(test)]
 pub(crate) fn value_text(v: f64) -> String {
     let mut out = String::new();
     push_value(&mut out, v);

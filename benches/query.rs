@@ -4,7 +4,9 @@
 //! real leader; `--queries` cluster queries over the whole span at `--step-s` through the admin
 //! API's `Query` (the fan-out, merge and streamed answer; no rendering): p50/p99, the leader's
 //! RSS growth (VmHWM after − VmRSS before); then one shard SIGSTOPped and the time a query with
-//! a `--timeout-s` deadline takes to come back partial.
+//! a `--timeout-s` deadline takes to come back partial. The same queries through the leader's
+//! Prometheus-compatible `/api/v1/query_range` (`avg_over_time(cpu[step])`, JSON rendering
+//! included): `http_p50_ms`/`http_p99_ms`.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 #[path = "../tests/support/mod.rs"]
@@ -133,7 +135,7 @@ fn main() {
     let step_ms = opt(&args, "step-s", 60) * 1000;
     let timeout_ms = opt(&args, "timeout-s", 2) * 1000;
 
-    let mut cluster = Cluster::start(500, 1500);
+    let mut cluster = Cluster::start_with(500, 1500, &["--query-listen", "127.0.0.1:0"]);
     let to_ms = sqd::clock::unix_ms() / 3_600_000 * 3_600_000;
     let from_ms = to_ms - hours * 3_600_000;
     let fill_started = Instant::now();
@@ -168,6 +170,26 @@ fn main() {
         times.push(t * 1000.0);
     }
     let hwm = mem_kb(leader_pid, "VmHWM:");
+    let api = support::wait_addr_file(&cluster.state_dir().join("query.addr"));
+    let step_s = step_ms / 1000;
+    // Steps t = start + i*step with windows (t - step, t] cover [from, to) as the buckets do.
+    let path = format!(
+        "/api/v1/query_range?query=avg_over_time(cpu%5B{step_s}s%5D)&start={}&end={}&step={step_s}",
+        (from_ms + step_ms - 1) / 1000,
+        (to_ms - 1) / 1000,
+    );
+    let mut http_times = Vec::new();
+    for _ in 0..queries {
+        let started = Instant::now();
+        let (code, body) = support::http_get(&api, &path).expect("the query API answers");
+        let head = &body[..body.len().min(300)];
+        assert!(
+            code == 200 && !body.contains("\"warnings\""),
+            "{code}: {head}"
+        );
+        http_times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let http_hwm = mem_kb(leader_pid, "VmHWM:");
     // One shard hung: the answer comes back at the deadline, partial.
     let stopped = cluster.workers[&ids[workers - 1]].pid();
     let stop = |sig: &str| {
@@ -187,6 +209,8 @@ fn main() {
         "p50_ms": percentile(&times, 50.0), "p99_ms": percentile(&times, 99.0),
         "leader_rss_mb_before": rss_before / 1024.0,
         "leader_rss_growth_mb": (hwm - rss_before) / 1024.0,
+        "http_p50_ms": percentile(&http_times, 50.0), "http_p99_ms": percentile(&http_times, 99.0),
+        "http_leader_hwm_mb": http_hwm / 1024.0,
         "hung_shard_timeout_s": timeout_ms as f64 / 1000.0, "hung_shard_answer_s": hung_s,
         "hung_shard_partial": partial, "fill_s": fill_s,
     });

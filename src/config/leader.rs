@@ -20,6 +20,8 @@ pub struct LeaderConfig {
     pub listen: SocketAddr,
     /// Key `metrics`, optional: where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics: Option<SocketAddr>,
+    /// Key `query_listen`, optional: where the Prometheus-compatible query API is served.
+    pub query_listen: Option<SocketAddr>,
     /// Key `state_dir`; by default `leader` in sqd's state home (`/var/lib/sqd` for root,
     /// else `$XDG_STATE_HOME/sqd` or `~/.local/state/sqd`), never a relative path.
     pub state_dir: PathBuf,
@@ -47,6 +49,10 @@ pub struct LeaderFlags {
     /// else $XDG_STATE_HOME/sqd/leader, or ~/.local/state/sqd/leader without XDG_STATE_HOME).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Serve the Prometheus-compatible query API (/api/v1/query, query_range, series, labels)
+    /// on this IP:PORT, for Grafana and promtool (default: off).
+    #[arg(long, value_name = "ADDR")]
+    pub query_listen: Option<String>,
     /// Heartbeat interval the nodes use, in ms (default 1000).
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
@@ -71,6 +77,7 @@ const KEYS: &[&str] = &[
     "lease_ms",
     "grace_ms",
     "max_moves_per_tick",
+    "query_listen",
     "log_level",
     "log_format",
 ];
@@ -85,6 +92,7 @@ const MAX_MOVES_PER_TICK: (i128, i128) = (1, 10_000);
 struct FileKeys {
     listen: Slot<String>,
     metrics: Slot<String>,
+    query_listen: Slot<String>,
     state_dir: Slot<PathBuf>,
     cluster: Slot<String>,
     heartbeat: Slot<i128>,
@@ -100,6 +108,7 @@ impl FileKeys {
         let keys = FileKeys {
             listen: l.string("listen"),
             metrics: l.string("metrics"),
+            query_listen: l.string("query_listen"),
             state_dir: l.path("state_dir"),
             cluster: l.string("cluster"),
             heartbeat: l.integer("heartbeat_ms"),
@@ -140,6 +149,8 @@ impl LeaderConfig {
         let listen = l.check("listen", listen, rules::socket_addr);
         let metrics = merge(serve.metrics.clone(), keys.metrics);
         let metrics = l.check("metrics", metrics, rules::socket_addr);
+        let query_listen = merge(flags.query_listen.clone(), keys.query_listen);
+        let query_listen = l.check("query_listen", query_listen, rules::socket_addr);
         let state_dir = merge(flags.state_dir.clone(), keys.state_dir);
         let state_dir = l.or_default_from("state_dir", "--state-dir DIR", state_dir, || {
             user.state_home().map(|home| home.join("leader"))
@@ -168,6 +179,7 @@ impl LeaderConfig {
             ) => Some(LeaderConfig {
                 listen: listen.value,
                 metrics: Sourced::value_of(metrics),
+                query_listen: Sourced::value_of(query_listen),
                 state_dir: state_dir.value,
                 cluster: cluster.value,
                 heartbeat_ms: timing.heartbeat_ms,

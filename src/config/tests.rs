@@ -50,6 +50,7 @@ fn default_leader() -> LeaderConfig {
     LeaderConfig {
         listen: "127.0.0.1:7070".parse().expect("addr"),
         metrics: None,
+        query_listen: None,
         state_dir: "/home/u/.local/state/sqd/leader".into(),
         cluster: "sqd".into(),
         heartbeat_ms: 1000,
@@ -560,5 +561,30 @@ fn fleet_keys_take_flags_over_the_file_and_name_bad_values() {
             ssh_spawns_per_s: 3,
             orphan_after_s: 30,
         }
+    );
+}
+
+#[test]
+fn the_query_api_is_off_unless_an_address_is_given() {
+    let cfg = load_leader(None, &LeaderFlags::default()).expect("defaults");
+    assert_eq!(cfg.query_listen, None);
+    let f = write("query_listen = \"127.0.0.1:9090\"\n");
+    let cfg = load_leader(Some(f.path()), &LeaderFlags::default()).expect("valid");
+    assert_eq!(cfg.query_listen, "127.0.0.1:9090".parse().ok());
+    let flags = LeaderFlags {
+        query_listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    let cfg = load_leader(Some(f.path()), &flags).expect("valid");
+    assert_eq!(cfg.query_listen, "127.0.0.1:0".parse().ok());
+    let flags = LeaderFlags {
+        query_listen: Some("grafana".into()),
+        ..Default::default()
+    };
+    let p = problems(load_leader(None, &flags).unwrap_err());
+    assert!(p[0].starts_with("flag --query-listen: "), "{p:#?}");
+    assert!(
+        p[0].contains("\"grafana\" is not a socket address"),
+        "{p:#?}"
     );
 }

@@ -8,6 +8,7 @@ pub(crate) mod audit;
 pub(crate) mod core;
 pub(crate) mod fanout;
 pub(crate) mod liveness;
+pub(crate) mod promapi;
 pub(crate) mod reason;
 pub(crate) mod reconcile;
 pub(crate) mod registry;
@@ -62,6 +63,8 @@ pub enum LeaderError {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    QueryApi(#[from] promapi::PromApiError),
     #[error("the leader core stopped unexpectedly")]
     CoreGone,
     #[error(transparent)]
@@ -116,6 +119,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         handle.clone(),
         guard.shard_bearer.clone(),
     )));
+    serve_query_api(&cfg, reader.clone(), &shutdown).await?;
     let server = server(&cfg, &guard, handle, reader)?;
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
@@ -271,4 +275,20 @@ async fn serve_metrics(
         tokio::spawn(serve);
     }
     Ok(metrics)
+}
+
+/// When configured, serves the Prometheus-compatible query API over `reader` and writes its
+/// address to `<state-dir>/query.addr` (for scripts and tests that asked for port 0).
+async fn serve_query_api<R: crate::stats::cluster::ClusterReader>(
+    cfg: &LeaderConfig,
+    reader: std::sync::Arc<R>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), LeaderError> {
+    let Some(addr) = cfg.query_listen else {
+        return Ok(());
+    };
+    let (bound, serve) = promapi::serve(addr, reader, daemon::wait_for(shutdown.clone())).await?;
+    daemon::write_addr_file(&cfg.state_dir.join("query.addr"), bound)?;
+    tokio::spawn(serve);
+    Ok(())
 }

@@ -3,7 +3,8 @@
 //! The subset: one vector selector with a metric name and label matchers (`=`, `!=`, `=~`,
 //! `!~`), used as an instant vector or inside one of `avg|min|max|sum|count|last_over_time`,
 //! `rate`, `increase`; aggregations `sum|avg|min|max|count` with `by`/`without`; comparison
-//! filters against a number (`>`, `>=`, `<`, `<=`, `==`, `!=`, no `bool`); number literals.
+//! filters against a number (`>`, `>=`, `<`, `<=`, `==`, `!=`, no `bool`); number literals and
+//! arithmetic between numbers (folded: Grafana's health check asks `1+1`).
 //! Everything else is [`PlanError::Unsupported`] with the construct's name, so the HTTP layer
 //! can answer 422 `bad_data` saying exactly what to remove.
 //!
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::token::{
-    self, T_AVG, T_COUNT, T_EQLC, T_GTE, T_GTR, T_LSS, T_LTE, T_MAX, T_MIN, T_NEQ, T_SUB, T_SUM,
+    self, T_ADD, T_AVG, T_COUNT, T_DIV, T_EQLC, T_GTE, T_GTR, T_LSS, T_LTE, T_MAX, T_MIN, T_MOD,
+    T_MUL, T_NEQ, T_POW, T_SUB, T_SUM,
 };
 use promql_parser::parser::{
     AggregateExpr, BinaryExpr, Call, Expr, LabelModifier, MatrixSelector, VectorSelector,
@@ -332,8 +334,31 @@ fn cmp_op(op: token::TokenType) -> Option<CmpOp> {
     })
 }
 
+/// Arithmetic between two numbers, as Prometheus computes it on scalars.
+fn fold_numbers(op: token::TokenType, a: f64, b: f64) -> Option<f64> {
+    Some(match op.id() {
+        T_ADD => a + b,
+        T_SUB => a - b,
+        T_MUL => a * b,
+        T_DIV => a / b,
+        // Go's math.Mod and Rust's `%` both take the dividend's sign.
+        T_MOD => a % b,
+        T_POW => a.powf(b),
+        _ => return None,
+    })
+}
+
 fn lower_binary(bin: &BinaryExpr, selector: &mut Option<Selector>) -> Result<Node, PlanError> {
     let Some(op) = cmp_op(bin.op) else {
+        let sides = (
+            lower_expr(&bin.lhs, selector),
+            lower_expr(&bin.rhs, selector),
+        );
+        if let (Ok(Node::Number(a)), Ok(Node::Number(b))) = sides
+            && let Some(v) = fold_numbers(bin.op, a, b)
+        {
+            return Ok(Node::Number(v));
+        }
         let kind = if bin.op.is_set_operator() {
             "set operator"
         } else if bin.op.id() == T_SUB || bin.op.is_operator() {

@@ -27,7 +27,7 @@ pub mod plan;
 pub mod window;
 
 #[cfg(test)]
-mod reference;
+pub(crate) mod reference;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

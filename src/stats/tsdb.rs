@@ -108,6 +108,21 @@ impl FileSamples {
     pub fn samples(&self) -> u64 {
         self.series.values().map(|s| s.len() as u64).sum()
     }
+
+    /// Adds a later file's samples and counters (its last bad line wins when it has one), so
+    /// a batch of one client's files is written as one: one raw block per series per batch.
+    pub fn absorb(&mut self, later: &FileSamples) {
+        for (key, samples) in &later.series {
+            let into = self.series.entry(key.clone()).or_default();
+            into.ts.extend_from_slice(&samples.ts);
+            into.vals.extend_from_slice(&samples.vals);
+        }
+        self.kinds.extend(later.kinds.iter().cloned());
+        self.parse_errors += later.parse_errors;
+        if later.last_error.is_some() {
+            self.last_error.clone_from(&later.last_error);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -221,3 +221,56 @@ fn commit_path_throughput() {
         );
     }
 }
+
+#[test]
+fn a_batch_of_small_files_writes_one_block_per_series_and_only_new_files_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let file = |i: i64| {
+        format!(
+            "{{\"ts\": {}, \"host\": \"a\", \"cpu\": {i}, \"mem\": 1}}\n",
+            1_700_000_000 + i
+        )
+    };
+    let first: Vec<_> = (0..10)
+        .map(|i| {
+            stage(
+                &store,
+                "c",
+                format!("{i}.jsonl").as_bytes(),
+                file(i).as_bytes(),
+                i as u64,
+            )
+        })
+        .collect();
+    store.commit_batch("w", 1, first, &auto()).unwrap();
+    let blocks = |store: &LocalStore| -> i64 {
+        store
+            .conn()
+            .query_row("SELECT COUNT(*) FROM ts_blocks", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Two series (cpu, mem), ten files: one raw block per series.
+    assert_eq!(
+        (files(&store), samples(&store), blocks(&store)),
+        (10, 20, 2)
+    );
+    // Half of the next batch was committed before: only the new files' samples are added.
+    let second: Vec<_> = (5..15)
+        .map(|i| {
+            stage(
+                &store,
+                "c",
+                format!("{i}.jsonl").as_bytes(),
+                file(i).as_bytes(),
+                100 + i as u64,
+            )
+        })
+        .collect();
+    store.commit_batch("w", 2, second, &auto()).unwrap();
+    assert_eq!(
+        (files(&store), samples(&store), blocks(&store)),
+        (15, 30, 4)
+    );
+    assert_eq!(store.ingest("c").unwrap().samples, 30);
+}

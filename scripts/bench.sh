@@ -458,7 +458,7 @@ if "ingest" in by_set:
     ing = by_set["ingest"][0]
     report["ingest"] = ing
     if "rate" in ing:
-        print("\n### ingest: committed files -> durable samples (one group commit per file)\n")
+        print("\n### ingest: committed files -> durable samples (one group commit per batch of files)\n")
         print("| format | samples | samples/s (wall) | samples per core-s |\n|---|---|---|---|")
         for f, r in ing["rate"].items():
             print(f"| {f} | {r['samples']} | {r['samples_per_s']:.0f} | {r['samples_per_core_s']:.0f} |")

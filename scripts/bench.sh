@@ -93,6 +93,14 @@ cargo bench --locked --bench cluster --bench ingest --no-run >/dev/null 2>&1 ||
 # Each cluster run is bounded (BENCH_SET_TIMEOUT seconds, default 3600) and never stops the
 # others; see the loop below.
 set_timeout="${BENCH_SET_TIMEOUT:-3600}"
+# OUT unchanged when RC is 0 and OUT is not empty; else the JSON of a run that did not finish
+# (timeout's 124, or 137 after its --kill-after, is a time-out).
+failed_json() {
+  local rc=$1 out=$2 timed=false
+  if [ "$rc" -eq 0 ] && [ -n "$out" ]; then echo "$out"; return; fi
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then timed=true; fi
+  echo "{\"failed\": \"exit code $rc\", \"timed_out\": $timed}"
+}
 query_bench() { timeout --kill-after=30 "$set_timeout" cargo bench --locked --bench query -q -- "$@"; }
 sqd="$repo/target/release/sqd"
 sqdctl="$repo/target/release/sqdctl"
@@ -286,11 +294,7 @@ for set in $sets; do
       if [ $quick = 1 ]; then q_args=(--series 300 --hours 6 --queries 20); else q_args=(); fi
       rc=0
       out=$(query_bench "${q_args[@]}") || rc=$?
-      if [ $rc -ne 0 ] || [ -z "$out" ]; then
-        timed=false
-        if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then timed=true; fi
-        out="{\"failed\": \"exit code $rc\", \"timed_out\": $timed}"
-      fi
+      out=$(failed_json "$rc" "$out")
       echo "{\"set\": \"query\", \"run\": $out}" >>"$cluster_results"
       echo "bench: query: $out" >&2
       continue
@@ -306,11 +310,7 @@ for set in $sets; do
         # A set that fails, panics or hangs is reported as such and the other sets still run.
         rc=0
         out=$(timeout --kill-after=30 "$set_timeout" cargo bench --locked --bench cluster -q -- "${args[@]}") || rc=$?
-        if [ $rc -ne 0 ] || [ -z "$out" ]; then
-          timed=false
-          if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then timed=true; fi
-          out="{\"failed\": \"exit code $rc\", \"timed_out\": $timed}"
-        fi
+        out=$(failed_json "$rc" "$out")
         echo "{\"set\": \"$set\", \"run\": $out}" >>"$cluster_results"
         echo "bench: $set: $out" >&2
       done
@@ -319,11 +319,7 @@ for set in $sets; do
     ingest)
       rc=0
       out=$(timeout --kill-after=30 "$set_timeout" cargo bench --locked --bench ingest -q -- ${quick_flag}) || rc=$?
-      if [ $rc -ne 0 ] || [ -z "$out" ]; then
-        timed=false
-        if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then timed=true; fi
-        out="{\"failed\": \"exit code $rc\", \"timed_out\": $timed}"
-      fi
+      out=$(failed_json "$rc" "$out")
       echo "{\"set\": \"ingest\", \"run\": $out}" >>"$cluster_results"
       echo "bench: ingest: $out" >&2
       set=ingest_small n=$small_n size=4096; contenders=(sqd_none sqd_auto)

@@ -14,6 +14,9 @@ use tonic_prost::{ProstDecoder, ProstEncoder};
 
 /// Largest gRPC message the leader and nodes accept (hazard 27).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest admin request (`add-clients` of a whole fleet in one transaction: ~100 bytes per
+/// client). The admin API checks the token before decoding, so only an operator can send it.
+pub(crate) const MAX_ADMIN_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 /// Initial size of a stream's encode and decode buffers.
 const BUFFER_SIZE: usize = 1024;

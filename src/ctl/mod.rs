@@ -1,5 +1,6 @@
 //! `sqdctl`: the operator's commands against the leader's admin API.
 
+mod client_list;
 mod diagnose;
 mod fleet;
 mod output;
@@ -71,6 +72,10 @@ pub struct Cli {
 pub enum Command {
     /// Register a producing host; answered once the leader made it durable.
     AddClient(Box<AddClientArgs>),
+    /// Register many producing hosts from a file (TOML, CSV or JSON lines) in one
+    /// transaction: all or none; every problem is listed with its line (exit 2), a name the
+    /// leader already has refuses the whole list (exit 1).
+    AddClients(fleet::AddClientsArgs),
     /// Forget a client; its worker stops pulling from it.
     RemoveClient { name: String },
     /// Move every client off a worker and give it nothing new until `undrain-worker`.
@@ -384,6 +389,7 @@ fn write_man_pages(dir: &std::path::Path) -> Result<(), CtlError> {
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
     match &cli.command {
         Command::AddClient(args) => add_client(&cli, args.spec()?).await,
+        Command::AddClients(args) => fleet::add_clients(&cli, args).await,
         Command::RemoveClient { name } => remove_client(&cli, name).await,
         Command::DrainWorker { id } => drain_worker(&cli, id).await,
         Command::UndrainWorker { id } => undrain_worker(&cli, id).await,

@@ -26,6 +26,9 @@ use super::state::{State, StateError};
 use super::status::{self, Explanation, LeaderInfo, StatusView};
 use crate::metrics::{LeaderMetrics, ReasonLabel};
 
+mod clients;
+pub(crate) use clients::AddedClients;
+
 /// Where a session's outbound messages go; dropping it ends the session's response stream.
 /// Boxed: an unbounded channel allocates 32 slots at once, and a leader holds one channel per
 /// node (11,000 x 32 x 152 bytes unboxed).
@@ -149,6 +152,12 @@ pub(crate) enum Command {
     AddClient {
         spec: ClientSpec,
         reply: Reply<Assigned>,
+    },
+    /// `sqdctl add-clients`: all or none, in one transaction.
+    AddClients {
+        specs: Vec<ClientSpec>,
+        dry_run: bool,
+        reply: Reply<AddedClients>,
     },
     RemoveClient {
         name: String,
@@ -339,6 +348,11 @@ impl Core {
                 self.carry_out(fx)?;
             }
             Command::AddClient { spec, reply } => answer(reply, self.add_client(spec, now))?,
+            Command::AddClients {
+                specs,
+                dry_run,
+                reply,
+            } => answer(reply, self.add_clients(specs, dry_run, now))?,
             Command::RemoveClient { name, reply } => answer(reply, self.remove_client(&name))?,
             Command::Drain { id, drain, reply } => answer(reply, self.drain(&id, drain, now))?,
             Command::ForgetWorker { id, reply } => answer(reply, self.forget_worker(&id, now))?,
@@ -465,38 +479,6 @@ impl Core {
             cluster: self.info.cluster.clone(),
             outcome: Err(Refusal { reason, retryable }),
         }));
-    }
-
-    fn add_client(&mut self, spec: ClientSpec, now: Millis) -> Result<Assigned, CoreError> {
-        let problems = spec.problems();
-        if !problems.is_empty() {
-            return Err(CoreError::Invalid(problems));
-        }
-        self.registry.check_new_client(&spec.name)?;
-        self.state.insert_client(&spec)?;
-        let name = spec.name.clone();
-        let added = AuditEntry::now(
-            &name,
-            AuditKind::Added,
-            (None, None),
-            0,
-            AssignmentReason::Admin,
-            format!(
-                "added by sqdctl add-client (ssh {}, path {})",
-                spec.ssh, spec.path
-            ),
-        );
-        let fx = self.registry.add_client(spec, now)?;
-        self.carry_out_with(fx, vec![added])?;
-        let client = self
-            .registry
-            .client(&name)
-            .ok_or_else(|| RegistryError::UnknownClient(name.clone()))?;
-        info!(client = %name, worker = client.worker.as_deref().unwrap_or("-"), epoch = client.epoch, "client added");
-        Ok(Assigned {
-            worker: client.worker.clone(),
-            epoch: client.epoch,
-        })
     }
 
     fn remove_client(&mut self, name: &str) -> Result<(), CoreError> {

@@ -174,7 +174,7 @@ fn server(
     }
     let node = NodeServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(handle, reader))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(crate::codec::MAX_ADMIN_REQUEST_BYTES);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = guard.tls.clone() {
         builder = builder

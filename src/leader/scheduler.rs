@@ -91,6 +91,29 @@ pub(crate) fn plan(
     decisions
 }
 
+/// Where one new client goes, exactly as [`plan`] would place it, from how many clients each
+/// eligible worker holds now (`held`, by worker id) and how many are in handoff
+/// (`in_transit`): adding one client to a large fleet costs a count, not a plan of every
+/// client. The caller falls back to [`plan`] when other clients wait for a worker too.
+pub(crate) fn place_new<'a>(
+    candidates: &'a [Candidate],
+    held: &BTreeMap<&str, usize>,
+    in_transit: usize,
+) -> Option<&'a str> {
+    let mut ledger = Ledger::new(candidates);
+    for (id, list) in &mut ledger.held {
+        list.resize(held.get(id).copied().unwrap_or(0), "");
+    }
+    for _ in 0..in_transit {
+        if let Some(w) = least_loaded_with_room(candidates, &ledger.held)
+            && let Some(list) = ledger.held.get_mut(w)
+        {
+            list.push("");
+        }
+    }
+    least_loaded_with_room(candidates, &ledger.held)
+}
+
 /// Clients per eligible worker as the plan is built, in name order so choices are
 /// deterministic.
 struct Ledger<'a> {
@@ -495,6 +518,49 @@ mod tests {
                 // Planning again moves nothing.
                 prop_assert!(plan(&cands, &ps, budget).is_empty());
             }
+        }
+    }
+
+    proptest! {
+        /// Placing one new client from counts alone chooses what a whole plan would.
+        #[test]
+        fn place_new_agrees_with_a_whole_plan(
+            workers in proptest::collection::vec((any::<bool>(), 1u32..6, 0u8..4), 1..6),
+            clients in proptest::collection::vec((0usize..8, any::<bool>()), 0..20),
+        ) {
+            let cands: Vec<Candidate> = workers
+                .iter()
+                .enumerate()
+                .map(|(i, (pinned, capacity, load))| Candidate {
+                    id: format!("w{i}"),
+                    role: if *pinned { CandidateRole::Pinned } else { CandidateRole::Eligible },
+                    capacity: *capacity,
+                    load: f64::from(*load) / 4.0,
+                })
+                .collect();
+            let mut ps: Vec<Placement> = clients
+                .iter()
+                .enumerate()
+                .map(|(i, (w, frozen))| Placement {
+                    client: format!("c{i}"),
+                    worker: Some(cands[w % cands.len()].id.clone()),
+                    frozen: *frozen,
+                    avoid: None,
+                })
+                .collect();
+            let mut held = BTreeMap::new();
+            for p in ps.iter().filter(|p| !p.frozen) {
+                let w = p.worker.as_deref().unwrap_or_default();
+                if cands.iter().any(|c| c.id == w && c.role == CandidateRole::Eligible) {
+                    *held.entry(w).or_insert(0) += 1;
+                }
+            }
+            let in_transit = ps.iter().filter(|p| p.frozen).count();
+            let chosen = place_new(&cands, &held, in_transit).map(str::to_owned);
+            ps.push(at("new", None));
+            let whole = plan(&cands, &ps, 0);
+            let planned = whole.iter().find(|d| d.client == "new").and_then(|d| d.to.clone());
+            prop_assert_eq!(chosen, planned);
         }
     }
 }

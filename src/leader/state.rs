@@ -253,27 +253,9 @@ impl State {
         Ok(workers)
     }
 
+    #[cfg(test)]
     pub(crate) fn insert_client(&mut self, spec: &ClientSpec) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "INSERT INTO clients (name, ssh, path, key_file, known_hosts, pattern,
-                                      format, time_field, label_fields, precision)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    spec.name,
-                    spec.ssh,
-                    spec.path,
-                    spec.key_file,
-                    spec.known_hosts,
-                    spec.pattern,
-                    spec.ingest.format,
-                    spec.ingest.time_field,
-                    spec.ingest.label_fields.join(","),
-                    spec.ingest.precision
-                ],
-            )
-            .map_err(|e| self.wrap(e))?;
-        Ok(())
+        self.apply(&[Durable::NewClient(Box::new(spec.clone()))])
     }
 
     pub(crate) fn delete_client(&mut self, name: &str) -> Result<(), StateError> {
@@ -394,9 +376,31 @@ fn split_fields(text: &str) -> Vec<String> {
         .collect()
 }
 
+fn insert_client(tx: &rusqlite::Transaction<'_>, spec: &ClientSpec) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO clients (name, ssh, path, key_file, known_hosts, pattern,
+                              format, time_field, label_fields, precision)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        spec.name,
+        spec.ssh,
+        spec.path,
+        spec.key_file,
+        spec.known_hosts,
+        spec.pattern,
+        spec.ingest.format,
+        spec.ingest.time_field,
+        spec.ingest.label_fields.join(","),
+        spec.ingest.precision
+    ])?;
+    Ok(())
+}
+
 /// One durable change inside the caller's transaction.
 fn apply_change(tx: &rusqlite::Transaction<'_>, change: &Durable) -> rusqlite::Result<()> {
     match change {
+        Durable::NewClient(spec) => insert_client(tx, spec)?,
         Durable::Assignment {
             client,
             worker,

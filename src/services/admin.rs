@@ -51,6 +51,23 @@ impl AdminService for AdminApi {
         Ok(Response::new(result.into()))
     }
 
+    async fn add_clients(
+        &self,
+        request: Request<proto::AddClientsRequest>,
+    ) -> Result<Response<proto::AddClientsResponse>, Status> {
+        let request = request.into_inner();
+        let specs = request.clients.into_iter().map(Into::into).collect();
+        let result = self
+            .core
+            .ask(|reply| Command::AddClients {
+                specs,
+                dry_run: request.dry_run,
+                reply,
+            })
+            .await??;
+        Ok(Response::new(result.into()))
+    }
+
     async fn remove_client(
         &self,
         request: Request<proto::RemoveClientRequest>,

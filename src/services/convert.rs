@@ -3,7 +3,9 @@
 //! leader sees a generated type.
 
 use crate::leader::audit::AuditEntry;
-use crate::leader::core::{Assigned, Drained, NodeHello, NodeRole, SessionTerms, ToNode};
+use crate::leader::core::{
+    AddedClients, Assigned, Drained, NodeHello, NodeRole, SessionTerms, ToNode,
+};
 use crate::leader::registry::{Order, Progress};
 use crate::leader::status::{ClientStatus, Explanation, StatusView, WorkerStatus};
 use crate::proto::{self, leader_message::Body};
@@ -153,6 +155,30 @@ impl From<Assigned> for proto::AddClientResponse {
         proto::AddClientResponse {
             worker: a.worker.unwrap_or_default(),
             epoch: a.epoch,
+        }
+    }
+}
+
+impl From<AddedClients> for proto::AddClientsResponse {
+    fn from(a: AddedClients) -> Self {
+        proto::AddClientsResponse {
+            added: a
+                .added
+                .into_iter()
+                .map(|(name, at)| proto::AddedClient {
+                    name,
+                    worker: at.worker.unwrap_or_default(),
+                    epoch: at.epoch,
+                })
+                .collect(),
+            problems: a
+                .problems
+                .into_iter()
+                .map(|(index, message)| proto::ClientProblem {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    message,
+                })
+                .collect(),
         }
     }
 }

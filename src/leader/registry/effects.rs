@@ -7,6 +7,9 @@ use crate::leader::reason::AssignmentReason;
 /// A durable change: persist before any message that depends on it is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Durable {
+    /// A client was added (`add-client`, `add-clients`); persisted in the same transaction as
+    /// its first placement, so an acknowledged add is never half there after a crash.
+    NewClient(Box<ClientSpec>),
     /// The client's owner and epoch changed (worker `None`: unassigned).
     Assignment {
         client: String,

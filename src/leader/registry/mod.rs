@@ -179,16 +179,45 @@ impl Registry {
         Ok(())
     }
 
-    /// Adds a client (already persisted by the caller) and places it at once.
+    /// Adds a client and places it at once; its row is persisted with its placement
+    /// (`Durable::NewClient` first, in the same transaction).
     pub(crate) fn add_client(
         &mut self,
         spec: ClientSpec,
         now: Millis,
     ) -> Result<Effects, RegistryError> {
         self.check_new_client(&spec.name)?;
+        let name = spec.name.clone();
+        let mut fx = Effects::default();
+        fx.durable.push(Durable::NewClient(Box::new(spec.clone())));
         self.clients
-            .insert(spec.name.clone(), Client::new(spec, None, 0));
-        Ok(self.schedule(now))
+            .insert(name.clone(), Client::new(spec, None, 0));
+        fx.extend(self.place_new(&name, now));
+        Ok(fx)
+    }
+
+    /// Adds many clients at once (`sqdctl add-clients`): all or none, one plan for all of
+    /// them, persisted in one transaction by the caller.
+    pub(crate) fn add_clients(
+        &mut self,
+        specs: Vec<ClientSpec>,
+        now: Millis,
+    ) -> Result<Effects, RegistryError> {
+        let mut names = std::collections::HashSet::with_capacity(specs.len());
+        for spec in &specs {
+            self.check_new_client(&spec.name)?;
+            if !names.insert(spec.name.as_str()) {
+                return Err(RegistryError::DuplicateClient(spec.name.clone()));
+            }
+        }
+        let mut fx = Effects::default();
+        for spec in specs {
+            fx.durable.push(Durable::NewClient(Box::new(spec.clone())));
+            self.clients
+                .insert(spec.name.clone(), Client::new(spec, None, 0));
+        }
+        fx.extend(self.schedule(now));
+        Ok(fx)
     }
 
     /// Removes a client; its owner is told to stop. The caller persists the removal first.

@@ -38,6 +38,53 @@ impl Registry {
         fx
     }
 
+    /// Places one new client without planning every client: one pass counting who holds
+    /// what (no clones), then the choice [`scheduler::place_new`] makes, which is the whole
+    /// plan's choice. Rebalancing waits for the next tick's plan, as it would anyway. Falls
+    /// back to the whole plan when another client waits for a worker (it places all at once,
+    /// C4).
+    pub(super) fn place_new(&mut self, client: &str, now: Millis) -> Effects {
+        let candidates = self.candidates();
+        let Some((held, in_transit)) = self.held_counts(&candidates, client) else {
+            return self.schedule(now);
+        };
+        let to = scheduler::place_new(&candidates, &held, in_transit).map(str::to_owned);
+        let mut fx = Effects::default();
+        if to.is_some() {
+            self.reassign(client, None, to, MoveReason::Place, &mut fx);
+            fx.durable.push(Durable::NextEpoch(self.next_epoch));
+        }
+        fx
+    }
+
+    /// Clients per eligible worker and clients in handoff, other than `new`; `None` when a
+    /// client other than `new` has no usable worker.
+    fn held_counts<'a>(
+        &'a self,
+        candidates: &[Candidate],
+        new: &str,
+    ) -> Option<(BTreeMap<&'a str, usize>, usize)> {
+        let roles: BTreeMap<&str, CandidateRole> =
+            candidates.iter().map(|c| (c.id.as_str(), c.role)).collect();
+        let mut held = BTreeMap::new();
+        let mut in_transit = 0;
+        for c in self.clients.values() {
+            if c.spec.name == new {
+                continue;
+            }
+            if c.releasing_since.is_some() || self.is_frozen(&c.spec.name) {
+                in_transit += 1;
+                continue;
+            }
+            let worker = c.worker.as_deref()?;
+            match roles.get(worker)? {
+                CandidateRole::Eligible => *held.entry(worker).or_insert(0) += 1,
+                CandidateRole::Pinned => {}
+            }
+        }
+        Some((held, in_transit))
+    }
+
     /// A handoff that was never confirmed resolves when the old owner is dead or gone: its
     /// lease (renewed by heartbeats it kept sending) would have had to lapse anyway.
     fn resolve_stale_handoffs(&mut self) {
@@ -56,9 +103,8 @@ impl Registry {
         }
     }
 
-    fn scheduler_input(&self) -> (Vec<Candidate>, Vec<Placement>) {
-        let candidates = self
-            .workers
+    fn candidates(&self) -> Vec<Candidate> {
+        self.workers
             .values()
             .filter_map(|w| {
                 Some(Candidate {
@@ -68,7 +114,10 @@ impl Registry {
                     load: w.load,
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    fn scheduler_input(&self) -> (Vec<Candidate>, Vec<Placement>) {
         let placements = self
             .clients
             .values()
@@ -79,7 +128,7 @@ impl Registry {
                 avoid: c.avoid.clone(),
             })
             .collect();
-        (candidates, placements)
+        (self.candidates(), placements)
     }
 
     fn apply_decision(&mut self, d: Decision, now: Millis, fx: &mut Effects) {

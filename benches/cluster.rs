@@ -343,6 +343,45 @@ async fn add_unreachable_clients(admin: &AdminServiceClient<Ch>, names: Vec<Stri
     while pending.next().await.is_some() {}
 }
 
+fn unreachable_spec(name: &str) -> proto::ClientSpec {
+    proto::ClientSpec {
+        name: name.to_owned(),
+        ssh: "nobody@127.0.0.1:1".into(),
+        path: "/var/stats".into(),
+        ..Default::default()
+    }
+}
+
+/// `sqdctl add-clients`: every name in one AddClients call (one transaction).
+async fn add_clients_in_one_call(admin: &AdminServiceClient<Ch>, names: &[String]) {
+    let resp = admin
+        .clone()
+        .add_clients(proto::AddClientsRequest {
+            clients: names.iter().map(|n| unreachable_spec(n)).collect(),
+            dry_run: false,
+        })
+        .await
+        .expect("add clients")
+        .into_inner();
+    assert!(resp.problems.is_empty(), "refused: {:?}", resp.problems);
+}
+
+/// One add-client after another; the latency of each, in ms.
+async fn add_clients_one_by_one(admin: &AdminServiceClient<Ch>, names: &[String]) -> Vec<f64> {
+    let mut a = admin.clone();
+    let mut ms = Vec::with_capacity(names.len());
+    for name in names {
+        let t = Instant::now();
+        a.add_client(proto::AddClientRequest {
+            client: Some(unreachable_spec(name)),
+        })
+        .await
+        .expect("add a client");
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms
+}
+
 /// client -> worker ("" when unassigned), and the set of alive workers.
 async fn placement(
     admin: &mut AdminServiceClient<Ch>,
@@ -716,10 +755,25 @@ fn leader_scale(o: &Opts) -> Value {
         || (shared.registered.load(Ordering::Relaxed) >= workers).then_some(()),
     );
     let names: Vec<String> = (0..agents).map(|i| format!("a{i:06}")).collect();
+    // All but the last 100 in one `add-clients` call; the last 100 one by one, timed each:
+    // the cost of one add-client in a fleet this size.
+    let singles = agents.min(100);
     let t_add = Instant::now();
-    rt.block_on(add_unreachable_clients(&admin_client, names.clone()));
+    rt.block_on(add_clients_in_one_call(
+        &admin_client,
+        &names[..agents - singles],
+    ));
     let add_s = t_add.elapsed().as_secs_f64();
-    eprintln!("leader-scale: {agents} clients added in {add_s:.1} s");
+    let single_ms = rt.block_on(add_clients_one_by_one(
+        &admin_client,
+        &names[agents - singles..],
+    ));
+    eprintln!(
+        "leader-scale: {} clients added in one call in {add_s:.1} s; then one add-client p50 {:.1} ms, p99 {:.1} ms",
+        agents - singles,
+        percentile(&single_ms, 50.0),
+        percentile(&single_ms, 99.0)
+    );
     for (i, name) in names.iter().enumerate() {
         rt.spawn(sim_node(
             channel(workers + i),
@@ -817,7 +871,10 @@ fn leader_scale(o: &Opts) -> Value {
     let (_, rss_end) = proc_usage(leader.pid());
     json!({
         "workers": workers, "agents": agents, "connections": conns,
-        "window_s": window.as_secs(), "clients_added_s": add_s, "setup_s": setup_s,
+        "window_s": window.as_secs(), "clients_added_s": add_s,
+        "clients_in_one_call": agents - singles,
+        "add_client_p50_ms": percentile(&single_ms, 50.0),
+        "add_client_p99_ms": percentile(&single_ms, 99.0), "setup_s": setup_s,
         "cpu_pct_one_core": cpu_pct, "rss_mb": rss_mb.max(rss_end),
         "heartbeats_acked": rtt.len(), "heartbeats_expected": expected,
         "heartbeat_p50_ms": percentile(&rtt, 50.0), "heartbeat_p99_ms": percentile(&rtt, 99.0),

@@ -445,7 +445,8 @@ if "leader_scale" in by_set:
     runs = by_set["leader_scale"]
     ls = {"runs": len(runs), "workers": runs[0]["workers"], "agents": runs[0]["agents"],
           "connections": runs[0]["connections"]}
-    for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p50_ms", "heartbeat_p99_ms", "failover_s"):
+    for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p50_ms", "heartbeat_p99_ms", "failover_s",
+              "clients_added_s", "add_client_p50_ms", "add_client_p99_ms"):
         s = spread([r[k] for r in runs])
         ls[k], ls[k + "_min"], ls[k + "_max"] = s["median"], s["min"], s["max"]
     report["leader_scale"] = ls
@@ -486,9 +487,11 @@ if "failover" in report:
 if "leader_scale" in report:
     l = report["leader_scale"]
     print(f"\n### leader_scale: {l['workers']} workers + {l['agents']} agents at 1 Hz, "
-          f"{l['connections']} connections, {l['runs']} run(s)\n")
+          f"{l['connections']} connections, {l['runs']} run(s); clients_added_s: all but 100 "
+          f"clients in one add-clients call, add_client_*: each of the last 100 alone\n")
     print("| | median | min | max |\n|---|---|---|---|")
-    for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p50_ms", "heartbeat_p99_ms", "failover_s"):
+    for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p50_ms", "heartbeat_p99_ms", "failover_s",
+              "clients_added_s", "add_client_p50_ms", "add_client_p99_ms"):
         print(f"| {k} | {l[k]:.1f} | {l[k + '_min']:.1f} | {l[k + '_max']:.1f} |")
 if "query" in report:
     q = report["query"]

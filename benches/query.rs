@@ -109,12 +109,22 @@ async fn query(
         by: vec![],
         timeout_ms,
         deny_partial: false,
+        // count + sum: what `sqdctl query --agg avg` asks for.
+        fields: 0b11,
     };
     let mut stream = client.query(request).await.expect("query").into_inner();
     let (mut series, mut points, mut partial) = (0, 0, false);
     while let Some(chunk) = stream.message().await.expect("chunk") {
         series += chunk.series.len();
-        points += chunk.series.iter().map(|s| s.buckets.len()).sum::<usize>();
+        points += chunk
+            .series
+            .iter()
+            .map(|s| {
+                s.columns
+                    .as_ref()
+                    .map_or(s.buckets.len(), |c| c.count.len())
+            })
+            .sum::<usize>();
         if let Some(r) = chunk.report {
             partial = !r.failed.is_empty() || !r.timed_out.is_empty();
         }

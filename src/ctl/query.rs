@@ -13,6 +13,7 @@ use crate::services::shard_wire::{
     key_from_proto, partials_from_proto, report_from_proto, selector_to_proto,
 };
 use crate::stats::cluster::ShardReport;
+use crate::stats::partial::Fields;
 use crate::stats::query::{Matcher, Selector};
 use crate::stats::render;
 use crate::worker::offline::{QueryText, parse_duration_ms};
@@ -151,7 +152,9 @@ pub(super) async fn query(cli: &Cli, args: &QueryArgs) -> Result<(), CtlError> {
         by: args.by.clone(),
         timeout_ms: timeout_ms(deadline),
         deny_partial: args.deny_partial,
+        fields: Fields::of(q.agg).bits(),
     };
+    let range = q.range.clone().needing(Fields::of(q.agg));
     let mut stream = admin
         .client
         .query(request)
@@ -161,7 +164,12 @@ pub(super) async fn query(cli: &Cli, args: &QueryArgs) -> Result<(), CtlError> {
     let (mut series, mut report) = (Vec::new(), None);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|s| admin.failed(s))?;
-        series.extend(chunk.series.into_iter().map(partials_from_proto));
+        for s in chunk.series {
+            series.push(
+                partials_from_proto(s, &range)
+                    .map_err(|e| CtlError::Refused(format!("the leader's answer: {e}; retry")))?,
+            );
+        }
         report = chunk.report.map(report_from_proto).or(report);
     }
     let report = report.ok_or_else(|| {

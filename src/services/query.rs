@@ -59,7 +59,14 @@ pub(crate) async fn query(
         .selector
         .ok_or_else(|| Status::invalid_argument("Query needs a selector (a metric name)"))
         .and_then(|s| selector_from_proto(s).map_err(bad))?;
-    let range = range_from_proto(request.from_ms, request.to_ms, request.step_ms).map_err(bad)?;
+    let range = range_from_proto(
+        request.from_ms,
+        request.to_ms,
+        request.step_ms,
+        request.fields,
+    )
+    .map_err(bad)?;
+    let (columnar, wire_range) = (request.fields != 0, range.clone());
     let answer = reader
         .query(selector, range, timeout(request.timeout_ms))
         .await
@@ -70,7 +77,7 @@ pub(crate) async fn query(
     let mut chunks = Vec::new();
     for s in series {
         let bytes = partials_bytes(&s);
-        chunks.extend(chunker.push(partials_to_proto(s), bytes));
+        chunks.extend(chunker.push(partials_to_proto(s, &wire_range, columnar), bytes));
     }
     let mut chunks: Vec<proto::QueryChunk> = chunks
         .into_iter()

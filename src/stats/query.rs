@@ -7,7 +7,7 @@ use std::fmt;
 
 use regex::Regex;
 
-use super::partial::Partial;
+use super::partial::{Fields, Partial};
 
 /// Most buckets one query may ask per series (Prometheus's cap, with its reason).
 pub const MAX_POINTS: i64 = 11_000;
@@ -133,6 +133,8 @@ pub struct Range {
     pub from_ms: i64,
     pub to_ms: i64,
     pub step_ms: i64,
+    /// The partial fields the asker reads (every one unless narrowed with [`Range::needing`]).
+    pub fields: Fields,
 }
 
 impl Range {
@@ -143,7 +145,10 @@ impl Range {
         if from_ms >= to_ms {
             return Err(QueryError::EmptyRange { from_ms, to_ms });
         }
-        let span = to_ms - from_ms;
+        // A span wider than i64 (a peer's or a user's extreme times) is too many points too.
+        let span = to_ms
+            .checked_sub(from_ms)
+            .ok_or(QueryError::TooManyPoints)?;
         let buckets = span / step_ms + i64::from(span % step_ms != 0);
         if buckets > MAX_POINTS {
             return Err(QueryError::TooManyPoints);
@@ -152,7 +157,14 @@ impl Range {
             from_ms,
             to_ms,
             step_ms,
+            fields: Fields::ALL,
         })
+    }
+
+    /// The same range, answered with only `fields` of each partial.
+    pub fn needing(mut self, fields: Fields) -> Self {
+        self.fields = fields;
+        self
     }
 
     /// The start of the bucket holding `ts`, or `None` outside `[from, to)`.
@@ -260,6 +272,11 @@ pub struct Merger {
 impl Merger {
     pub fn add(&mut self, part: SeriesPartials) {
         let into = self.series.entry(part.labels).or_default();
+        if into.is_empty() {
+            // The usual case: a series that lives on one shard arrives once, whole.
+            *into = part.buckets;
+            return;
+        }
         for (b, p) in part.buckets {
             into.entry(b).and_modify(|m| m.merge(&p)).or_insert(p);
         }
@@ -333,6 +350,10 @@ mod tests {
         ));
         assert_eq!(
             Range::new(0, 11_001, 1).err(),
+            Some(QueryError::TooManyPoints)
+        );
+        assert_eq!(
+            Range::new(i64::MIN, i64::MAX, 1).err(),
             Some(QueryError::TooManyPoints)
         );
         let r = Range::new(100, 200, 30).unwrap_or_else(|e| panic!("{e}"));

@@ -82,7 +82,9 @@ impl ShardService for ShardApi {
         let r = request.into_inner();
         let bad = |e: crate::stats::query::QueryError| Status::invalid_argument(e.to_string());
         let selector = selector_from_proto(r.selector.unwrap_or_default()).map_err(bad)?;
-        let range = range_from_proto(r.from_ms, r.to_ms, r.step_ms).map_err(bad)?;
+        let range = range_from_proto(r.from_ms, r.to_ms, r.step_ms, r.fields).map_err(bad)?;
+        // A leader that named its fields reads columns; an older one, every field in buckets.
+        let columnar = r.fields != 0;
         Ok(Response::new(stream(
             self.catalog.clone(),
             move |conn, send| {
@@ -90,7 +92,8 @@ impl ShardService for ShardApi {
                 let mut open = true;
                 tsdb::query(conn, &selector, &range, |s| {
                     let bytes = partials_bytes(&s);
-                    if let Some(series) = chunker.push(partials_to_proto(s), bytes) {
+                    let wire = partials_to_proto(s, &range, columnar);
+                    if let Some(series) = chunker.push(wire, bytes) {
                         open = send(proto::ShardQueryChunk { series });
                     }
                     open

@@ -57,10 +57,10 @@ fn why(s: &tonic::Status) -> String {
 
 fn chunks<M: Send + 'static, T: Send + 'static>(
     stream: tonic::Streaming<M>,
-    convert: fn(M) -> T,
+    convert: impl Fn(M) -> Result<T, String> + Send + 'static,
 ) -> Chunks<T> {
     stream
-        .map(move |m| m.map(convert).map_err(|s| why(&s)))
+        .map(move |m| m.map_err(|s| why(&s)).and_then(&convert))
         .boxed()
 }
 
@@ -76,12 +76,20 @@ impl Shard for RemoteShard {
             from_ms: range.from_ms,
             to_ms: range.to_ms,
             step_ms: range.step_ms,
+            fields: range.fields.bits(),
         };
+        let range = range.clone();
         Box::pin(async move {
             let stream = client.query(request).await.map_err(|s| why(&s))?;
-            Ok(chunks(stream.into_inner(), |c: proto::ShardQueryChunk| {
-                c.series.into_iter().map(partials_from_proto).collect()
-            }))
+            Ok(chunks(
+                stream.into_inner(),
+                move |c: proto::ShardQueryChunk| {
+                    c.series
+                        .into_iter()
+                        .map(|s| partials_from_proto(s, &range).map_err(|e| e.to_string()))
+                        .collect()
+                },
+            ))
         })
     }
 
@@ -93,7 +101,7 @@ impl Shard for RemoteShard {
         Box::pin(async move {
             let stream = client.series(request).await.map_err(|s| why(&s))?;
             Ok(chunks(stream.into_inner(), |c: proto::ShardSeriesChunk| {
-                c.series.into_iter().map(key_from_proto).collect()
+                Ok(c.series.into_iter().map(key_from_proto).collect())
             }))
         })
     }
@@ -107,7 +115,7 @@ impl Shard for RemoteShard {
                 .map_err(|s| why(&s))?;
             Ok(chunks(
                 stream.into_inner(),
-                |c: proto::ShardMetricsChunk| c.names,
+                |c: proto::ShardMetricsChunk| Ok(c.names),
             ))
         })
     }

@@ -212,7 +212,7 @@ fn shard_range(steps: &Steps, window_ms: i64, reads: Reads) -> Result<(Range, i6
         .and_then(|t| t.checked_add(1))
         .ok_or(PlanError::TimeOverflow)?;
     let to_ms = last_t.checked_add(1).ok_or(PlanError::TimeOverflow)?;
-    let span = to_ms - from_ms;
+    let span = to_ms.checked_sub(from_ms).ok_or(PlanError::TimeOverflow)?;
     let width_ms = match reads {
         Reads::Counter => counter_width(base, reach_ms, span),
         _ => base,
@@ -234,6 +234,7 @@ fn shard_range(steps: &Steps, window_ms: i64, reads: Reads) -> Result<(Range, i6
         from_ms,
         to_ms,
         step_ms: width_ms,
+        fields: crate::stats::partial::Fields::ALL,
     };
     Ok((range, reach_ms))
 }

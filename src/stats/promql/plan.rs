@@ -22,6 +22,7 @@
 use super::Matrix;
 use super::eval::{Eval, EvalError, Grid, Steps};
 use super::lower::{Leaf, RangeFn, lower};
+use crate::stats::partial::{Agg, Fields};
 use crate::stats::query::{MAX_POINTS, QueryError, Range, Selector, SeriesPartials};
 
 /// Prometheus's default lookback delta for instant vector selectors.
@@ -146,6 +147,15 @@ impl Plan {
                     Leaf::Range { range_ms, .. } => (range_ms, Reads::Tiles),
                 };
                 let (shard_range, reach_ms) = shard_range(&steps, window_ms, reads)?;
+                // Shards send only the partial fields the evaluation reads.
+                let fields = match (reads, leaf) {
+                    (Reads::Newest, _) => Fields::of(Agg::Last),
+                    (Reads::Tiles, Leaf::Range { func, .. }) => {
+                        func.agg().map_or(Fields::ALL, Fields::of)
+                    }
+                    _ => Fields::ALL,
+                };
+                let shard_range = shard_range.needing(fields);
                 let grid = Grid {
                     from_ms: shard_range.from_ms,
                     to_ms: shard_range.to_ms,
@@ -234,7 +244,7 @@ fn shard_range(steps: &Steps, window_ms: i64, reads: Reads) -> Result<(Range, i6
         from_ms,
         to_ms,
         step_ms: width_ms,
-        fields: crate::stats::partial::Fields::ALL,
+        fields: Fields::ALL,
     };
     Ok((range, reach_ms))
 }

@@ -36,6 +36,23 @@ pub fn newest<'a>(
         .map(|p| p.last)
 }
 
+impl RangeFn {
+    /// The bucket aggregation a tiled window merges into; `None` for the counter functions,
+    /// which look at every bucket's first and last sample.
+    pub fn agg(self) -> Option<Agg> {
+        Some(match self {
+            RangeFn::AvgOverTime => Agg::Avg,
+            RangeFn::MinOverTime => Agg::Min,
+            RangeFn::MaxOverTime => Agg::Max,
+            RangeFn::SumOverTime => Agg::Sum,
+            RangeFn::CountOverTime => Agg::Count,
+            // Normally read with `newest`; merging a tiled window gives the same value.
+            RangeFn::LastOverTime => Agg::Last,
+            RangeFn::Rate | RangeFn::Increase => return None,
+        })
+    }
+}
+
 /// `func` over the window tiled by `buckets` ending at `t_ms`, of length `range_ms`.
 pub fn range_fn<'a>(
     func: RangeFn,
@@ -43,16 +60,8 @@ pub fn range_fn<'a>(
     t_ms: i64,
     range_ms: i64,
 ) -> Option<f64> {
-    let agg = match func {
-        RangeFn::AvgOverTime => Agg::Avg,
-        RangeFn::MinOverTime => Agg::Min,
-        RangeFn::MaxOverTime => Agg::Max,
-        RangeFn::SumOverTime => Agg::Sum,
-        RangeFn::CountOverTime => Agg::Count,
-        // Normally read with `newest`; merging a tiled window gives the same value.
-        RangeFn::LastOverTime => Agg::Last,
-        RangeFn::Rate => return counter(buckets, t_ms, range_ms, true),
-        RangeFn::Increase => return counter(buckets, t_ms, range_ms, false),
+    let Some(agg) = func.agg() else {
+        return counter(buckets, t_ms, range_ms, func == RangeFn::Rate);
     };
     let merged = merge_all(buckets)?;
     Some(merged.value(agg))

@@ -27,6 +27,26 @@ pub(crate) struct Announcement {
     pub(crate) started_ms: u64,
 }
 
+/// Reads the node token, opens the sockets and listens one interval for another leader of
+/// this cluster: what `sqd --mode leader start` does before it serves with discovery on.
+pub(crate) async fn start(
+    cfg: &DiscoveryConfig,
+    node_token_file: Option<&std::path::PathBuf>,
+    me: Announcement,
+    metrics: DiscoveryMetrics,
+) -> Result<Announcer, DiscoveryError> {
+    let key = super::key_from(node_token_file, "node_token_file", "node-token-file")?;
+    let mut announcer = Announcer::open(cfg, me, key, metrics)?;
+    announcer.check_alone().await?;
+    Ok(announcer)
+}
+
+/// A new leader id: random, so a leader restarted (or moved) is a new leader to the nodes.
+pub(crate) fn new_leader_id() -> String {
+    let bytes = udp::nonce().unwrap_or_else(|_| crate::clock::unix_ms().to_be_bytes().to_vec());
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The leader's discovery: settings, key and sockets, opened at start so a bad setting
 /// stops the start.
 pub(crate) struct Announcer {
@@ -41,7 +61,7 @@ pub(crate) struct Announcer {
 }
 
 impl Announcer {
-    pub(crate) fn open(
+    fn open(
         cfg: &DiscoveryConfig,
         me: Announcement,
         key: Key,
@@ -64,7 +84,7 @@ impl Announcer {
     }
 
     /// Listens one probe interval (and a little) for another leader of this cluster.
-    pub(crate) async fn check_alone(&mut self) -> Result<(), DiscoveryError> {
+    async fn check_alone(&mut self) -> Result<(), DiscoveryError> {
         let until = tokio::time::Instant::now() + self.interval() + Duration::from_millis(500);
         let mut buf = vec![0u8; MAX_DATAGRAM];
         info!(target = %self.cfg.target, wait_ms = (self.interval() + Duration::from_millis(500)).as_millis() as u64,

@@ -226,3 +226,21 @@ impl Node {
         }
     }
 }
+
+/// Where a node finds its leader: `leader` as given, or, with discovery on, the leader its
+/// announcements name (the node token of `security` checks them).
+pub(crate) fn leader_addr(
+    leader: &str,
+    discovery: Option<&DiscoveryConfig>,
+    security: &crate::security::NodeSecurity,
+    me: Listener,
+    metrics: DiscoveryMetrics,
+    shutdown: watch::Receiver<bool>,
+) -> Result<crate::node::LeaderAddr, DiscoveryError> {
+    let Some(cfg) = discovery else {
+        return Ok(crate::node::LeaderAddr::Fixed(leader.to_owned()));
+    };
+    let key = super::key_from(security.token_file.as_ref(), "token_file", "token-file")?;
+    let found = spawn(cfg, key, me, metrics, shutdown)?;
+    Ok(crate::node::LeaderAddr::Discovered(found))
+}

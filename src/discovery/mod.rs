@@ -123,16 +123,22 @@ pub(crate) struct DiscoveryMetrics {
 }
 
 impl DiscoveryMetrics {
-    /// Registers under `prefix` (`sqd_leader` or `sqd_worker`), every reason at 0 so a
-    /// dashboard sees the series before the first one.
-    pub(crate) fn register(
-        registry: &mut prometheus_client::registry::Registry,
-        prefix: &str,
-    ) -> Self {
+    /// Every reason at 0, so a dashboard sees the series before the first one.
+    pub(crate) fn new() -> Self {
         let m = DiscoveryMetrics::default();
         for reason in Ignored::ALL {
-            m.ignored.get_or_create(&ReasonLabel { reason });
+            let _ = m.ignored.get_or_create(&ReasonLabel { reason });
         }
+        m
+    }
+
+    /// Registers under `prefix` (`sqd_leader` or `sqd_worker`).
+    pub(crate) fn register(
+        &self,
+        registry: &mut prometheus_client::registry::Registry,
+        prefix: &str,
+    ) {
+        let m = self;
         let r = registry.sub_registry_with_prefix(prefix);
         r.register(
             "discovery_ignored",
@@ -151,7 +157,6 @@ impl DiscoveryMetrics {
                 m.conflicts.clone(),
             );
         }
-        m
     }
 
     pub(crate) fn ignore(&self, reason: Ignored) {

@@ -33,6 +33,8 @@ pub enum WorkerError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
     #[error("cannot create store directory {path}: {source}")]
     Store {
         path: PathBuf,
@@ -125,6 +127,23 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let store = crate::store::LocalStore::open_with(&cfg.store, cfg.shard)?;
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = WorkerMetrics::new(&mut prometheus);
+    let leader = crate::discovery::listen::leader_addr(
+        &cfg.leader,
+        cfg.discovery.as_ref(),
+        &cfg.security,
+        crate::discovery::listen::Listener {
+            role: ident.role,
+            id: ident.id.clone(),
+            version: ident.version.clone(),
+            cluster: cfg.cluster.clone().unwrap_or_else(|| "sqd".to_owned()),
+        },
+        {
+            let m = crate::discovery::DiscoveryMetrics::new();
+            m.register(&mut prometheus, "sqd_worker");
+            m
+        },
+        shutdown.clone(),
+    )?;
     let pull = pull::PullConfig {
         poll: Duration::from_millis(cfg.poll_ms),
         settle: Duration::from_millis(cfg.settle_ms),
@@ -181,15 +200,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         tokio::spawn(serve);
     }
     let mut worker = WorkerNode::new(cfg.id.clone(), store, pull, lease.clone(), held, metrics);
-    node::run(
-        &ident,
-        &cfg.leader,
-        &cfg.security,
-        &mut worker,
-        lease,
-        shutdown,
-    )
-    .await?;
+    node::run(&ident, leader, &cfg.security, &mut worker, lease, shutdown).await?;
     info!(worker = %cfg.id, "worker stopped");
     Ok(())
 }

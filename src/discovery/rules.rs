@@ -200,6 +200,7 @@ impl Tally {
         n.is_power_of_two().then_some(*n)
     }
 
+    #[cfg(test)]
     pub(crate) fn get(&self, reason: Ignored) -> u64 {
         self.counts.get(&reason).copied().unwrap_or(0)
     }

@@ -143,6 +143,7 @@ impl NonceCache {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.seen.len()
     }

@@ -90,13 +90,8 @@ impl ClientConfig {
         let cluster = merge(flags.cluster.clone(), cluster).or_default("sqd".into());
         let cluster = l.check("cluster", cluster, |v| rules::name(v, super::CLUSTER_MAX));
         let security = security::node(&mut l, security_keys, &flags.node.security);
-        let discovery = super::node_discovery(
-            &mut l,
-            discovery_keys,
-            &flags.node.discovery,
-            leader.as_ref().map(|s| s.origin),
-            &security,
-        );
+        let discovery =
+            super::node_discovery(&mut l, discovery_keys, &flags.node, &leader, &security);
         let log = l.log(log, &flags.log);
 
         let built = match (name, leader, watch, complain, cluster, log) {

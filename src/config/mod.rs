@@ -514,14 +514,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// A node's discovery settings; discovery needs the node token, which signs every datagram.
-fn node_discovery(
+fn node_discovery<T>(
     l: &mut Loader,
     keys: discovery::DiscoveryKeys,
-    flags: &DiscoveryFlags,
-    leader: Option<Origin>,
+    flags: &NodeFlags,
+    leader: &Option<Sourced<T>>,
     security: &crate::security::NodeSecurity,
 ) -> Option<crate::discovery::DiscoveryConfig> {
-    let found = discovery::load(l, keys, flags, None, leader);
+    let leader = leader.as_ref().map(|s| s.origin);
+    let found = discovery::load(l, keys, &flags.discovery, None, leader);
     if found.is_some() && security.token_file.is_none() {
         l.problem(
             Origin::Default,

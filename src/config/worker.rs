@@ -10,7 +10,7 @@ use super::discovery::{self, DiscoveryKeys};
 use super::security::{self, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, NodeFlags, ServeFlags,
-    Slot, Sourced, TransferMode, merge, merge_int, rules,
+    Slot, Sourced, TransferMode, merge, merge_int, node_discovery, rules,
 };
 use crate::discovery::DiscoveryConfig;
 use crate::security::NodeSecurity;
@@ -312,13 +312,7 @@ impl WorkerConfig {
         let shard = shard(&mut l, keys.shard, flags);
         let fleet = fleet(&mut l, keys.fleet, flags);
         let security = security::node(&mut l, keys.security, &flags.node.security);
-        let discovery = super::node_discovery(
-            &mut l,
-            keys.discovery,
-            &flags.node.discovery,
-            leader.as_ref().map(|s| s.origin),
-            &security,
-        );
+        let discovery = node_discovery(&mut l, keys.discovery, &flags.node, &leader, &security);
         let log = l.log(keys.log, &flags.log);
 
         let built = match (

@@ -18,7 +18,7 @@ use crate::proto::{Discovery, NodeRole, ProbeAck, RegisterAck, discovery::Body};
 
 /// The leader a node should connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
+pub(crate) struct Found {
     /// HOST:PORT of its gRPC service.
     pub target: String,
     pub leader_id: String,

@@ -127,23 +127,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let store = crate::store::LocalStore::open_with(&cfg.store, cfg.shard)?;
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = WorkerMetrics::new(&mut prometheus);
-    let leader = crate::discovery::listen::leader_addr(
-        &cfg.leader,
-        cfg.discovery.as_ref(),
-        &cfg.security,
-        crate::discovery::listen::Listener {
-            role: ident.role,
-            id: ident.id.clone(),
-            version: ident.version.clone(),
-            cluster: cfg.cluster.clone().unwrap_or_else(|| "sqd".to_owned()),
-        },
-        {
-            let m = crate::discovery::DiscoveryMetrics::new();
-            m.register(&mut prometheus, "sqd_worker");
-            m
-        },
-        shutdown.clone(),
-    )?;
+    let leader = find_leader(&cfg, &ident, &mut prometheus, shutdown.clone())?;
     let pull = pull::PullConfig {
         poll: Duration::from_millis(cfg.poll_ms),
         settle: Duration::from_millis(cfg.settle_ms),
@@ -203,6 +187,34 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     node::run(&ident, leader, &cfg.security, &mut worker, lease, shutdown).await?;
     info!(worker = %cfg.id, "worker stopped");
     Ok(())
+}
+
+/// The leader as given, or found by discovery (its counters registered with the worker's).
+fn find_leader(
+    cfg: &WorkerConfig,
+    ident: &node::Identity,
+    prometheus: &mut prometheus_client::registry::Registry,
+    shutdown: watch::Receiver<bool>,
+) -> Result<node::LeaderAddr, crate::discovery::DiscoveryError> {
+    let metrics = crate::discovery::DiscoveryMetrics::new();
+    if cfg.discovery.is_some() {
+        metrics.register(prometheus, "sqd_worker");
+    }
+    let me = crate::discovery::listen::Listener {
+        role: ident.role,
+        id: ident.id.clone(),
+        version: ident.version.clone(),
+        cluster: cfg.cluster.clone().unwrap_or_else(|| "sqd".to_owned()),
+    };
+    let discovery = cfg.discovery.as_ref();
+    crate::discovery::listen::leader_addr(
+        &cfg.leader,
+        discovery,
+        &cfg.security,
+        me,
+        metrics,
+        shutdown,
+    )
 }
 
 /// How often the time-series shard is sealed and trimmed to its retention.

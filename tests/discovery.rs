@@ -2,7 +2,8 @@
 //! leader in namespace A, a worker and an agent in namespace B on the same veth segment, both
 //! started without `--leader`. Multicast never leaves these namespaces; nothing is sent on the
 //! host's own interfaces. Needs root (`ip netns add`); where that is refused the test says so
-//! and skips.
+//! and skips (its output is shown, see .config/nextest.toml), unless `SQD_REQUIRE_NETNS` is
+//! set, which turns the skip into a failure.
 
 mod support;
 
@@ -60,6 +61,9 @@ impl Netns {
             a: format!("sqdd{tag}a"),
             b: format!("sqdd{tag}b"),
         };
+        // Left over by a run that was killed with the same pid: they are ours to remove.
+        let _ = ip(&["netns", "del", &ns.a]);
+        let _ = ip(&["netns", "del", &ns.b]);
         ip(&["netns", "add", &ns.a])?;
         // From here on, drop deletes whatever was made.
         ip(&["netns", "add", &ns.b]).map_err(|e| format!("setup: {e}"))?;
@@ -346,6 +350,10 @@ fn nodes_without_leader_find_it_and_ignore_forged_stale_and_replayed_probes() {
     let ns = match Netns::create() {
         Ok(ns) => ns,
         Err(why) => {
+            assert!(
+                std::env::var_os("SQD_REQUIRE_NETNS").is_none(),
+                "SQD_REQUIRE_NETNS is set but network namespaces cannot be created: {why}"
+            );
             eprintln!(
                 "SKIPPED discovery in network namespaces: they cannot be created here ({why}); \
                  run as root with iproute2 to test discovery"

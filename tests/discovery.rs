@@ -331,7 +331,12 @@ fn path(p: &Path) -> String {
 }
 
 fn worker_metrics(ns: &str, store: &Path) -> String {
-    let addr = support::wait_addr_file(&store.join("metrics.addr"));
+    metrics_page(ns, store)
+}
+
+/// `/metrics` of the process in `ns` that wrote `dir/metrics.addr`.
+fn metrics_page(ns: &str, dir: &Path) -> String {
+    let addr = support::wait_addr_file(&dir.join("metrics.addr"));
     in_ns(ns, move || http_get(&addr, "/metrics"))
         .map(|(_, body)| body)
         .unwrap_or_default()
@@ -392,10 +397,12 @@ fn nodes_without_leader_find_it_and_ignore_forged_stale_and_replayed_probes() {
         "500",
         "--lease-ms",
         "1500",
+        "--metrics",
+        "127.0.0.1:0",
     ]
     .map(str::to_owned)
     .to_vec();
-    let _leader = NsProc::spawn(&ns.a, "leader", dir.path(), SQD, &leader_args);
+    let leader = NsProc::spawn(&ns.a, "leader", dir.path(), SQD, &leader_args);
     wait_until(Duration::from_secs(30), "the leader to serve", || {
         status(&ns.a, &admin_token).map(|_| ())
     });
@@ -474,9 +481,15 @@ fn nodes_without_leader_find_it_and_ignore_forged_stale_and_replayed_probes() {
             (workers_in(&st, "alive") == ["w1"] && st["clients"][0]["agent"] == "up").then_some(())
         },
     );
+    let took = started.elapsed();
     eprintln!(
         "worker and agent registered {} ms after the worker started (probe interval {PROBE_MS} ms)",
-        started.elapsed().as_millis()
+        took.as_millis()
+    );
+    // Two probe intervals, plus the start of two debug binaries on a shared machine.
+    assert!(
+        took < Duration::from_millis(2 * PROBE_MS) + Duration::from_secs(2),
+        "registered only after {took:?}"
     );
     assert!(
         _worker.log_text().contains("discovery: found the leader"),
@@ -564,6 +577,39 @@ fn nodes_without_leader_find_it_and_ignore_forged_stale_and_replayed_probes() {
     assert!(!exit.success());
     let log = second.log_text();
     assert!(log.contains("another leader of cluster \"test\""), "{log}");
+
+    // A running leader that hears another leader of its cluster (here one signed with the
+    // node token, so only a key holder could send it) logs an error and counts it.
+    let other = signed(NODE_TOKEN, &fake_probe(b"other-leader-1", now_ms()));
+    send_in(&ns.b, vec![other]);
+    let state = dir.path().join("leader-state");
+    wait_until(
+        Duration::from_secs(10),
+        "the leader to count the conflict",
+        || {
+            let page = metrics_page(&ns.a, &state);
+            let conflicts = metric(&page, "sqd_leader_discovery_conflicts_total")?;
+            (conflicts >= 1.0).then_some(())
+        },
+    );
+    let page = metrics_page(&ns.a, &state);
+    let leader_ignored = |r: &str| {
+        metric(
+            &page,
+            &format!("sqd_leader_discovery_ignored_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert!(leader_ignored("forged") >= Some(1.0), "{page}");
+    assert!(
+        metric(&page, "sqd_leader_discovery_probes_total") >= Some(5.0),
+        "{page}"
+    );
+    assert!(
+        leader
+            .log_text()
+            .contains("another leader announces this cluster"),
+        "the leader logs the conflict"
+    );
 }
 
 #[test]

@@ -78,12 +78,41 @@ pub(crate) fn spawn(
     Ok(found)
 }
 
+/// When a node that hears no leader says so: after [`QUIET_WAIT`], then ever more rarely.
+#[derive(Default)]
+struct Waiting {
+    since: Option<std::time::Instant>,
+    gate: Option<crate::log_gate::LogGate>,
+}
+
+/// A leader announces every few seconds: waiting less than this is normal at start.
+const QUIET_WAIT: Duration = Duration::from_secs(5);
+
+impl Waiting {
+    /// `Some(seconds waited)` when the wait is worth a line.
+    fn tick(&mut self, found: bool, now: std::time::Instant) -> Option<u64> {
+        if found {
+            self.since = None;
+            self.gate = None;
+            return None;
+        }
+        let since = *self.since.get_or_insert(now);
+        let waited = now.saturating_duration_since(since);
+        if waited < QUIET_WAIT {
+            return None;
+        }
+        let gate = self.gate.get_or_insert_with(|| {
+            crate::log_gate::LogGate::new(Duration::from_secs(10), Duration::from_secs(300))
+        });
+        gate.failed(now).map(|_| waited.as_secs())
+    }
+}
+
 impl Node {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let (mut buf, mut ack_buf) = (vec![0u8; MAX_DATAGRAM], vec![0u8; MAX_DATAGRAM]);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut waiting_log =
-            crate::log_gate::LogGate::new(Duration::from_secs(10), Duration::from_secs(300));
+        let mut waiting = Waiting::default();
         loop {
             tokio::select! {
                 got = self.listener.recv_from(&mut buf) => {
@@ -100,10 +129,9 @@ impl Node {
                 }
                 _ = tick.tick() => {
                     self.choose(None).await;
-                    if self.publish.borrow().is_none()
-                        && let Some(failures) = waiting_log.failed(std::time::Instant::now())
-                    {
-                        warn!(target = %self.target, cluster = %self.me.cluster, seconds = failures,
+                    let found = self.publish.borrow().is_some();
+                    if let Some(waited_s) = waiting.tick(found, std::time::Instant::now()) {
+                        warn!(target = %self.target, cluster = %self.me.cluster, waited_s,
                               "discovery: no leader of this cluster heard yet (check that the leader runs with discovery = \"udp\", the same node token and cluster, and that multicast/broadcast reaches this host)");
                     }
                 }
@@ -243,4 +271,21 @@ pub(crate) fn leader_addr(
     let key = super::key_from(security.token_file.as_ref(), "token_file", "token-file")?;
     let found = spawn(cfg, key, me, metrics, shutdown)?;
     Ok(crate::node::LeaderAddr::Discovered(found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_a_leader_is_quiet_at_first_then_said_ever_more_rarely() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = Waiting::default();
+        let said: Vec<u64> = (0..40).filter_map(|s| w.tick(false, at(s))).collect();
+        assert_eq!(said, [5, 15, 35]);
+        assert_eq!(w.tick(true, at(41)), None, "found");
+        assert_eq!(w.tick(false, at(42)), None, "lost again: quiet at first");
+        assert_eq!(w.tick(false, at(47)), Some(5));
+    }
 }

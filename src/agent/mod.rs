@@ -93,7 +93,8 @@ pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let files_ready = Arc::new(AtomicBool::new(false));
     let _watcher = spawn_watcher(&cfg, backlog.clone(), files_ready.clone())
         .map_err(|e| watch_err(e.to_string()))?;
-    info!(client = %cfg.name, leader = %cfg.leader, watch = %cfg.watch.display(), "agent starting");
+    let leader_at = crate::discovery::listen::leader_label(&cfg.leader, cfg.discovery.as_ref());
+    info!(client = %cfg.name, leader = %leader_at, watch = %cfg.watch.display(), "agent starting");
     let mut agent = AgentNode {
         client: cfg.name.clone(),
         backlog,

@@ -47,6 +47,14 @@ pub(crate) fn new_leader_id() -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+fn role_name(role: crate::proto::NodeRole) -> &'static str {
+    match role {
+        crate::proto::NodeRole::Worker => "worker",
+        crate::proto::NodeRole::Agent => "agent",
+        crate::proto::NodeRole::Unspecified => "unspecified",
+    }
+}
+
 /// The leader's discovery: settings, key and sockets, opened at start so a bad setting
 /// stops the start.
 pub(crate) struct Announcer {
@@ -183,7 +191,7 @@ impl Announcer {
         let Some(reply) = answers.answer(&ack, &msg.nonce, now) else {
             return;
         };
-        info!(%from, node = %ack.id, role = ack.role().as_str_name(), version = %ack.version,
+        info!(%from, node = %ack.id, role = role_name(ack.role()), version = %ack.version,
               accepted = reply.accepted, retries_left = reply.retries_left, "discovery: a node answered");
         let Ok(nonce) = udp::nonce() else { return };
         let out = Discovery {

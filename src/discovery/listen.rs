@@ -255,6 +255,14 @@ impl Node {
     }
 }
 
+/// How the start line names the leader: its address, or where discovery listens.
+pub(crate) fn leader_label(leader: &str, discovery: Option<&DiscoveryConfig>) -> String {
+    match discovery {
+        Some(d) => format!("discovery udp {}", d.target),
+        None => leader.to_owned(),
+    }
+}
+
 /// Where a node finds its leader: `leader` as given, or, with discovery on, the leader its
 /// announcements name (the node token of `security` checks them).
 pub(crate) fn leader_addr(

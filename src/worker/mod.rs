@@ -146,7 +146,8 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         )),
         forgotten: pull::Forgotten::default(),
     };
-    info!(worker = %cfg.id, leader = %cfg.leader, store = %cfg.store.display(), "worker starting");
+    let leader_at = crate::discovery::listen::leader_label(&cfg.leader, cfg.discovery.as_ref());
+    info!(worker = %cfg.id, leader = %leader_at, store = %cfg.store.display(), "worker starting");
     let store: Arc<dyn crate::store::Sink> = Arc::new(store);
     spawn_maintenance(store.clone(), shutdown.clone());
     let (held, leftovers) = held::Held::open(&cfg.store);

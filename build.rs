@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sqd/v1/leader.proto",
         "proto/sqd/v1/shard.proto",
         "proto/sqd/v1/admin.proto",
+        "proto/sqd/v1/discovery.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -31,6 +31,7 @@ pub mod codec;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod discovery;
 pub mod failpoint;
 pub(crate) mod files;
 pub mod leader;

@@ -57,6 +57,13 @@ impl From<crate::security::ConnectError> for NodeError {
     }
 }
 
+/// Where the leader is: given (`--leader`), or found by discovery (the newest leader heard,
+/// read again at every reconnect, so a leader that moved is followed).
+pub(crate) enum LeaderAddr {
+    Fixed(String),
+    Discovered(watch::Receiver<Option<crate::discovery::listen::Found>>),
+}
+
 /// How this node reaches the leader: its endpoint (TLS or not) and the token it sends.
 struct Link {
     endpoint: tonic::transport::Endpoint,
@@ -162,23 +169,13 @@ enum End {
 /// refused this node for good (version, cluster).
 pub(crate) async fn run<H: Handler>(
     ident: &Identity,
-    leader: &str,
+    mut leader: LeaderAddr,
     security: &crate::security::NodeSecurity,
     handler: &mut H,
     lease: Lease,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
-    let connector = crate::security::Connector::new(leader, security)?;
-    let endpoint = connector
-        .endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5));
-    let link = Link {
-        endpoint,
-        bearer: connector.bearer,
-    };
+    let mut link: Option<(String, Link)> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     // A node that cannot reach its leader says so at once, then ever more rarely.
     let mut reach_log = LogGate::new(Duration::from_secs(10), Duration::from_secs(300));
@@ -187,7 +184,15 @@ pub(crate) async fn run<H: Handler>(
             handler.shutdown().await;
             return Ok(());
         }
-        match session(ident, &link, handler, &lease, &mut shutdown, &mut reach_log).await? {
+        let Some(target) = leader_now(&mut leader, handler, &lease, &mut shutdown).await else {
+            handler.shutdown().await;
+            return Ok(());
+        };
+        if link.as_ref().is_none_or(|(at, _)| *at != target) {
+            link = Some((target.clone(), connect_to(&target, security)?));
+        }
+        let Some((_, link)) = &link else { continue };
+        match session(ident, link, handler, &lease, &mut shutdown, &mut reach_log).await? {
             End::Shutdown => return Ok(()),
             End::Lost { was_registered } => {
                 if was_registered {
@@ -203,6 +208,46 @@ pub(crate) async fn run<H: Handler>(
                 _ = tokio::time::sleep(TICK.min(until - Instant::now())) => {}
                 _ = shutdown.changed() => break,
             }
+        }
+    }
+}
+
+/// The endpoint and token for the leader at `target`.
+fn connect_to(target: &str, security: &crate::security::NodeSecurity) -> Result<Link, NodeError> {
+    let connector = crate::security::Connector::new(target, security)?;
+    let endpoint = connector
+        .endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(Link {
+        endpoint,
+        bearer: connector.bearer,
+    })
+}
+
+/// Where to connect now; with discovery, waits (fencing meanwhile) until a leader is heard.
+/// `None` when this node is stopping.
+async fn leader_now<H: Handler>(
+    leader: &mut LeaderAddr,
+    handler: &mut H,
+    lease: &Lease,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<String> {
+    let found = match leader {
+        LeaderAddr::Fixed(addr) => return Some(addr.clone()),
+        LeaderAddr::Discovered(found) => found,
+    };
+    loop {
+        if let Some(f) = found.borrow_and_update().as_ref() {
+            return Some(f.target.clone());
+        }
+        handler.lease(lease.is_valid(Instant::now()), None);
+        tokio::select! {
+            changed = found.changed() => if changed.is_err() { return None },
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.changed() => return None,
         }
     }
 }

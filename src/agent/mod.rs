@@ -24,6 +24,8 @@ pub enum AgentError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
     #[error(
         "watch directory {path} is not usable: {reason}; pass the stats directory with --watch"
     )]
@@ -91,7 +93,8 @@ pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let files_ready = Arc::new(AtomicBool::new(false));
     let _watcher = spawn_watcher(&cfg, backlog.clone(), files_ready.clone())
         .map_err(|e| watch_err(e.to_string()))?;
-    info!(client = %cfg.name, leader = %cfg.leader, watch = %cfg.watch.display(), "agent starting");
+    let leader_at = crate::discovery::listen::leader_label(&cfg.leader, cfg.discovery.as_ref());
+    info!(client = %cfg.name, leader = %leader_at, watch = %cfg.watch.display(), "agent starting");
     let mut agent = AgentNode {
         client: cfg.name.clone(),
         backlog,
@@ -99,9 +102,23 @@ pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(
         last_hint: None,
         complain_after: cfg.complain_after,
     };
+    let leader = crate::discovery::listen::leader_addr(
+        &cfg.leader,
+        cfg.discovery.as_ref(),
+        &cfg.security,
+        crate::discovery::listen::Listener {
+            role: ident.role,
+            id: ident.id.clone(),
+            version: ident.version.clone(),
+            cluster: cfg.cluster.clone(),
+        },
+        // An agent serves no metrics: what discovery ignores is logged.
+        Default::default(),
+        shutdown.clone(),
+    )?;
     node::run(
         &ident,
-        &cfg.leader,
+        leader,
         &cfg.security,
         &mut agent,
         node::Lease::default(),

@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::discovery::{self, DiscoveryKeys};
 use super::security::{self, SecurityKeys};
 use super::{
     ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, NodeFlags, Slot, merge, merge_int, rules,
 };
+use crate::discovery::DiscoveryConfig;
 use crate::security::NodeSecurity;
 
 /// Config of `sqd --mode client`.
@@ -18,8 +20,12 @@ pub struct ClientConfig {
     pub complain_after: Duration,
     /// Key `name`, required; 1-128 characters of `[A-Za-z0-9_.-]`.
     pub name: String,
-    /// Key `leader`, HOST:PORT, default `127.0.0.1:7070`.
+    /// Key `leader`, HOST:PORT, default `127.0.0.1:7070`; unused when `discovery` is on.
     pub leader: String,
+    /// Key `cluster`, default `sqd`: with discovery, the only cluster whose leader is joined.
+    pub cluster: String,
+    /// Key `discovery = "udp"`: find the leader by its announcements instead of `leader`.
+    pub discovery: Option<DiscoveryConfig>,
     /// Key `watch`, required.
     pub watch: PathBuf,
     /// Node token and TLS towards the leader (see [`crate::security`]).
@@ -35,6 +41,9 @@ pub struct ClientFlags {
     pub name: Option<String>,
     #[command(flatten)]
     pub node: NodeFlags,
+    /// Cluster id (leader default "sqd"; a worker refuses other clusters).
+    #[arg(long)]
+    pub cluster: Option<String>,
     /// The stats directory on this host.
     #[arg(long)]
     pub watch: Option<PathBuf>,
@@ -50,6 +59,7 @@ const KEYS: &[&str] = &[
     "leader",
     "watch",
     "complain_after_s",
+    "cluster",
     "log_level",
     "log_format",
 ];
@@ -63,9 +73,11 @@ impl ClientConfig {
         let leader = l.string("leader");
         let watch: Slot<PathBuf> = l.path("watch");
         let complain = l.integer("complain_after_s");
+        let cluster = l.string("cluster");
         let security_keys = SecurityKeys::take_node(&mut l);
+        let discovery_keys = DiscoveryKeys::take(&mut l, false);
         let log = l.log_keys();
-        l.unknown_keys(&[KEYS, security::NODE_KEYS].concat());
+        l.unknown_keys(&[KEYS, security::NODE_KEYS, discovery::KEYS].concat());
 
         let name = l.require("name", "--name NAME", merge(flags.name.clone(), name));
         let name = l.check("name", name, |v| rules::name(v, CLIENT_NAME_MAX));
@@ -75,12 +87,18 @@ impl ClientConfig {
         let watch = l.check("watch", watch, rules::non_empty_path);
         let complain = merge_int(flags.complain_after_s, complain);
         let complain = l.ranged::<u64>("complain_after_s", complain, 60, (1, 86_400));
+        let cluster = merge(flags.cluster.clone(), cluster).or_default("sqd".into());
+        let cluster = l.check("cluster", cluster, |v| rules::name(v, super::CLUSTER_MAX));
         let security = security::node(&mut l, security_keys, &flags.node.security);
+        let discovery =
+            super::node_discovery(&mut l, discovery_keys, &flags.node, &leader, &security);
         let log = l.log(log, &flags.log);
 
-        let built = match (name, leader, watch, complain, log) {
-            (Some(name), Some(leader), Some(watch), Some(complain), Some(log)) => {
+        let built = match (name, leader, watch, complain, cluster, log) {
+            (Some(name), Some(leader), Some(watch), Some(complain), Some(cluster), Some(log)) => {
                 Some(ClientConfig {
+                    cluster: cluster.value,
+                    discovery,
                     complain_after: Duration::from_secs(complain.value),
                     name: name.value,
                     leader: leader.value,

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::discovery::{self, DiscoveryKeys, LeaderDiscoveryFlags};
 use super::security::{self, LeaderSecurityFlags, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, ServeFlags, Slot,
     Sourced, UserEnv, merge, merge_int, rules,
 };
+use crate::discovery::DiscoveryConfig;
 use crate::security::LeaderSecurity;
 
 /// Config of `sqd --mode leader`.
@@ -37,6 +39,9 @@ pub struct LeaderConfig {
     pub max_moves_per_tick: usize,
     /// Tokens, TLS and `allow_insecure` (see [`crate::security`]).
     pub security: LeaderSecurity,
+    /// Keys `discovery` (`"udp"` turns it on), `discovery_target`, `discovery_interface`,
+    /// `probe_interval_ms`; `None` when off.
+    pub discovery: Option<DiscoveryConfig>,
     pub log: LogConfig,
 }
 
@@ -64,6 +69,8 @@ pub struct LeaderFlags {
     pub grace_ms: Option<u64>,
     #[command(flatten)]
     pub security: LeaderSecurityFlags,
+    #[command(flatten)]
+    pub discovery: LeaderDiscoveryFlags,
     #[command(flatten)]
     pub log: LogFlags,
 }
@@ -100,6 +107,7 @@ struct FileKeys {
     grace: Slot<i128>,
     moves: Slot<i128>,
     security: SecurityKeys,
+    discovery: DiscoveryKeys,
     log: LogSlots,
 }
 
@@ -116,9 +124,10 @@ impl FileKeys {
             grace: l.integer("grace_ms"),
             moves: l.integer("max_moves_per_tick"),
             security: SecurityKeys::take_leader(l),
+            discovery: DiscoveryKeys::take(l, true),
             log: l.log_keys(),
         };
-        l.unknown_keys(&[KEYS, security::LEADER_KEYS].concat());
+        l.unknown_keys(&[KEYS, security::LEADER_KEYS, discovery::LEADER_KEYS].concat());
         keys
     }
 }
@@ -166,6 +175,21 @@ impl LeaderConfig {
         );
         let moves = l.ranged("max_moves_per_tick", keys.moves, 8, MAX_MOVES_PER_TICK);
         let security = security::leader(&mut l, keys.security, &flags.security);
+        let discovery = discovery::load(
+            &mut l,
+            keys.discovery,
+            &flags.discovery.common,
+            flags.discovery.probe_interval_ms,
+            None,
+        );
+        if discovery.is_some() && security.node_token_file.is_none() {
+            l.problem(
+                super::Origin::Default,
+                "node_token_file",
+                "discovery = \"udp\" signs announcements with the node token: set node_token_file \
+                 (generate it with `sqd --mode leader init --generate-tokens`)",
+            );
+        }
         let log = l.log(keys.log, &flags.log);
 
         let built = match (listen, state_dir, cluster, timing, moves, log) {
@@ -187,6 +211,7 @@ impl LeaderConfig {
                 grace_ms: timing.grace_ms,
                 max_moves_per_tick: moves.value,
                 security,
+                discovery,
                 log,
             }),
             _ => None,

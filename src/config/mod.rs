@@ -13,6 +13,7 @@
 //! [`crate::cli`]) and its loading steps are in `leader.rs`, `worker.rs` and `client.rs`.
 
 mod client;
+mod discovery;
 mod leader;
 mod rules;
 mod security;
@@ -29,6 +30,7 @@ use toml::{Table, Value};
 
 pub use crate::transport::ssh::TransferMode;
 pub use client::{ClientConfig, ClientFlags};
+pub use discovery::{DiscoveryFlags, LeaderDiscoveryFlags};
 pub use leader::{LeaderConfig, LeaderFlags};
 pub use security::{LeaderSecurityFlags, NodeSecurityFlags, TlsFlags};
 pub use worker::{FleetConfig, ShardConfig, WorkerConfig, WorkerFlags};
@@ -89,6 +91,8 @@ pub struct NodeFlags {
     pub leader: Option<String>,
     #[command(flatten)]
     pub security: NodeSecurityFlags,
+    #[command(flatten)]
+    pub discovery: DiscoveryFlags,
 }
 
 /// The daemon modes of `sqd --mode`.
@@ -507,4 +511,25 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// A node's discovery settings; discovery needs the node token, which signs every datagram.
+fn node_discovery<T>(
+    l: &mut Loader,
+    keys: discovery::DiscoveryKeys,
+    flags: &NodeFlags,
+    leader: &Option<Sourced<T>>,
+    security: &crate::security::NodeSecurity,
+) -> Option<crate::discovery::DiscoveryConfig> {
+    let leader = leader.as_ref().map(|s| s.origin);
+    let found = discovery::load(l, keys, &flags.discovery, None, leader);
+    if found.is_some() && security.token_file.is_none() {
+        l.problem(
+            Origin::Default,
+            "token_file",
+            "discovery = \"udp\" checks the leader's announcements with the node token: set \
+             token_file (the leader's node token file), or give --leader instead",
+        );
+    }
+    found
 }

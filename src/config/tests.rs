@@ -58,6 +58,7 @@ fn default_leader() -> LeaderConfig {
         grace_ms: 500,
         max_moves_per_tick: 8,
         security: Default::default(),
+        discovery: None,
         log: default_log(),
     }
 }
@@ -113,6 +114,7 @@ fn worker_sample_is_the_defaults_plus_examples() {
             shard: ShardConfig::default(),
             fleet: FleetConfig::default(),
             security: Default::default(),
+            discovery: None,
             log: default_log(),
         }
     );
@@ -130,6 +132,8 @@ fn client_sample_is_the_defaults_plus_examples() {
             leader: "127.0.0.1:7070".into(),
             watch: "/var/stats".into(),
             security: Default::default(),
+            cluster: "sqd".into(),
+            discovery: None,
             log: default_log(),
         }
     );

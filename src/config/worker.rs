@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::discovery::{self, DiscoveryKeys};
 use super::security::{self, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, NodeFlags, ServeFlags,
-    Slot, Sourced, TransferMode, merge, merge_int, rules,
+    Slot, Sourced, TransferMode, merge, merge_int, node_discovery, rules,
 };
+use crate::discovery::DiscoveryConfig;
 use crate::security::NodeSecurity;
 
 /// Config of `sqd --mode worker`.
@@ -18,8 +20,10 @@ use crate::security::NodeSecurity;
 pub struct WorkerConfig {
     /// Key `id`, required; 1-64 characters of `[A-Za-z0-9_.-]`.
     pub id: String,
-    /// Key `leader`, HOST:PORT, default `127.0.0.1:7070`.
+    /// Key `leader`, HOST:PORT, default `127.0.0.1:7070`; unused when `discovery` is on.
     pub leader: String,
+    /// Key `discovery = "udp"`: find the leader by its announcements instead of `leader`.
+    pub discovery: Option<DiscoveryConfig>,
     /// Key `store`, required.
     pub store: PathBuf,
     /// Key `listen`, optional.
@@ -196,6 +200,7 @@ struct FileKeys {
     shard: ShardKeys,
     fleet: FleetKeys,
     security: SecurityKeys,
+    discovery: DiscoveryKeys,
     log: LogSlots,
 }
 
@@ -253,9 +258,10 @@ impl FileKeys {
                 orphan_after_s: l.integer("orphan_after_s"),
             },
             security: SecurityKeys::take_node(l),
+            discovery: DiscoveryKeys::take(l, false),
             log: l.log_keys(),
         };
-        l.unknown_keys(&[KEYS, security::NODE_KEYS].concat());
+        l.unknown_keys(&[KEYS, security::NODE_KEYS, discovery::KEYS].concat());
         keys
     }
 }
@@ -306,6 +312,7 @@ impl WorkerConfig {
         let shard = shard(&mut l, keys.shard, flags);
         let fleet = fleet(&mut l, keys.fleet, flags);
         let security = security::node(&mut l, keys.security, &flags.node.security);
+        let discovery = node_discovery(&mut l, keys.discovery, &flags.node, &leader, &security);
         let log = l.log(keys.log, &flags.log);
 
         let built = match (
@@ -346,6 +353,7 @@ impl WorkerConfig {
                 shard,
                 fleet,
                 security,
+                discovery,
                 log,
             }),
             _ => None,

@@ -71,6 +71,8 @@ pub enum LeaderError {
     Restore(#[from] restore::RestoreError),
     #[error(transparent)]
     Security(#[from] crate::security::SecurityError),
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
 }
 
 /// `sqd --mode leader restore`: puts `backup` in place as the state of `cfg.state_dir`; refused
@@ -104,7 +106,10 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: cfg.cluster.clone(),
         version: VERSION.to_owned(),
     };
-    let metrics = serve_metrics(&cfg, &shutdown, &guard).await?;
+    let discovery = crate::discovery::DiscoveryMetrics::new();
+    // Before anything is served: another leader of this cluster stops this start (C6).
+    let announcer = announcer(&cfg, local, started, &discovery).await?;
+    let metrics = serve_metrics(&cfg, &shutdown, &guard, &discovery).await?;
     let (handle, core_thread) =
         core::spawn(registry, state, info, started, metrics).map_err(|source| LeaderError::Io {
             path: cfg.state_dir.clone(),
@@ -120,6 +125,9 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         guard.shard_bearer.clone(),
     )));
     serve_query_api(&cfg, reader.clone(), &shutdown).await?;
+    if let Some(announcer) = announcer {
+        tokio::spawn(announcer.run(shutdown.clone()));
+    }
     let server = server(&cfg, &guard, handle, reader)?;
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
@@ -261,9 +269,13 @@ async fn serve_metrics(
     cfg: &LeaderConfig,
     shutdown: &watch::Receiver<bool>,
     guard: &LeaderGuard,
+    discovery: &crate::discovery::DiscoveryMetrics,
 ) -> Result<crate::metrics::LeaderMetrics, LeaderError> {
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = crate::metrics::LeaderMetrics::new(&mut prometheus);
+    if cfg.discovery.is_some() {
+        discovery.register(&mut prometheus, "sqd_leader");
+    }
     crate::security::gate::register_metrics(&mut prometheus, &guard.refused);
     if let Some(addr) = cfg.metrics {
         // The state is loaded and the gRPC port bound by now: the leader is ready.
@@ -275,6 +287,34 @@ async fn serve_metrics(
         tokio::spawn(serve);
     }
     Ok(metrics)
+}
+
+/// With discovery on: the announcer, once no other leader of this cluster was heard.
+async fn announcer(
+    cfg: &LeaderConfig,
+    grpc: SocketAddr,
+    started: Instant,
+    metrics: &crate::discovery::DiscoveryMetrics,
+) -> Result<Option<crate::discovery::announce::Announcer>, LeaderError> {
+    let Some(dcfg) = &cfg.discovery else {
+        return Ok(None);
+    };
+    let since_start = u64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+    let me = crate::discovery::announce::Announcement {
+        cluster: cfg.cluster.clone(),
+        leader_id: crate::discovery::announce::new_leader_id(),
+        version: VERSION.to_owned(),
+        grpc,
+        query_port: cfg.query_listen.map_or(0, |a| a.port()),
+        metrics_port: cfg.metrics.map_or(0, |a| a.port()),
+        started_ms: u64::try_from(crate::clock::unix_ms())
+            .unwrap_or(0)
+            .saturating_sub(since_start),
+    };
+    let node_token = cfg.security.node_token_file.as_ref();
+    let announcer =
+        crate::discovery::announce::start(dcfg, node_token, me, metrics.clone()).await?;
+    Ok(Some(announcer))
 }
 
 /// When configured, serves the Prometheus-compatible query API over `reader` and writes its

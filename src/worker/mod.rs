@@ -33,6 +33,8 @@ pub enum WorkerError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
     #[error("cannot create store directory {path}: {source}")]
     Store {
         path: PathBuf,
@@ -125,6 +127,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let store = crate::store::LocalStore::open_with(&cfg.store, cfg.shard)?;
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = WorkerMetrics::new(&mut prometheus);
+    let leader = find_leader(&cfg, &ident, &mut prometheus, shutdown.clone())?;
     let pull = pull::PullConfig {
         poll: Duration::from_millis(cfg.poll_ms),
         settle: Duration::from_millis(cfg.settle_ms),
@@ -143,7 +146,8 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         )),
         forgotten: pull::Forgotten::default(),
     };
-    info!(worker = %cfg.id, leader = %cfg.leader, store = %cfg.store.display(), "worker starting");
+    let leader_at = crate::discovery::listen::leader_label(&cfg.leader, cfg.discovery.as_ref());
+    info!(worker = %cfg.id, leader = %leader_at, store = %cfg.store.display(), "worker starting");
     let store: Arc<dyn crate::store::Sink> = Arc::new(store);
     spawn_maintenance(store.clone(), shutdown.clone());
     let (held, leftovers) = held::Held::open(&cfg.store);
@@ -181,17 +185,37 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         tokio::spawn(serve);
     }
     let mut worker = WorkerNode::new(cfg.id.clone(), store, pull, lease.clone(), held, metrics);
-    node::run(
-        &ident,
-        &cfg.leader,
-        &cfg.security,
-        &mut worker,
-        lease,
-        shutdown,
-    )
-    .await?;
+    node::run(&ident, leader, &cfg.security, &mut worker, lease, shutdown).await?;
     info!(worker = %cfg.id, "worker stopped");
     Ok(())
+}
+
+/// The leader as given, or found by discovery (its counters registered with the worker's).
+fn find_leader(
+    cfg: &WorkerConfig,
+    ident: &node::Identity,
+    prometheus: &mut prometheus_client::registry::Registry,
+    shutdown: watch::Receiver<bool>,
+) -> Result<node::LeaderAddr, crate::discovery::DiscoveryError> {
+    let metrics = crate::discovery::DiscoveryMetrics::new();
+    if cfg.discovery.is_some() {
+        metrics.register(prometheus, "sqd_worker");
+    }
+    let me = crate::discovery::listen::Listener {
+        role: ident.role,
+        id: ident.id.clone(),
+        version: ident.version.clone(),
+        cluster: cfg.cluster.clone().unwrap_or_else(|| "sqd".to_owned()),
+    };
+    let discovery = cfg.discovery.as_ref();
+    crate::discovery::listen::leader_addr(
+        &cfg.leader,
+        discovery,
+        &cfg.security,
+        me,
+        metrics,
+        shutdown,
+    )
 }
 
 /// How often the time-series shard is sealed and trimmed to its retention.

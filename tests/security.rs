@@ -621,6 +621,33 @@ fn mtls_refuses_strangers_and_wrong_names_and_files_flow_over_tls() {
     s.wait_status("the agent up over mTLS", |st| {
         st["clients"][0]["agent"] == "up"
     });
+    // The leader reads w1's shard over TLS (w1's certificate names it); the answer is whole.
+    let out = s.ctl(&["metrics", "--json", "--deny-partial"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("metrics json");
+    assert_eq!(
+        answer["shards"]["answered"],
+        serde_json::json!(["w1"]),
+        "{answer}"
+    );
+    // The shard's port speaks TLS only: plaintext HTTP/2 gets no SETTINGS frame back.
+    let shard_addr = std::fs::read_to_string(s.dir.path().join("store-w1").join("listen.addr"))
+        .expect("w1's listen.addr");
+    let mut plain = std::net::TcpStream::connect(shard_addr.trim()).expect("connect to w1's shard");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    use std::io::{Read as _, Write as _};
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("send a plaintext HTTP/2 preface");
+    let mut answer = [0u8; 64];
+    let n = plain.read(&mut answer).unwrap_or(0);
+    assert!(
+        !(n >= 9 && answer[3] == 4),
+        "w1's shard answered plaintext HTTP/2: {:?}",
+        &answer[..n]
+    );
 }
 
 /// The agent's runtime dir `<watch>/.sqd`, owned like the watched directory (see

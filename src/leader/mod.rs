@@ -120,9 +120,11 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
 
     let closer = handle.clone();
     // Every cluster read (sqdctl, the HTTP API, alert rules) goes through this one fan-out.
+    let shard_tls = crate::security::tls::ShardTls::load(&cfg.security, &cfg.cluster)?;
     let reader = std::sync::Arc::new(fanout::Fanout::new(fanout::RegistryShards::new(
         handle.clone(),
         guard.shard_bearer.clone(),
+        shard_tls,
     )));
     serve_query_api(&cfg, reader.clone(), &shutdown).await?;
     if let Some(announcer) = announcer {

@@ -51,6 +51,54 @@ pub(crate) fn client(
     Ok(Some(tls))
 }
 
+/// A worker's shard listener over TLS: with mTLS the worker's own certificate (which names
+/// `<id>.worker.<cluster>`) is also its server certificate. `None` without one: plaintext,
+/// gated by the node token only.
+pub(crate) fn shard_server(cfg: &NodeSecurity) -> Result<Option<ServerTlsConfig>, SecurityError> {
+    let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
+        return Ok(None);
+    };
+    Ok(Some(ServerTlsConfig::new().identity(Identity::from_pem(
+        read_pem(cert)?,
+        read_pem(key)?,
+    ))))
+}
+
+/// How the leader reaches workers' shards over TLS: their certificates chain to the leader's
+/// `tls_client_ca` and name `<id>.worker.<cluster>`. Only with mTLS (otherwise the leader has
+/// nothing to check a worker's certificate against, and workers have none).
+#[derive(Clone)]
+pub(crate) struct ShardTls {
+    ca: Certificate,
+    cluster: String,
+}
+
+impl ShardTls {
+    pub(crate) fn load(
+        cfg: &LeaderSecurity,
+        cluster: &str,
+    ) -> Result<Option<ShardTls>, SecurityError> {
+        let Some(ca) = cfg
+            .tls_client_ca
+            .as_ref()
+            .filter(|_| cfg.tls_cert.is_some())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(ShardTls {
+            ca: Certificate::from_pem(read_pem(ca)?),
+            cluster: cluster.to_owned(),
+        }))
+    }
+
+    /// The TLS settings towards worker `id`'s shard.
+    pub(crate) fn towards(&self, id: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .domain_name(node_name("worker", id, &self.cluster))
+    }
+}
+
 /// The name a node's client certificate must carry (as a DNS subject alternative name):
 /// `<id>.worker.<cluster>` or `<name>.agent.<cluster>`.
 pub(crate) fn node_name(role: &str, id: &str, cluster: &str) -> String {

@@ -95,8 +95,17 @@ async fn serve_shard(
         proto::shard_service_server::ShardServiceServer::new(shard_api::ShardApi::new(&cfg.store))
             .max_decoding_message_size(crate::codec::MAX_MESSAGE_BYTES);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // With mTLS the worker's certificate serves its shard too: the leader checks it names
+    // this worker (see security::tls::ShardTls).
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = crate::security::tls::shard_server(&cfg.security)? {
+        builder = builder.tls_config(tls).map_err(|e| WorkerError::Listen {
+            addr: want.to_string(),
+            source: std::io::Error::other(format!("TLS settings: {e}")),
+        })?;
+    }
     tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = builder
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 api, gate,
             ))

@@ -187,28 +187,38 @@ impl<S: ShardSource> ClusterReader for Fanout<S> {
 /// still holds data), except refused ones (another cluster's or an incompatible version's).
 pub(crate) struct RegistryShards {
     core: CoreHandle,
-    /// One lazily connected channel per address, reused across queries.
-    channels: Mutex<HashMap<String, tonic::transport::Channel>>,
+    /// One lazily connected channel per worker and address, reused across queries.
+    channels: Mutex<HashMap<(String, String), tonic::transport::Channel>>,
     /// The node token, which workers' shard gates expect.
     bearer: crate::security::Bearer,
+    /// With mTLS: workers' shards are reached over TLS and must prove their id.
+    tls: Option<crate::security::tls::ShardTls>,
 }
 
 impl RegistryShards {
-    pub(crate) fn new(core: CoreHandle, bearer: crate::security::Bearer) -> Self {
+    pub(crate) fn new(
+        core: CoreHandle,
+        bearer: crate::security::Bearer,
+        tls: Option<crate::security::tls::ShardTls>,
+    ) -> Self {
         RegistryShards {
             core,
             bearer,
+            tls,
             channels: Mutex::new(HashMap::new()),
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
+    /// One channel per worker and address (a worker that moved gets a new one; TLS names
+    /// the worker, so the id is part of the key).
+    fn channel(&self, id: &str, addr: &str) -> Result<tonic::transport::Channel, String> {
+        let key = (id.to_owned(), addr.to_owned());
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = channels.get(addr) {
+        if let Some(c) = channels.get(&key) {
             return Ok(c.clone());
         }
-        let c = remote::channel(addr)?;
-        channels.insert(addr.to_owned(), c.clone());
+        let c = remote::channel(addr, self.tls.as_ref().map(|t| t.towards(id)))?;
+        channels.insert(key, c.clone());
         Ok(c)
     }
 }
@@ -226,10 +236,10 @@ impl ShardSource for RegistryShards {
                 .collect();
             // Addresses no worker advertises any more (restarted on another port) are let go.
             (self.channels.lock().unwrap_or_else(|p| p.into_inner()))
-                .retain(|addr, _| workers.iter().any(|w| w.addr == *addr));
+                .retain(|(id, addr), _| workers.iter().any(|w| w.id == *id && w.addr == *addr));
             let mut shards: Vec<Arc<dyn Shard>> = Vec::new();
             for w in workers {
-                let shard: Arc<dyn Shard> = match self.channel(&w.addr) {
+                let shard: Arc<dyn Shard> = match self.channel(&w.id, &w.addr) {
                     Ok(channel) => Arc::new(RemoteShard::new(w.id, channel, self.bearer.clone())),
                     Err(why) => Arc::new(remote::Unreachable { id: w.id, why }),
                 };

@@ -18,15 +18,25 @@ use crate::stats::tsdb::SeriesKey;
 /// How long connecting to one worker may take; the query's deadline bounds it anyway.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A channel to a worker's shard, connected on first use (and again after it broke).
-pub(super) fn channel(addr: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map(|e| {
-            e.connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_lazy()
-        })
-        .map_err(|e| format!("its address {addr:?} is not HOST:PORT: {e}"))
+/// A channel to a worker's shard, connected on first use (and again after it broke); over
+/// TLS when the leader runs mTLS (`tls`).
+pub(super) fn channel(
+    addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("its address {addr:?} is not HOST:PORT: {e}"))?;
+    let endpoint = match tls {
+        Some(tls) => endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("TLS towards {addr}: {e}"))?,
+        None => endpoint,
+    };
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy())
 }
 
 pub(crate) struct RemoteShard {

@@ -13,6 +13,7 @@ pub(crate) mod reason;
 pub(crate) mod reconcile;
 pub(crate) mod registry;
 pub mod restore;
+pub(crate) mod rollup;
 pub(crate) mod scheduler;
 pub(crate) mod state;
 pub(crate) mod status;
@@ -71,6 +72,8 @@ pub enum LeaderError {
     Restore(#[from] restore::RestoreError),
     #[error(transparent)]
     Security(#[from] crate::security::SecurityError),
+    #[error(transparent)]
+    Rollup(#[from] rollup::LogError),
 }
 
 /// `sqd --mode leader restore`: puts `backup` in place as the state of `cfg.state_dir`; refused
@@ -104,7 +107,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: cfg.cluster.clone(),
         version: VERSION.to_owned(),
     };
-    let metrics = serve_metrics(&cfg, &shutdown, &guard).await?;
+    let (metrics, rollup_metrics) = serve_metrics(&cfg, &shutdown, &guard).await?;
     let (handle, core_thread) =
         core::spawn(registry, state, info, started, metrics).map_err(|source| LeaderError::Io {
             path: cfg.state_dir.clone(),
@@ -120,6 +123,13 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         guard.shard_bearer.clone(),
     )));
     serve_query_api(&cfg, reader.clone(), &shutdown).await?;
+    let collector = rollup::Collector::open(
+        &cfg.state_dir,
+        Duration::from_millis(cfg.rollup_interval_ms),
+        fanout::RegistryShards::new(handle.clone(), guard.shard_bearer.clone()),
+        rollup_metrics,
+    )?;
+    tokio::spawn(collector.run(daemon::wait_for(shutdown.clone())));
     let server = server(&cfg, &guard, handle, reader)?;
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
@@ -256,14 +266,15 @@ async fn listen(cfg: &LeaderConfig) -> Result<(TcpListener, SocketAddr), LeaderE
     Ok((listener, local))
 }
 
-/// Registers the leader's metrics and, when configured, serves them.
+/// Registers the leader's metrics (the roll-ups' too) and, when configured, serves them.
 async fn serve_metrics(
     cfg: &LeaderConfig,
     shutdown: &watch::Receiver<bool>,
     guard: &LeaderGuard,
-) -> Result<crate::metrics::LeaderMetrics, LeaderError> {
+) -> Result<(crate::metrics::LeaderMetrics, rollup::RollupMetrics), LeaderError> {
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = crate::metrics::LeaderMetrics::new(&mut prometheus);
+    let rollups = rollup::RollupMetrics::register(&mut prometheus);
     crate::security::gate::register_metrics(&mut prometheus, &guard.refused);
     if let Some(addr) = cfg.metrics {
         // The state is loaded and the gRPC port bound by now: the leader is ready.
@@ -274,7 +285,7 @@ async fn serve_metrics(
         daemon::write_addr_file(&cfg.state_dir.join("metrics.addr"), bound)?;
         tokio::spawn(serve);
     }
-    Ok(metrics)
+    Ok((metrics, rollups))
 }
 
 /// When configured, serves the Prometheus-compatible query API over `reader` and writes its

@@ -27,6 +27,7 @@ use super::liveness::WorkerState;
 use crate::stats::cluster::{Answer, ClusterError, ClusterReader, ShardReport, Tally};
 use crate::stats::query::{Merger, Range, Selector, SeriesPartials};
 use crate::stats::tsdb::SeriesKey;
+use crate::store::rollup::Row;
 pub(crate) use remote::RemoteShard;
 
 /// A shard's answer in chunks; an `Err` item ends it with the reason it failed.
@@ -42,6 +43,12 @@ pub(crate) trait Shard: Send + Sync {
     fn query(&self, selector: &Selector, range: &Range) -> Opening<Vec<SeriesPartials>>;
     fn series(&self, selector: Option<&Selector>) -> Opening<Vec<SeriesKey>>;
     fn metrics(&self) -> Opening<Vec<String>>;
+    /// The shard's roll-up rows not yet acknowledged, after filing its open counters under
+    /// `collection` and forgetting those through `ack_through` (see `store::rollup`). A
+    /// shard without counters fails, and is reported missing.
+    fn rollup(&self, _collection: u64, _ack_through: u64) -> Opening<Vec<Row>> {
+        Box::pin(async { Err("this shard keeps no roll-up counters".to_owned()) })
+    }
 }
 
 enum Event<T> {

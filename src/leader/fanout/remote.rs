@@ -11,9 +11,12 @@ use tonic::transport::{Channel, Endpoint};
 use super::{Chunks, Opening, Shard};
 use crate::codec::MAX_MESSAGE_BYTES;
 use crate::proto::{self, shard_service_client::ShardServiceClient};
-use crate::services::shard_wire::{key_from_proto, partials_from_proto, selector_to_proto};
+use crate::services::shard_wire::{
+    key_from_proto, partials_from_proto, rollup_row_from_proto, selector_to_proto,
+};
 use crate::stats::query::{Range, Selector, SeriesPartials};
 use crate::stats::tsdb::SeriesKey;
+use crate::store::rollup::Row;
 
 /// How long connecting to one worker may take; the query's deadline bounds it anyway.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -111,6 +114,26 @@ impl Shard for RemoteShard {
             ))
         })
     }
+
+    fn rollup(&self, collection: u64, ack_through: u64) -> Opening<Vec<Row>> {
+        self.rollup_rows(collection, ack_through)
+    }
+}
+
+impl RemoteShard {
+    fn rollup_rows(&self, collection: u64, ack_through: u64) -> Opening<Vec<Row>> {
+        let mut client = self.client.clone();
+        let request = proto::ShardRollupRequest {
+            collection,
+            ack_through,
+        };
+        Box::pin(async move {
+            let stream = client.rollup(request).await.map_err(|s| why(&s))?;
+            Ok(chunks(stream.into_inner(), |c: proto::ShardRollupChunk| {
+                c.rows.into_iter().map(rollup_row_from_proto).collect()
+            }))
+        })
+    }
 }
 
 /// A worker whose advertised address cannot even be dialled: it fails at once, named.
@@ -137,6 +160,9 @@ impl Shard for Unreachable {
         self.fail()
     }
     fn metrics(&self) -> Opening<Vec<String>> {
+        self.fail()
+    }
+    fn rollup(&self, _: u64, _: u64) -> Opening<Vec<Row>> {
         self.fail()
     }
 }

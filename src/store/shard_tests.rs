@@ -217,8 +217,10 @@ fn roll_up_counters_count_what_a_commit_inserted() {
     store.commit_batch("w", 1, again, &auto()).unwrap();
     store.pull_error("c").unwrap();
     let rows = crate::store::rollup::collect(&mut store.conn(), 7, 0).unwrap();
-    let by: std::collections::BTreeMap<_, _> =
-        rows.iter().map(|r| (r.client.as_str(), r.counters)).collect();
+    let by: std::collections::BTreeMap<_, _> = rows
+        .iter()
+        .map(|r| (r.client.as_str(), r.counters))
+        .collect();
     let c = by["c"];
     assert_eq!(
         (c.files, c.bytes, c.samples, c.parse_errors, c.pull_errors),

@@ -18,6 +18,7 @@ use crate::services::shard_wire::{
     key_to_proto, partials_to_proto, range_from_proto, rollup_row_to_proto, selector_from_proto,
 };
 use crate::stats::cluster::{Chunker, key_bytes, partials_bytes};
+use crate::stats::query::Span;
 use crate::stats::tsdb;
 use crate::store::rollup;
 
@@ -176,15 +177,20 @@ impl ShardService for ShardApi {
         &self,
         request: Request<proto::ShardSeriesRequest>,
     ) -> Result<Response<Self::SeriesStream>, Status> {
-        let selector = (request.into_inner().selector)
+        let r = request.into_inner();
+        let selector = (r.selector)
             .map(selector_from_proto)
             .transpose()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let span = r.span.map(|s| Span {
+            from_ms: s.from_ms,
+            to_ms: s.to_ms,
+        });
         Ok(Response::new(stream(
             self.catalog.clone(),
             move |conn, send| {
                 let mut chunker = Chunker::default();
-                for key in tsdb::series(conn, selector.as_ref())? {
+                for key in tsdb::series(conn, selector.as_ref(), span)? {
                     let bytes = key_bytes(&key);
                     if let Some(series) = chunker.push(key_to_proto(key), bytes)
                         && !send(proto::ShardSeriesChunk { series })

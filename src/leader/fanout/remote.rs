@@ -14,7 +14,7 @@ use crate::proto::{self, shard_service_client::ShardServiceClient};
 use crate::services::shard_wire::{
     key_from_proto, partials_from_proto, rollup_row_from_proto, selector_to_proto,
 };
-use crate::stats::query::{Range, Selector, SeriesPartials};
+use crate::stats::query::{Range, Selector, SeriesPartials, Span};
 use crate::stats::tsdb::SeriesKey;
 use crate::store::rollup::Row;
 
@@ -88,10 +88,14 @@ impl Shard for RemoteShard {
         })
     }
 
-    fn series(&self, selector: Option<&Selector>) -> Opening<Vec<SeriesKey>> {
+    fn series(&self, selector: Option<&Selector>, span: Option<Span>) -> Opening<Vec<SeriesKey>> {
         let mut client = self.client.clone();
         let request = proto::ShardSeriesRequest {
             selector: selector.map(selector_to_proto),
+            span: span.map(|s| proto::TimeSpan {
+                from_ms: s.from_ms,
+                to_ms: s.to_ms,
+            }),
         };
         Box::pin(async move {
             let stream = client.series(request).await.map_err(|s| why(&s))?;
@@ -156,7 +160,7 @@ impl Shard for Unreachable {
     fn query(&self, _: &Selector, _: &Range) -> Opening<Vec<SeriesPartials>> {
         self.fail()
     }
-    fn series(&self, _: Option<&Selector>) -> Opening<Vec<SeriesKey>> {
+    fn series(&self, _: Option<&Selector>, _: Option<Span>) -> Opening<Vec<SeriesKey>> {
         self.fail()
     }
     fn metrics(&self) -> Opening<Vec<String>> {

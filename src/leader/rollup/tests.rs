@@ -11,7 +11,7 @@ use super::merge::{Gathered, Ledger, Line, Missed};
 use super::*;
 use crate::leader::fanout::Chunks;
 use crate::stats::cluster::ClusterError;
-use crate::stats::query::{Range, Selector, SeriesPartials};
+use crate::stats::query::{Range, Selector, SeriesPartials, Span};
 use crate::stats::tsdb::SeriesKey;
 use crate::store::rollup;
 
@@ -171,7 +171,7 @@ impl Shard for TestShard {
     fn query(&self, _: &Selector, _: &Range) -> Opening<Vec<SeriesPartials>> {
         Box::pin(async { Err("no".to_owned()) })
     }
-    fn series(&self, _: Option<&Selector>) -> Opening<Vec<SeriesKey>> {
+    fn series(&self, _: Option<&Selector>, _: Option<Span>) -> Opening<Vec<SeriesKey>> {
         Box::pin(async { Err("no".to_owned()) })
     }
     fn metrics(&self) -> Opening<Vec<String>> {

@@ -120,12 +120,6 @@ impl Shard for RemoteShard {
     }
 
     fn rollup(&self, collection: u64, ack_through: u64) -> Opening<Vec<Row>> {
-        self.rollup_rows(collection, ack_through)
-    }
-}
-
-impl RemoteShard {
-    fn rollup_rows(&self, collection: u64, ack_through: u64) -> Opening<Vec<Row>> {
         let mut client = self.client.clone();
         let request = proto::ShardRollupRequest {
             collection,

@@ -265,17 +265,15 @@ fn collector(dir: &std::path::Path, shards: &[Arc<dyn Shard>]) -> Collector<Fixe
     .unwrap()
 }
 
-/// Runs the model; returns (committed per client, every line of the log).
-fn simulate(workers: usize, events: &[Event]) -> (BTreeMap<String, Counters>, Vec<Line>) {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("leader");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut dbs = Vec::new();
-    let mut fates = Vec::new();
+type Worker = (Arc<Mutex<Connection>>, Arc<Mutex<(Fate, usize)>>);
+
+/// `n` workers over roll-up tables in `dir`: their databases and fates, and their shards.
+fn workers(dir: &std::path::Path, n: usize) -> (Vec<Worker>, Vec<Arc<dyn Shard>>) {
+    let mut out = Vec::new();
     let mut shards: Vec<Arc<dyn Shard>> = Vec::new();
-    for w in 0..workers {
+    for w in 0..n {
         let db = Arc::new(Mutex::new(
-            rollup::open(&dir.path().join(format!("w{w}.sqlite"))).unwrap(),
+            rollup::open(&dir.join(format!("w{w}.sqlite"))).unwrap(),
         ));
         let fate = Arc::new(Mutex::new((Fate::Answers, 1)));
         shards.push(Arc::new(TestShard {
@@ -283,9 +281,25 @@ fn simulate(workers: usize, events: &[Event]) -> (BTreeMap<String, Counters>, Ve
             db: db.clone(),
             fate: fate.clone(),
         }));
-        dbs.push(db);
-        fates.push(fate);
+        out.push((db, fate));
     }
+    (out, shards)
+}
+
+fn read_lines(state: &std::path::Path) -> Vec<Line> {
+    (last_lines(&state.join(FILE_NAME), usize::MAX)
+        .unwrap()
+        .iter())
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect()
+}
+
+/// Runs the model; returns (committed per client, every line of the log).
+fn simulate(n: usize, events: &[Event]) -> (BTreeMap<String, Counters>, Vec<Line>) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("leader");
+    std::fs::create_dir_all(&state).unwrap();
+    let (ws, shards) = workers(dir.path(), n);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -294,36 +308,26 @@ fn simulate(workers: usize, events: &[Event]) -> (BTreeMap<String, Counters>, Ve
     let mut committed: BTreeMap<String, Counters> = BTreeMap::new();
     let mut leader = collector(&state, &shards);
     let mut expect_missing: Vec<Vec<String>> = Vec::new();
-    let all_answer = |leader: &mut Collector<Fixed>, missing: &mut Vec<Vec<String>>| {
-        fates
-            .iter()
-            .for_each(|f| *f.lock().unwrap() = (Fate::Answers, 2));
-        rt.block_on(leader.collect_once()).unwrap();
-        missing.push(Vec::new());
-    };
     for e in events {
         match e {
-            Event::Commit { w, c: n, files } => {
-                let client = format!("c{n}");
-                rollup::add(
-                    &dbs[*w].lock().unwrap(),
-                    &BTreeMap::from([(client.clone(), c(*files))]),
-                )
-                .unwrap();
+            Event::Commit { w, c: k, files } => {
+                let client = format!("c{k}");
+                let add = BTreeMap::from([(client.clone(), c(*files))]);
+                rollup::add(&ws[*w].0.lock().unwrap(), &add).unwrap();
                 committed.entry(client).or_default().add(&c(*files));
             }
             Event::PullError { w, c } => {
                 let client = format!("c{c}");
-                rollup::add_pull_error(&dbs[*w].lock().unwrap(), &client).unwrap();
+                rollup::add_pull_error(&ws[*w].0.lock().unwrap(), &client).unwrap();
                 committed.entry(client).or_default().pull_errors += 1;
             }
             Event::Collect(plan) => {
-                for (f, p) in fates.iter().zip(plan) {
+                for ((_, f), p) in ws.iter().zip(plan) {
                     *f.lock().unwrap() = *p;
                 }
                 rt.block_on(leader.collect_once()).unwrap();
                 expect_missing.push(
-                    (0..workers)
+                    (0..n)
                         .filter(|w| plan[*w].0 != Fate::Answers)
                         .map(|w| format!("w{w}"))
                         .collect(),
@@ -334,9 +338,7 @@ fn simulate(workers: usize, events: &[Event]) -> (BTreeMap<String, Counters>, Ve
                 if *torn {
                     let path = state.join(FILE_NAME);
                     let mut text = std::fs::read(&path).unwrap();
-                    text.extend_from_slice(
-                        b"{\"ts\":12,\"interval_s\":0.05,\"totals\":{\"files\":99",
-                    );
+                    text.extend_from_slice(b"{\"ts\":12,\"interval_s\":0.05,\"totals\":{");
                     std::fs::write(&path, text).unwrap();
                 }
                 leader = collector(&state, &shards);
@@ -344,12 +346,11 @@ fn simulate(workers: usize, events: &[Event]) -> (BTreeMap<String, Counters>, Ve
         }
     }
     // Everyone answers: whatever was held back comes in.
-    all_answer(&mut leader, &mut expect_missing);
-    let lines: Vec<Line> = last_lines(&state.join(FILE_NAME), usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    ws.iter()
+        .for_each(|(_, f)| *f.lock().unwrap() = (Fate::Answers, 2));
+    rt.block_on(leader.collect_once()).unwrap();
+    expect_missing.push(Vec::new());
+    let lines = read_lines(&state);
     let missing: Vec<Vec<String>> = lines.iter().map(|l| l.missing_workers.clone()).collect();
     assert_eq!(missing, expect_missing);
     (committed, lines)

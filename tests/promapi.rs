@@ -202,6 +202,20 @@ fn promtool_reads_sqd_as_a_prometheus_server() {
         assert!(g.0 == w.0 && close(g.1, w.1), "{g:?} vs {w:?}");
     }
 
+    // The series API narrowed by start/end through the worker's shard (two hosts, samples
+    // from at(0) to at(SAMPLES - 1)).
+    let series = |range: String| {
+        let path = format!("/api/v1/series?match[]=cpu{range}");
+        let (code, body) = http_get(&api, &path).expect("answer");
+        assert_eq!(code, 200, "{body}");
+        let body: Value = serde_json::from_str(&body).expect("json");
+        body["data"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(series(String::new()), 2);
+    assert_eq!(series(format!("&start={}&end={}", at(2), at(3))), 2);
+    assert_eq!(series(format!("&start={}", at(SAMPLES + 10))), 0);
+    assert_eq!(series(format!("&end={}", at(-10))), 0);
+
     // Outside the subset: 422 bad_data naming the part.
     let (code, body) = http_get(&api, "/api/v1/query?query=cpu%20offset%205m").expect("answer");
     assert_eq!(code, 422, "{body}");

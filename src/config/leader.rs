@@ -37,6 +37,9 @@ pub struct LeaderConfig {
     pub grace_ms: u64,
     /// Default 8; 1..=10000.
     pub max_moves_per_tick: usize,
+    /// How often the leader collects roll-ups from the workers, in ms; default 60000,
+    /// 50..=86400000.
+    pub rollup_interval_ms: u64,
     /// Tokens, TLS and `allow_insecure` (see [`crate::security`]).
     pub security: LeaderSecurity,
     /// Keys `discovery` (`"udp"` turns it on), `discovery_target`, `discovery_interface`,
@@ -67,6 +70,10 @@ pub struct LeaderFlags {
     /// Extra wait after a lease before a node is dead, in ms (default 500).
     #[arg(long)]
     pub grace_ms: Option<u64>,
+    /// How often the leader collects the workers' counters into <state-dir>/rollups.jsonl,
+    /// in ms (50-86400000, default 60000).
+    #[arg(long, value_name = "MS")]
+    pub rollup_interval_ms: Option<u64>,
     #[command(flatten)]
     pub security: LeaderSecurityFlags,
     #[command(flatten)]
@@ -84,6 +91,7 @@ const KEYS: &[&str] = &[
     "lease_ms",
     "grace_ms",
     "max_moves_per_tick",
+    "rollup_interval_ms",
     "query_listen",
     "log_level",
     "log_format",
@@ -94,6 +102,7 @@ const HEARTBEAT_MS: (i128, i128) = (50, 60_000);
 const LEASE_MS: (i128, i128) = (100, 600_000);
 const GRACE_MS: (i128, i128) = (0, 600_000);
 const MAX_MOVES_PER_TICK: (i128, i128) = (1, 10_000);
+const ROLLUP_INTERVAL_MS: (i128, i128) = (50, 86_400_000);
 
 /// The leader's keys as the file gives them, before flags and defaults.
 struct FileKeys {
@@ -106,6 +115,7 @@ struct FileKeys {
     lease: Slot<i128>,
     grace: Slot<i128>,
     moves: Slot<i128>,
+    rollup_interval: Slot<i128>,
     security: SecurityKeys,
     discovery: DiscoveryKeys,
     log: LogSlots,
@@ -123,6 +133,7 @@ impl FileKeys {
             lease: l.integer("lease_ms"),
             grace: l.integer("grace_ms"),
             moves: l.integer("max_moves_per_tick"),
+            rollup_interval: l.integer("rollup_interval_ms"),
             security: SecurityKeys::take_leader(l),
             discovery: DiscoveryKeys::take(l, true),
             log: l.log_keys(),
@@ -174,6 +185,12 @@ impl LeaderConfig {
             merge_int(flags.grace_ms, keys.grace),
         );
         let moves = l.ranged("max_moves_per_tick", keys.moves, 8, MAX_MOVES_PER_TICK);
+        let rollup = l.ranged(
+            "rollup_interval_ms",
+            merge_int(flags.rollup_interval_ms, keys.rollup_interval),
+            60_000,
+            ROLLUP_INTERVAL_MS,
+        );
         let security = security::leader(&mut l, keys.security, &flags.security);
         let discovery = discovery::load(
             &mut l,
@@ -192,13 +209,13 @@ impl LeaderConfig {
         }
         let log = l.log(keys.log, &flags.log);
 
-        let built = match (listen, state_dir, cluster, timing, moves, log) {
+        let built = match (listen, state_dir, cluster, timing, (moves, rollup), log) {
             (
                 Some(listen),
                 Some(state_dir),
                 Some(cluster),
                 Some(timing),
-                Some(moves),
+                (Some(moves), Some(rollup)),
                 Some(log),
             ) => Some(LeaderConfig {
                 listen: listen.value,
@@ -210,6 +227,7 @@ impl LeaderConfig {
                 lease_ms: timing.lease_ms,
                 grace_ms: timing.grace_ms,
                 max_moves_per_tick: moves.value,
+                rollup_interval_ms: rollup.value,
                 security,
                 discovery,
                 log,

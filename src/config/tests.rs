@@ -57,6 +57,7 @@ fn default_leader() -> LeaderConfig {
         lease_ms: 3000,
         grace_ms: 500,
         max_moves_per_tick: 8,
+        rollup_interval_ms: 60_000,
         security: Default::default(),
         discovery: None,
         log: default_log(),

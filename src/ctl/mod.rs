@@ -5,6 +5,7 @@ mod diagnose;
 mod fleet;
 mod output;
 mod query;
+mod rollups;
 
 use std::time::Duration;
 
@@ -115,6 +116,10 @@ pub enum Command {
     Series(query::SeriesArgs),
     /// List every metric name in any shard.
     Metrics(query::MetricsArgs),
+    /// Print the latest roll-ups (files, bytes, samples, parse and pull errors per interval,
+    /// and the workers that did not answer) from the leader's rollups.jsonl; run it on the
+    /// leader's host.
+    Rollups(rollups::RollupsArgs),
     /// Print a shell completion script: `sqdctl completions bash > /etc/bash_completion.d/sqdctl`.
     Completions {
         shell: clap_complete::Shell,
@@ -407,6 +412,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Query(args) => query::query(&cli, args).await,
         Command::Series(args) => query::series(&cli, args).await,
         Command::Metrics(args) => query::metrics(&cli, args).await,
+        Command::Rollups(args) => rollups::rollups(args),
         Command::Completions { shell, program } => {
             completions(*shell, *program);
             Ok(())

@@ -13,6 +13,7 @@ pub(crate) mod reason;
 pub(crate) mod reconcile;
 pub(crate) mod registry;
 pub mod restore;
+pub(crate) mod rollup;
 pub(crate) mod scheduler;
 pub(crate) mod state;
 pub(crate) mod status;
@@ -73,6 +74,8 @@ pub enum LeaderError {
     Security(#[from] crate::security::SecurityError),
     #[error(transparent)]
     Discovery(#[from] crate::discovery::DiscoveryError),
+    #[error(transparent)]
+    Rollup(#[from] rollup::LogError),
 }
 
 /// `sqd --mode leader restore`: puts `backup` in place as the state of `cfg.state_dir`; refused
@@ -109,7 +112,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let discovery = crate::discovery::DiscoveryMetrics::new();
     // Before anything is served: another leader of this cluster stops this start (C6).
     let announcer = announcer(&cfg, local, started, &discovery).await?;
-    let metrics = serve_metrics(&cfg, &shutdown, &guard, &discovery).await?;
+    let (metrics, rollup_metrics) = serve_metrics(&cfg, &shutdown, &guard, &discovery).await?;
     let (handle, core_thread) =
         core::spawn(registry, state, info, started, metrics).map_err(|source| LeaderError::Io {
             path: cfg.state_dir.clone(),
@@ -130,6 +133,17 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     if let Some(announcer) = announcer {
         tokio::spawn(announcer.run(shutdown.clone()));
     }
+    let collector = rollup::Collector::open(
+        &cfg.state_dir,
+        Duration::from_millis(cfg.rollup_interval_ms),
+        fanout::RegistryShards::new(
+            handle.clone(),
+            guard.shard_bearer.clone(),
+            crate::security::tls::ShardTls::load(&cfg.security, &cfg.cluster)?,
+        ),
+        rollup_metrics,
+    )?;
+    tokio::spawn(collector.run(daemon::wait_for(shutdown.clone())));
     let server = server(&cfg, &guard, handle, reader)?;
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
@@ -266,15 +280,16 @@ async fn listen(cfg: &LeaderConfig) -> Result<(TcpListener, SocketAddr), LeaderE
     Ok((listener, local))
 }
 
-/// Registers the leader's metrics and, when configured, serves them.
+/// Registers the leader's metrics (the roll-ups' too) and, when configured, serves them.
 async fn serve_metrics(
     cfg: &LeaderConfig,
     shutdown: &watch::Receiver<bool>,
     guard: &LeaderGuard,
     discovery: &crate::discovery::DiscoveryMetrics,
-) -> Result<crate::metrics::LeaderMetrics, LeaderError> {
+) -> Result<(crate::metrics::LeaderMetrics, rollup::RollupMetrics), LeaderError> {
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = crate::metrics::LeaderMetrics::new(&mut prometheus);
+    let rollups = rollup::RollupMetrics::register(&mut prometheus);
     if cfg.discovery.is_some() {
         discovery.register(&mut prometheus, "sqd_leader");
     }
@@ -288,7 +303,7 @@ async fn serve_metrics(
         daemon::write_addr_file(&cfg.state_dir.join("metrics.addr"), bound)?;
         tokio::spawn(serve);
     }
-    Ok(metrics)
+    Ok((metrics, rollups))
 }
 
 /// With discovery on: the announcer, once no other leader of this cluster was heard.

@@ -110,7 +110,7 @@ pub(crate) async fn series(
         .transpose()
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let answer = reader
-        .series(selector, timeout(request.timeout_ms))
+        .series(selector, None, timeout(request.timeout_ms))
         .await
         .map_err(cluster_status)?;
     check_partial(&answer.report, request.deny_partial)?;

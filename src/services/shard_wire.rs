@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use crate::stats::partial::{Fields, Partial};
 use crate::stats::query::{Labels, MatchOp, Matcher, QueryError, Range, Selector, SeriesPartials};
 use crate::stats::tsdb::SeriesKey;
+use crate::store::rollup::{Counters, Row};
 
 pub(crate) fn selector_to_proto(s: &Selector) -> proto::Selector {
     proto::Selector {
@@ -295,6 +296,36 @@ pub(crate) fn report_from_proto(r: proto::ShardReport) -> ShardReport {
         answered: r.answered,
         failed: r.failed.into_iter().collect(),
         timed_out: r.timed_out,
+    }
+}
+
+pub(crate) fn rollup_row_to_proto(r: Row) -> proto::RollupRow {
+    let c = r.counters;
+    proto::RollupRow {
+        collection: r.collection,
+        client: r.client,
+        counters: Some(proto::RollupCounters {
+            files: c.files,
+            bytes: c.bytes,
+            samples: c.samples,
+            parse_errors: c.parse_errors,
+            pull_errors: c.pull_errors,
+        }),
+    }
+}
+
+pub(crate) fn rollup_row_from_proto(r: proto::RollupRow) -> Row {
+    let c = r.counters.unwrap_or_default();
+    Row {
+        collection: r.collection,
+        client: r.client,
+        counters: Counters {
+            files: c.files,
+            bytes: c.bytes,
+            samples: c.samples,
+            parse_errors: c.parse_errors,
+            pull_errors: c.pull_errors,
+        },
     }
 }
 

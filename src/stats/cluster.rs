@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use super::query::{Range, Selector, SeriesPartials};
+use super::query::{Range, Selector, SeriesPartials, Span};
 use super::tsdb::SeriesKey;
 
 /// Which shards an answer stands on. A shard is named by its worker id (the leader's own
@@ -78,11 +78,12 @@ pub trait ClusterReader: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<Answer<Vec<SeriesPartials>>, ClusterError>> + Send;
 
-    /// Series matching `selector` (every series when `None`), deduplicated across shards and
-    /// sorted by metric then labels.
+    /// Series matching `selector` (every series when `None`) with samples in `span` (any
+    /// time when `None`), deduplicated across shards and sorted by metric then labels.
     fn series(
         &self,
         selector: Option<Selector>,
+        span: Option<Span>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Answer<Vec<SeriesKey>>, ClusterError>> + Send;
 

@@ -127,6 +127,15 @@ impl fmt::Display for Matcher {
     }
 }
 
+/// The times a series must have samples in to be listed: `[from_ms, to_ms]`, both ends
+/// included (Prometheus's `start`/`end` of the series API). A shard answers from its blocks'
+/// time bounds, as Prometheus does from its chunks'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
 /// A validated range query: `[from, to)` cut into buckets of `step`, each reported at its start.
 #[derive(Debug, Clone)]
 pub struct Range {

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::block::{BlockError, Encoding, Samples};
 use super::partial::Partial;
-use super::query::{Buckets, Labels, Range, Selector, SeriesPartials};
+use super::query::{Buckets, Labels, Range, Selector, SeriesPartials, Span};
 
 /// Sealed blocks cover at most this span of one series (2 h, as Prometheus's head blocks).
 pub const SEAL_SPAN_MS: i64 = 2 * 3_600_000;
@@ -463,12 +463,24 @@ pub fn metrics(conn: &Connection) -> Result<Vec<String>, TsdbError> {
     Ok(names)
 }
 
-/// Series of `metric` (or of every metric) matching `matchers`.
-pub fn series(conn: &Connection, selector: Option<&Selector>) -> Result<Vec<SeriesKey>, TsdbError> {
+/// Series of `metric` (or of every metric) matching `matchers`, and with `span` only those
+/// with a block of samples overlapping it.
+pub fn series(
+    conn: &Connection,
+    selector: Option<&Selector>,
+    span: Option<Span>,
+) -> Result<Vec<SeriesKey>, TsdbError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT metric, labels FROM ts_series WHERE ?1 IS NULL OR metric = ?1 ORDER BY metric, labels",
+        "SELECT metric, labels FROM ts_series s WHERE (?1 IS NULL OR metric = ?1)
+         AND (?2 IS NULL OR EXISTS (SELECT 1 FROM ts_blocks b
+              WHERE b.series = s.id AND b.max_ts >= ?2 AND b.min_ts <= ?3))
+         ORDER BY metric, labels",
     )?;
-    let mut rows = stmt.query([selector.map(|s| s.metric.as_str())])?;
+    let mut rows = stmt.query(params![
+        selector.map(|s| s.metric.as_str()),
+        span.map(|s| s.from_ms),
+        span.map(|s| s.to_ms)
+    ])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         let key = SeriesKey {

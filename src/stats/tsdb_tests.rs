@@ -94,7 +94,7 @@ fn samples_written_with_a_file_are_queried_back_per_bucket() {
     assert_eq!(avg, vec![15.0, 30.0]);
     assert_eq!(answer(&conn, "cpu", &["host=~web-.*"], &range).len(), 2);
     assert_eq!(metrics(&conn).unwrap_or_default(), vec!["cpu".to_string()]);
-    assert_eq!(series(&conn, None).unwrap_or_default().len(), 2);
+    assert_eq!(series(&conn, None, None).unwrap_or_default().len(), 2);
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! and unlinked from staging; (4) one more `syncfs` and one transaction clear the staging
 //! names. On open, rows whose move was interrupted are finished and staging is emptied.
 
+use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -15,6 +16,7 @@ use std::sync::{Mutex, PoisonError};
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
 
+use super::rollup::{self, Counters};
 use super::shard::{self, Shard};
 use super::{FileMeta, Maintained, Outcome, ParseSettings, Sink, Staged, StoreError, Totals};
 use crate::config::ShardConfig;
@@ -79,6 +81,7 @@ impl LocalStore {
         )
         .map_err(cat)?;
         let shard = Shard::open(&conn, &catalog_path, config).map_err(cat)?;
+        conn.execute_batch(rollup::SCHEMA).map_err(cat)?;
         let store = LocalStore {
             root: root.to_path_buf(),
             staging,
@@ -182,7 +185,10 @@ impl LocalStore {
             let tx = conn.transaction().map_err(|e| self.cat(e))?;
             let inserted = self.insert_files(&tx, worker, epoch, batch)?;
             let new: Vec<bool> = inserted.iter().map(Option::is_some).collect();
-            self.shard.write(&tx, &mut cache, samples, batch, &new)?;
+            let written = self.shard.write(&tx, &mut cache, samples, batch, &new)?;
+            // The roll-up counters move with the rows: counted exactly when committed.
+            let counted = rollup_counts(batch, samples, &new, &written);
+            rollup::add(&tx, &counted).map_err(|e| self.cat(e))?;
             tx.commit().map_err(|e| self.cat(e))?;
             Ok(inserted)
         })();
@@ -387,6 +393,33 @@ pub(crate) fn local_name(name: &[u8]) -> String {
     out
 }
 
+/// Per client, what a batch's newly inserted files add to the roll-up counters: files, bytes,
+/// parse errors of those files, and the samples written for them.
+fn rollup_counts(
+    batch: &[Staged],
+    samples: &[Option<FileSamples>],
+    inserted: &[bool],
+    written: &BTreeMap<String, u64>,
+) -> BTreeMap<String, Counters> {
+    let mut out: BTreeMap<String, Counters> = BTreeMap::new();
+    for (i, s) in batch.iter().enumerate() {
+        if !inserted.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        let c = out.entry(s.meta.client.clone()).or_default();
+        c.files += 1;
+        c.bytes += s.meta.size;
+        c.parse_errors += samples
+            .get(i)
+            .and_then(Option::as_ref)
+            .map_or(0, |f| f.parse_errors);
+    }
+    for (client, n) in written {
+        out.entry(client.clone()).or_default().samples += n;
+    }
+    out
+}
+
 /// UTC date `YYYY-MM-DD` of a Unix time in milliseconds.
 pub(crate) fn utc_date(unix_ms: i64) -> String {
     let (year, month, day) = crate::clock::civil_from_days(unix_ms.div_euclid(86_400_000));
@@ -443,6 +476,10 @@ impl Sink for LocalStore {
 
     fn ingest(&self, client: &str) -> Result<crate::stats::tsdb::ClientIngest, StoreError> {
         crate::stats::tsdb::client_ingest(&self.conn(), client).map_err(|e| self.shard.err(e))
+    }
+
+    fn pull_error(&self, client: &str) -> Result<(), StoreError> {
+        rollup::add_pull_error(&self.conn(), client).map_err(|e| self.cat(e))
     }
 
     fn contains(&self, key: &str) -> Result<bool, StoreError> {

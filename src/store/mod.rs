@@ -5,6 +5,7 @@
 #[doc(hidden)]
 pub mod bench;
 pub(crate) mod local;
+pub(crate) mod rollup;
 pub(crate) mod shard;
 
 use std::path::{Path, PathBuf};
@@ -194,6 +195,11 @@ pub(crate) trait Sink: Send + Sync {
     /// A client's sample counters (samples, parse errors, too old, over the series cap).
     fn ingest(&self, _client: &str) -> Result<crate::stats::tsdb::ClientIngest, StoreError> {
         Ok(Default::default())
+    }
+    /// Counts one failed pull of `client` in the roll-up counters (durable); a sink without
+    /// counters ignores it.
+    fn pull_error(&self, _client: &str) -> Result<(), StoreError> {
+        Ok(())
     }
     /// Whether a key is already committed.
     fn contains(&self, key: &str) -> Result<bool, StoreError>;

@@ -6,6 +6,7 @@
 //! file that cannot be parsed is committed as a file, with a counted reason. Sealing and
 //! retention run apart from commits ([`Shard::maintain`]) on their own connection.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -233,7 +234,8 @@ impl Shard {
     }
 
     /// Writes the samples of the newly inserted files on `tx` (the catalog rows' transaction).
-    /// `files[i]` and `inserted[i]` describe the batch's i-th file.
+    /// `files[i]` and `inserted[i]` describe the batch's i-th file. Returns the samples
+    /// written per client.
     pub(crate) fn write(
         &self,
         tx: &Connection,
@@ -241,7 +243,7 @@ impl Shard {
         files: &[Option<FileSamples>],
         batch: &[Staged],
         inserted: &[bool],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
         let limits = Limits {
             max_series: self.config.max_series,
         };
@@ -257,11 +259,11 @@ impl Shard {
                 }
             }
         }
-        let mut samples = 0;
+        let mut samples = BTreeMap::new();
         for (client, file) in &merged {
             let report =
                 tsdb::write_file(tx, cache, client, file, limits).map_err(|e| self.err(e))?;
-            samples += report.samples;
+            samples.insert((*client).to_owned(), report.samples);
         }
         Ok(samples)
     }

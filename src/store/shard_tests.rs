@@ -201,3 +201,34 @@ fn a_batch_of_small_files_writes_one_block_per_series_and_only_new_files_count()
     );
     assert_eq!(store.ingest("c").unwrap().samples, 30);
 }
+
+/// The roll-up counters move with the commit: the files, bytes, samples and parse errors of
+/// newly committed files, nothing for a re-committed key; pull errors on their own.
+#[test]
+fn roll_up_counters_count_what_a_commit_inserted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let batch = vec![
+        stage(&store, "c", b"a.jsonl", A, 1),
+        stage(&store, "d", b"b.jsonl", B, 2),
+    ];
+    store.commit_batch("w", 1, batch, &auto()).unwrap();
+    let again = vec![stage(&store, "c", b"a.jsonl", A, 3)];
+    store.commit_batch("w", 1, again, &auto()).unwrap();
+    store.pull_error("c").unwrap();
+    let rows = crate::store::rollup::collect(&mut store.conn(), 7, 0).unwrap();
+    let by: std::collections::BTreeMap<_, _> = rows
+        .iter()
+        .map(|r| (r.client.as_str(), r.counters))
+        .collect();
+    let c = by["c"];
+    assert_eq!(
+        (c.files, c.bytes, c.samples, c.parse_errors, c.pull_errors),
+        (1, A.len() as u64, 3, 0, 1)
+    );
+    let d = by["d"];
+    assert_eq!(
+        (d.files, d.bytes, d.samples, d.parse_errors, d.pull_errors),
+        (1, B.len() as u64, 1, 1, 0)
+    );
+}

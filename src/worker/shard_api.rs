@@ -5,6 +5,7 @@
 //! passed or its caller left).
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::Connection;
 use tokio::sync::mpsc;
@@ -14,21 +15,58 @@ use tracing::debug;
 
 use crate::proto::{self, shard_service_server::ShardService};
 use crate::services::shard_wire::{
-    key_to_proto, partials_to_proto, range_from_proto, selector_from_proto,
+    key_to_proto, partials_to_proto, range_from_proto, rollup_row_to_proto, selector_from_proto,
 };
 use crate::stats::cluster::{Chunker, key_bytes, partials_bytes};
+use crate::stats::query::Span;
 use crate::stats::tsdb;
+use crate::store::rollup;
 
 pub(crate) struct ShardApi {
     catalog: PathBuf,
+    /// The read-write connection of roll-up collections, opened on first use; one collection
+    /// at a time (the leader sends one per interval).
+    rollups: Arc<Mutex<Option<Connection>>>,
 }
 
 impl ShardApi {
     pub(crate) fn new(store: &std::path::Path) -> Self {
         ShardApi {
             catalog: store.join("catalog.sqlite"),
+            rollups: Arc::new(Mutex::new(None)),
         }
     }
+}
+
+/// Files the open roll-up counters under `collection` after forgetting what `ack_through`
+/// acknowledges, and returns every unacknowledged row (store::rollup::collect).
+fn collect_rollup(
+    catalog: &std::path::Path,
+    slot: &Mutex<Option<Connection>>,
+    collection: u64,
+    ack_through: u64,
+) -> Result<Vec<rollup::Row>, Status> {
+    let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if guard.is_none() {
+        let conn = rollup::open(catalog).map_err(|e| {
+            Status::internal(format!(
+                "cannot open the roll-up counters in {}: {e}",
+                catalog.display()
+            ))
+        })?;
+        *guard = Some(conn);
+    }
+    let Some(conn) = guard.as_mut() else {
+        return Err(Status::internal("roll-up connection missing"));
+    };
+    rollup::collect(conn, collection, ack_through).map_err(|e| match e {
+        rollup::RollupError::NotAfterAck { .. } => Status::invalid_argument(e.to_string()),
+        rollup::RollupError::Sqlite { .. } => {
+            // A broken connection is opened again next time.
+            *guard = None;
+            Status::unavailable(e.to_string())
+        }
+    })
 }
 
 type Chunks<M> = ReceiverStream<Result<M, Status>>;
@@ -74,6 +112,38 @@ impl ShardService for ShardApi {
     type QueryStream = Chunks<proto::ShardQueryChunk>;
     type SeriesStream = Chunks<proto::ShardSeriesChunk>;
     type MetricsStream = Chunks<proto::ShardMetricsChunk>;
+    type RollupStream = Chunks<proto::ShardRollupChunk>;
+
+    async fn rollup(
+        &self,
+        request: Request<proto::ShardRollupRequest>,
+    ) -> Result<Response<Self::RollupStream>, Status> {
+        let r = request.into_inner();
+        let (catalog, slot) = (self.catalog.clone(), self.rollups.clone());
+        // The collection's transaction commits before anything is sent: an answer lost on
+        // the way is filed and sent again until acknowledged.
+        let rows = tokio::task::spawn_blocking(move || {
+            collect_rollup(&catalog, &slot, r.collection, r.ack_through)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("roll-up collection failed: {e}")))??;
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut chunker = Chunker::default();
+            for row in rows {
+                let bytes = row.client.len() + 64;
+                if let Some(rows) = chunker.push(rollup_row_to_proto(row), bytes)
+                    && tx.send(Ok(proto::ShardRollupChunk { rows })).await.is_err()
+                {
+                    return;
+                }
+            }
+            if let Some(rows) = chunker.finish() {
+                let _ = tx.send(Ok(proto::ShardRollupChunk { rows })).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn query(
         &self,
@@ -110,15 +180,20 @@ impl ShardService for ShardApi {
         &self,
         request: Request<proto::ShardSeriesRequest>,
     ) -> Result<Response<Self::SeriesStream>, Status> {
-        let selector = (request.into_inner().selector)
+        let r = request.into_inner();
+        let selector = (r.selector)
             .map(selector_from_proto)
             .transpose()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let span = r.span.map(|s| Span {
+            from_ms: s.from_ms,
+            to_ms: s.to_ms,
+        });
         Ok(Response::new(stream(
             self.catalog.clone(),
             move |conn, send| {
                 let mut chunker = Chunker::default();
-                for key in tsdb::series(conn, selector.as_ref())? {
+                for key in tsdb::series(conn, selector.as_ref(), span)? {
                     let bytes = key_bytes(&key);
                     if let Some(series) = chunker.push(key_to_proto(key), bytes)
                         && !send(proto::ShardSeriesChunk { series })

@@ -25,8 +25,9 @@ use tokio::time::Instant;
 use super::core::{Command, CoreHandle};
 use super::liveness::WorkerState;
 use crate::stats::cluster::{Answer, ClusterError, ClusterReader, ShardReport, Tally};
-use crate::stats::query::{Merger, Range, Selector, SeriesPartials};
+use crate::stats::query::{Merger, Range, Selector, SeriesPartials, Span};
 use crate::stats::tsdb::SeriesKey;
+use crate::store::rollup::Row;
 pub(crate) use remote::RemoteShard;
 
 /// A shard's answer in chunks; an `Err` item ends it with the reason it failed.
@@ -40,8 +41,14 @@ pub(crate) trait Shard: Send + Sync {
     /// The shard's name in reports: its worker id (`leader` for the leader's own).
     fn id(&self) -> &str;
     fn query(&self, selector: &Selector, range: &Range) -> Opening<Vec<SeriesPartials>>;
-    fn series(&self, selector: Option<&Selector>) -> Opening<Vec<SeriesKey>>;
+    fn series(&self, selector: Option<&Selector>, span: Option<Span>) -> Opening<Vec<SeriesKey>>;
     fn metrics(&self) -> Opening<Vec<String>>;
+    /// The shard's roll-up rows not yet acknowledged, after filing its open counters under
+    /// `collection` and forgetting those through `ack_through` (see `store::rollup`). A
+    /// shard without counters fails, and is reported missing.
+    fn rollup(&self, _collection: u64, _ack_through: u64) -> Opening<Vec<Row>> {
+        Box::pin(async { Err("this shard keeps no roll-up counters".to_owned()) })
+    }
 }
 
 enum Event<T> {
@@ -147,6 +154,7 @@ impl<S: ShardSource> ClusterReader for Fanout<S> {
     async fn series(
         &self,
         selector: Option<Selector>,
+        span: Option<Span>,
         timeout: Duration,
     ) -> Result<Answer<Vec<SeriesKey>>, ClusterError> {
         let deadline = Instant::now() + timeout;
@@ -154,7 +162,7 @@ impl<S: ShardSource> ClusterReader for Fanout<S> {
         let mut keys = BTreeSet::new();
         let report = gather(
             &shards,
-            |s| s.series(selector.as_ref()),
+            |s| s.series(selector.as_ref(), span),
             deadline,
             |chunk| keys.extend(chunk),
         )

@@ -11,9 +11,12 @@ use tonic::transport::{Channel, Endpoint};
 use super::{Chunks, Opening, Shard};
 use crate::codec::MAX_MESSAGE_BYTES;
 use crate::proto::{self, shard_service_client::ShardServiceClient};
-use crate::services::shard_wire::{key_from_proto, partials_from_proto, selector_to_proto};
-use crate::stats::query::{Range, Selector, SeriesPartials};
+use crate::services::shard_wire::{
+    key_from_proto, partials_from_proto, rollup_row_from_proto, selector_to_proto,
+};
+use crate::stats::query::{Range, Selector, SeriesPartials, Span};
 use crate::stats::tsdb::SeriesKey;
+use crate::store::rollup::Row;
 
 /// How long connecting to one worker may take; the query's deadline bounds it anyway.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,10 +106,14 @@ impl Shard for RemoteShard {
         })
     }
 
-    fn series(&self, selector: Option<&Selector>) -> Opening<Vec<SeriesKey>> {
+    fn series(&self, selector: Option<&Selector>, span: Option<Span>) -> Opening<Vec<SeriesKey>> {
         let mut client = self.client.clone();
         let request = proto::ShardSeriesRequest {
             selector: selector.map(selector_to_proto),
+            span: span.map(|s| proto::TimeSpan {
+                from_ms: s.from_ms,
+                to_ms: s.to_ms,
+            }),
         };
         Box::pin(async move {
             let stream = client.series(request).await.map_err(|s| why(&s))?;
@@ -127,6 +134,20 @@ impl Shard for RemoteShard {
                 stream.into_inner(),
                 |c: proto::ShardMetricsChunk| Ok(c.names),
             ))
+        })
+    }
+
+    fn rollup(&self, collection: u64, ack_through: u64) -> Opening<Vec<Row>> {
+        let mut client = self.client.clone();
+        let request = proto::ShardRollupRequest {
+            collection,
+            ack_through,
+        };
+        Box::pin(async move {
+            let stream = client.rollup(request).await.map_err(|s| why(&s))?;
+            Ok(chunks(stream.into_inner(), |c: proto::ShardRollupChunk| {
+                Ok(c.rows.into_iter().map(rollup_row_from_proto).collect())
+            }))
         })
     }
 }
@@ -151,10 +172,13 @@ impl Shard for Unreachable {
     fn query(&self, _: &Selector, _: &Range) -> Opening<Vec<SeriesPartials>> {
         self.fail()
     }
-    fn series(&self, _: Option<&Selector>) -> Opening<Vec<SeriesKey>> {
+    fn series(&self, _: Option<&Selector>, _: Option<Span>) -> Opening<Vec<SeriesKey>> {
         self.fail()
     }
     fn metrics(&self) -> Opening<Vec<String>> {
+        self.fail()
+    }
+    fn rollup(&self, _: u64, _: u64) -> Opening<Vec<Row>> {
         self.fail()
     }
 }

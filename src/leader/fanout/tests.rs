@@ -59,7 +59,7 @@ impl Shard for MemShard {
         })
     }
 
-    fn series(&self, _: Option<&Selector>) -> Opening<Vec<SeriesKey>> {
+    fn series(&self, _: Option<&Selector>, _: Option<Span>) -> Opening<Vec<SeriesKey>> {
         let keys: Vec<SeriesKey> = (self.data.iter())
             .map(|s| SeriesKey {
                 metric: "m".into(),
@@ -150,7 +150,7 @@ async fn every_shard_answering_gives_the_one_shard_answer() {
         }
     }
     let keys = f
-        .series(None, Duration::from_secs(5))
+        .series(None, None, Duration::from_secs(5))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(keys.value.len(), series, "deduplicated across shards");
@@ -229,7 +229,7 @@ impl Shard for Endless {
             Ok(stream.boxed())
         })
     }
-    fn series(&self, _: Option<&Selector>) -> Opening<Vec<SeriesKey>> {
+    fn series(&self, _: Option<&Selector>, _: Option<Span>) -> Opening<Vec<SeriesKey>> {
         Box::pin(async { Err("unused".to_owned()) })
     }
     fn metrics(&self) -> Opening<Vec<String>> {

@@ -131,7 +131,7 @@ async fn matching_series<R: ClusterReader>(
     let mut found = BTreeSet::new();
     let mut warnings = Vec::new();
     if req.matches.is_empty() {
-        let answer = reader.series(None, req.timeout).await?;
+        let answer = reader.series(None, req.span, req.timeout).await?;
         push_warning(&mut warnings, &answer.report);
         found.extend(answer.value.iter().map(|k| with_name(&k.metric, &k.labels)));
         return Ok((found, warnings));
@@ -139,7 +139,7 @@ async fn matching_series<R: ClusterReader>(
     let asks = req
         .matches
         .iter()
-        .map(|m| reader.series(m.selector(), req.timeout));
+        .map(|m| reader.series(m.selector(), req.span, req.timeout));
     for (m, answer) in req.matches.iter().zip(join_all(asks).await) {
         let answer = answer?;
         push_warning(&mut warnings, &answer.report);

@@ -10,7 +10,7 @@ use promql_parser::parser::Expr;
 use super::error::ApiError;
 use crate::stats::parse::time::rfc3339_ms;
 use crate::stats::promql::{DEFAULT_LOOKBACK_MS, METRIC_NAME_LABEL};
-use crate::stats::query::{Labels, MatchOp, Matcher, Selector};
+use crate::stats::query::{Labels, MatchOp, Matcher, Selector, Span};
 
 /// How long a query may take when the request does not say (the leader's `--timeout` default).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -314,22 +314,32 @@ pub(crate) fn with_name(metric: &str, labels: &Labels) -> Labels {
     named
 }
 
-/// `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`. `start`/`end` are
-/// checked but do not narrow the answer: a shard keeps series, not their lifetimes.
+/// `/api/v1/series`, `/api/v1/labels`, `/api/v1/label/<name>/values`. `start`/`end` narrow
+/// the answer to series with samples between them (either alone: an open end), as Prometheus
+/// does from its chunks' bounds; metric names without `match[]` are not narrowed.
 #[derive(Debug, Clone)]
 pub(crate) struct SeriesRequest {
     pub matches: Vec<SeriesMatch>,
+    pub span: Option<Span>,
     pub timeout: Duration,
 }
 
 impl SeriesRequest {
     /// `need_match`: `/api/v1/series` refuses a request without `match[]`, as Prometheus does.
     pub(crate) fn parse(params: &Params, need_match: bool) -> Result<Self, ApiError> {
-        for name in ["start", "end"] {
+        let mut bounds = [None, None];
+        for (bound, name) in bounds.iter_mut().zip(["start", "end"]) {
             if let Some(v) = params.get(name) {
-                parse_time(name, v)?;
+                *bound = parse_time(name, v)?;
             }
         }
+        let span = match bounds {
+            [None, None] => None,
+            [from, to] => Some(Span {
+                from_ms: from.unwrap_or(i64::MIN),
+                to_ms: to.unwrap_or(i64::MAX),
+            }),
+        };
         let matches = params
             .all("match[]")
             .map(SeriesMatch::parse)
@@ -339,6 +349,7 @@ impl SeriesRequest {
         }
         Ok(SeriesRequest {
             matches,
+            span,
             timeout: timeout(params)?,
         })
     }

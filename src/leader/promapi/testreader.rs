@@ -11,7 +11,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::stats::cluster::{Answer, ClusterError, ClusterReader, ShardReport};
-use crate::stats::query::{Merger, Range, Selector, SeriesPartials};
+use crate::stats::query::{Merger, Range, Selector, SeriesPartials, Span};
 use crate::stats::tsdb::{self, FileSamples, Limits, SeriesCache, SeriesKey};
 
 /// Shards by id → path of their SQLite file.
@@ -98,11 +98,12 @@ impl ClusterReader for TsdbShards {
     fn series(
         &self,
         selector: Option<Selector>,
+        span: Option<Span>,
         _timeout: Duration,
     ) -> impl Future<Output = Result<Answer<Vec<SeriesKey>>, ClusterError>> + Send {
         let mut all = BTreeSet::new();
         let report = self.each(
-            |conn| tsdb::series(conn, selector.as_ref()),
+            |conn| tsdb::series(conn, selector.as_ref(), span),
             |keys| all.extend(keys),
         );
         let value = all.into_iter().collect();

@@ -615,6 +615,36 @@ fn unsupported_promql_is_422_bad_data_naming_the_part() {
     );
 }
 
+/// `start`/`end` keep the series with samples between them (every series here has samples
+/// in [T0, T0 + 590 s]); either alone is an open end.
+#[test]
+fn series_are_narrowed_by_start_and_end() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let server = Server::start(shards(dir.path(), None));
+    let s = |ms: i64| format!("{}", ms as f64 / 1000.0);
+    for (range, want) in [
+        (
+            format!("&start={}&end={}", s(T0 + 100_000), s(T0 + 200_000)),
+            3,
+        ),
+        (format!("&start={}&end={}", s(T0 - 9_000), s(T0)), 3),
+        (format!("&start={}", s(T0 + 600_000)), 0),
+        (format!("&end={}", s(T0 - 1)), 0),
+        (format!("&start={}", s(T0 + 590_000)), 3),
+        (String::new(), 3),
+    ] {
+        let (code, body) = server.call(&format!("/api/v1/series?match[]=cpu{range}"), None);
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            body["data"].as_array().map(Vec::len),
+            Some(want),
+            "{range}: {body}"
+        );
+    }
+    let late = format!("/api/v1/labels?start={}", s(T0 + 600_000));
+    assert_eq!(server.call(&late, None).1["data"], serde_json::json!([]));
+}
+
 #[test]
 fn series_labels_and_values_include_the_metric_name() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

@@ -197,6 +197,18 @@ impl ClientTask {
         self.stats().last_error = error;
     }
 
+    /// Counts a failed pull in the store's roll-up counters (durable, so the leader's next
+    /// collection sees it even across a crash). A store that cannot count it is logged only:
+    /// the pull's own error is what matters here.
+    async fn count_pull_error(&self) {
+        let store = self.store.clone();
+        let client = self.spec.name.clone();
+        let counted = tokio::task::spawn_blocking(move || store.pull_error(&client)).await;
+        if let Ok(Err(e)) = counted {
+            debug!(client = %self.spec.name, error = %e, "pull error not counted for roll-ups");
+        }
+    }
+
     /// Reads the client's totals from the catalog (once per assignment; batches add to them).
     async fn refresh_totals(&self) {
         let store = self.store.clone();
@@ -388,6 +400,7 @@ pub(crate) async fn serve_client(
         Err(e) => {
             task.set_error(Some(e.to_string()));
             task.metrics.error("config");
+            task.count_pull_error().await;
             warn!(client = %task.spec.name, error = %e, "client settings unusable");
             let _ = stop.wait_for(|s| *s).await;
             return;
@@ -439,6 +452,7 @@ pub(crate) async fn serve_client(
                     }
                 };
                 task.metrics.error(e.kind());
+                task.count_pull_error().await;
                 task.set_error(Some(e.to_string()));
                 Pause::Fixed(delay)
             }

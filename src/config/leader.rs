@@ -35,6 +35,12 @@ pub struct LeaderConfig {
     pub grace_ms: u64,
     /// Default 8; 1..=10000.
     pub max_moves_per_tick: usize,
+    /// Key `rules_file`, optional: the alert rules (TOML, see `config/rules.toml`); without
+    /// it only the built-in rules run. Made absolute at load, so a reload reads the same file.
+    pub rules_file: Option<PathBuf>,
+    /// Key `alertmanager_url`, optional: `http://HOST:PORT` of an Alertmanager that gets the
+    /// firing and resolved alerts (`/api/v2/alerts`).
+    pub alertmanager_url: Option<String>,
     /// Tokens, TLS and `allow_insecure` (see [`crate::security`]).
     pub security: LeaderSecurity,
     pub log: LogConfig,
@@ -62,6 +68,14 @@ pub struct LeaderFlags {
     /// Extra wait after a lease before a node is dead, in ms (default 500).
     #[arg(long)]
     pub grace_ms: Option<u64>,
+    /// Alert rules file (TOML; see config/rules.toml); reloaded on SIGHUP and by
+    /// `sqdctl reload-rules` (default: only the built-in rules).
+    #[arg(long, value_name = "FILE")]
+    pub rules_file: Option<PathBuf>,
+    /// Send firing and resolved alerts to this Alertmanager, e.g. http://127.0.0.1:9093
+    /// (default: none).
+    #[arg(long, value_name = "URL")]
+    pub alertmanager_url: Option<String>,
     #[command(flatten)]
     pub security: LeaderSecurityFlags,
     #[command(flatten)]
@@ -78,6 +92,8 @@ const KEYS: &[&str] = &[
     "grace_ms",
     "max_moves_per_tick",
     "query_listen",
+    "rules_file",
+    "alertmanager_url",
     "log_level",
     "log_format",
 ];
@@ -99,6 +115,8 @@ struct FileKeys {
     lease: Slot<i128>,
     grace: Slot<i128>,
     moves: Slot<i128>,
+    rules_file: Slot<PathBuf>,
+    alertmanager_url: Slot<String>,
     security: SecurityKeys,
     log: LogSlots,
 }
@@ -115,6 +133,8 @@ impl FileKeys {
             lease: l.integer("lease_ms"),
             grace: l.integer("grace_ms"),
             moves: l.integer("max_moves_per_tick"),
+            rules_file: l.path("rules_file"),
+            alertmanager_url: l.string("alertmanager_url"),
             security: SecurityKeys::take_leader(l),
             log: l.log_keys(),
         };
@@ -165,6 +185,10 @@ impl LeaderConfig {
             merge_int(flags.grace_ms, keys.grace),
         );
         let moves = l.ranged("max_moves_per_tick", keys.moves, 8, MAX_MOVES_PER_TICK);
+        let rules_file = merge(flags.rules_file.clone(), keys.rules_file);
+        let rules_file = l.check("rules_file", rules_file, rules::made_absolute);
+        let alertmanager_url = merge(flags.alertmanager_url.clone(), keys.alertmanager_url);
+        let alertmanager_url = l.check("alertmanager_url", alertmanager_url, rules::http_url);
         let security = security::leader(&mut l, keys.security, &flags.security);
         let log = l.log(keys.log, &flags.log);
 
@@ -186,6 +210,8 @@ impl LeaderConfig {
                 lease_ms: timing.lease_ms,
                 grace_ms: timing.grace_ms,
                 max_moves_per_tick: moves.value,
+                rules_file: Sourced::value_of(rules_file),
+                alertmanager_url: Sourced::value_of(alertmanager_url),
                 security,
                 log,
             }),

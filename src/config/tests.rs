@@ -57,6 +57,8 @@ fn default_leader() -> LeaderConfig {
         lease_ms: 3000,
         grace_ms: 500,
         max_moves_per_tick: 8,
+        rules_file: None,
+        alertmanager_url: None,
         security: Default::default(),
         log: default_log(),
     }

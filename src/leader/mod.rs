@@ -136,16 +136,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         guard.shard_bearer.clone(),
     )));
     serve_query_api(&cfg, reader.clone(), &shutdown).await?;
-    // Rules evaluate through the same fan-out; their state is in the state dir's database.
-    let alerts = alerting::Alerting::start(
-        &cfg.state_dir,
-        cfg.rules_file.clone(),
-        cfg.alertmanager_url.clone(),
-        handle.clone(),
-        reader.clone(),
-    )
-    .await?;
-    alerting::reload_on_sighup(alerts.clone());
+    let alerts = start_alerts(&cfg, &handle, reader.clone()).await?;
     let server = server(&cfg, &guard, handle, reader, alerts)?;
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
@@ -185,6 +176,25 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         }
         failed = core_failed(core_done_rx) => failed,
     }
+}
+
+/// Rules evaluate through the same fan-out as every cluster read; their state is in the
+/// state dir's database; SIGHUP reloads them.
+async fn start_alerts(
+    cfg: &LeaderConfig,
+    handle: &core::CoreHandle,
+    reader: std::sync::Arc<fanout::Fanout<fanout::RegistryShards>>,
+) -> Result<alerting::Alerting, LeaderError> {
+    let alerts = alerting::Alerting::start(
+        &cfg.state_dir,
+        cfg.rules_file.clone(),
+        cfg.alertmanager_url.clone(),
+        handle.clone(),
+        reader,
+    )
+    .await?;
+    alerting::reload_on_sighup(alerts.clone());
+    Ok(alerts)
 }
 
 /// The gRPC router: each service behind its token gate, over TLS when configured.

@@ -85,7 +85,11 @@ fn cpu_ticks(pid: u32) -> f64 {
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15; `after` starts at field 3.
-    let t = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let t = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     t(14) + t(15)
 }
 
@@ -150,8 +154,9 @@ fn write(dir: &Path, n: usize, rule: &str, host: &str, value: f64) -> Instant {
     std::fs::create_dir_all(&aside).expect("aside");
     let name = format!("x-{n:05}.jsonl");
     let ts = sqd::clock::unix_ms() / 1000;
-    let line =
-        format!("{{\"ts\": {ts}, \"rule\": \"{rule}\", \"host\": \"{host}\", \"load\": {value}}}\n");
+    let line = format!(
+        "{{\"ts\": {ts}, \"rule\": \"{rule}\", \"host\": \"{host}\", \"load\": {value}}}\n"
+    );
     std::fs::write(aside.join(&name), line).expect("write");
     std::fs::rename(aside.join(&name), dir.join(&name)).expect("rename");
     Instant::now()
@@ -215,7 +220,14 @@ fn debug_leader(cluster: &mut Cluster) {
     let mut args = support::leader_args(
         &addr,
         &state,
-        &["--cluster", "test", "--heartbeat-ms", "500", "--lease-ms", "1500"],
+        &[
+            "--cluster",
+            "test",
+            "--heartbeat-ms",
+            "500",
+            "--lease-ms",
+            "1500",
+        ],
     );
     args.extend(cluster.leader_extra.iter().cloned());
     let env = [("RUST_LOG", "info,sqd::leader::alerting=debug")];

@@ -68,6 +68,10 @@ impl Hub {
         if after.lost > 0 {
             return Err(seen.saturating_add(1).saturating_add(after.lost));
         }
+        // An empty backlog (a restarted leader) holds none of what was published before it.
+        if after.items.is_empty() && seen < self.last_id() {
+            return Err(seen.saturating_add(1));
+        }
         Ok(after
             .items
             .into_iter()
@@ -101,6 +105,34 @@ pub(crate) fn catch_up(seen: u64, rows: Vec<(u64, String)>) -> (Vec<Item>, u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerts::AlertState;
+
+    fn note(id: u64) -> Notification {
+        Notification {
+            id,
+            rule: "r".to_owned(),
+            state: AlertState::Firing,
+            labels: Default::default(),
+            value: None,
+            threshold: 0.0,
+            severity: String::new(),
+            ts_unix_ms: 0,
+            since_unix_ms: 0,
+            annotation: String::new(),
+        }
+    }
+
+    #[test]
+    fn what_the_backlog_does_not_hold_is_read_from_the_log() {
+        // Restarted at id 10: nothing in memory yet.
+        let hub = Hub::new(10);
+        assert!(hub.after(3).is_err());
+        assert_eq!(hub.after(10), Ok(Vec::new()));
+        hub.publish(&[note(11), note(12)]);
+        assert!(hub.after(3).is_err());
+        assert!(hub.after(10).is_ok_and(|v| v.len() == 2));
+        assert!(hub.after(11).is_ok_and(|v| v.len() == 1));
+    }
 
     fn rows(ids: &[u64]) -> Vec<(u64, String)> {
         ids.iter()

@@ -191,6 +191,10 @@ fn crossing_latencies(
         let rule = format!("r{:03}", (k * 7) % n_rules);
         let host = "h000";
         for (i, (value, state)) in [(95.0, "firing"), (10.0, "resolved")].iter().enumerate() {
+            // Spread the writes over the rule's period: a write right after the notification
+            // of the previous one would always land just after a tick and wait a whole `every`.
+            let n = (k * 2 + i) as u64;
+            std::thread::sleep(Duration::from_millis(n * 3_700 % (every_s as u64 * 1000)));
             let at = write(&dir, k * 2 + i, &rule, host, *value);
             let deadline = Instant::now() + wait;
             loop {

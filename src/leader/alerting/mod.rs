@@ -347,21 +347,30 @@ async fn read<R: ClusterReader>(
     q: &crate::alerts::rules::Query,
     every_ms: i64,
 ) -> Answer {
-    let _permit = a.inner.reads.acquire().await;
-    let now = crate::clock::unix_ms();
     let failed = |why: String| Answer {
         partial: true,
         missing: vec![why],
         values: Default::default(),
     };
+    // The wait for a read slot counts against the round's deadline, so an overloaded leader
+    // makes rules unknown instead of late.
+    let budget = round::read_timeout(every_ms);
+    let waiting = std::time::Instant::now();
+    let Ok(_permit) = tokio::time::timeout(budget, a.inner.reads.acquire()).await else {
+        return failed(format!(
+            "the leader (no free read slot within {} ms: too many rules for their every)",
+            budget.as_millis()
+        ));
+    };
+    let left = budget
+        .saturating_sub(waiting.elapsed())
+        .max(Duration::from_millis(100));
+    let now = crate::clock::unix_ms();
     let range = match round::range(q, now) {
         Ok(r) => r,
         Err(e) => return failed(format!("the query: {e}")),
     };
-    match reader
-        .query(q.selector.clone(), range, round::read_timeout(every_ms))
-        .await
-    {
+    match reader.query(q.selector.clone(), range, left).await {
         Ok(answer) => round::answer(q, answer),
         Err(e) => failed(format!("the cluster ({e})")),
     }

@@ -35,6 +35,13 @@
 #   query         (benches/query.rs; not in the default sets) 3 workers with pre-filled shards,
 #                 1,000 series x 24 h at 10 s; 50 cluster queries of 24 h at 1 min: p50/p99,
 #                 leader RSS growth; time to answer with one shard SIGSTOPped (deadline 2 s)
+#   alerts        (benches/alerts.rs; not in the default sets) 500 rules x 100 series each on
+#                 3 workers (shards filled with the last 10 min below the threshold), every 10 s:
+#                 each rule's round (read + durable evaluation) p50/p99/max over 60 s, the
+#                 leader's CPU over that window (% of one core), and 20 threshold crossings
+#                 (firing and resolved) from the producer file's rename to `sqdctl alerts
+#                 --follow`: p50/p99 (includes the pull: settle 300 ms, poll 100 ms). --quick:
+#                 50 rules x 20 series, 20 s window, 3 crossings.
 #
 # Stats ingest (set `ingest`): benches/ingest.rs on a real store (commit rate per format in
 # samples/s per core, bytes per sample after sealing 24 h of 60 series at 10 s, one-shard query
@@ -102,6 +109,7 @@ failed_json() {
   echo "{\"failed\": \"exit code $rc\", \"timed_out\": $timed}"
 }
 query_bench() { timeout --kill-after=30 "$set_timeout" cargo bench --locked --bench query -q -- "$@"; }
+alerts_bench() { timeout --kill-after=30 "$set_timeout" cargo bench --locked --bench alerts -q -- "$@"; }
 sqd="$repo/target/release/sqd"
 sqdctl="$repo/target/release/sqdctl"
 
@@ -290,6 +298,19 @@ results="$work/results.txt" cluster_results="$work/cluster.jsonl" failed_runs="$
 : >"$failed_runs"
 for set in $sets; do
   case $set in
+    alerts)
+      if [ $quick = 1 ]; then
+        a_args=(--rules 50 --series 20 --window-s 20 --crossings 3)
+      else
+        a_args=(--rules 500 --series 100 --window-s 60 --crossings 20)
+      fi
+      rc=0
+      out=$(alerts_bench "${a_args[@]}") || rc=$?
+      out=$(failed_json "$rc" "$out")
+      echo "{\"set\": \"alerts\", \"run\": $out}" >>"$cluster_results"
+      echo "bench: alerts: $out" >&2
+      continue
+      ;;
     query)
       if [ $quick = 1 ]; then q_args=(--series 300 --hours 6 --queries 20); else q_args=(); fi
       rc=0
@@ -327,7 +348,7 @@ for set in $sets; do
     small) n=$small_n size=4096; contenders=(sqd rsync_remove rsync_remove_fsync ssh_tar) ;;
     medium) n=$medium_n size=262144; contenders=(sqd rsync_remove rsync_remove_fsync ssh_tar) ;;
     large) n=$large_n size=$large_size; contenders=(sqd ssh_cat rsync_remove) ;;
-    *) echo "bench: unknown set $set (small, medium, large, latency, failover, leader_scale, ingest)" >&2; exit 2 ;;
+    *) echo "bench: unknown set $set (small, medium, large, latency, failover, leader_scale, ingest, query, alerts)" >&2; exit 2 ;;
   esac
   [ -n "${BENCH_ONLY:-}" ] && read -r -a contenders <<<"$BENCH_ONLY"
   # Runs interleave the contenders (sqd, rsync, ..., sqd, rsync, ...) so that the machine's
@@ -441,6 +462,8 @@ if "failover" in by_set:
     }
 if "query" in by_set:
     report["query"] = by_set["query"][-1]
+if "alerts" in by_set:
+    report["alerts"] = by_set["alerts"][-1]
 if "leader_scale" in by_set:
     runs = by_set["leader_scale"]
     ls = {"runs": len(runs), "workers": runs[0]["workers"], "agents": runs[0]["agents"],
@@ -500,6 +523,14 @@ if "query" in report:
     print(f"p50 {q['p50_ms']:.0f} ms, p99 {q['p99_ms']:.0f} ms, leader RSS growth {q['leader_rss_growth_mb']:.1f} MB; "
           f"one shard hung: answered in {q['hung_shard_answer_s']:.2f} s (deadline {q['hung_shard_timeout_s']:.0f} s), "
           f"partial={q['hung_shard_partial']}")
+if "alerts" in report:
+    a = report["alerts"]
+    print(f"\n### alerts: {a['rules']} rules x {a['series_per_rule']} series on {a['workers']} workers, "
+          f"every {a['every_s']} s, {a['rounds']} rounds in {a['window_s']:.0f} s\n")
+    print("| round p50 ms | round p99 ms | round max ms | leader CPU % of a core | notification p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {a['round_p50_ms']:.0f} | {a['round_p99_ms']:.0f} | {a['round_max_ms']:.0f} | "
+          f"{a['leader_cpu_pct_one_core']:.1f} | {a['latency_p50_ms']:.0f} | {a['latency_p99_ms']:.0f} |")
 if report["failed"]:
     print("\n### did not finish\n")
     for f in report["failed"]:

@@ -3,7 +3,9 @@
 # own client key), a leader, two workers with the embedded store, and two "producing hosts"
 # (directories served by that sshd) writing sample stats files (JSON lines with `cpu`); then
 # prints `sqdctl status` showing the files committed, and a cluster query over every worker's
-# shard: the average cpu per host, minute by minute.
+# shard: the average cpu per host, minute by minute. One alert rule is installed (average cpu of
+# a host over 20 s above 90 for 10 s); host-b's producer runs hot for a minute every two, so
+# `sqdctl alerts --follow` shows it pending, firing and resolved.
 #
 #   scripts/quickstart.sh          start (or restart) everything and show status
 #   scripts/quickstart.sh stop     stop it all gracefully
@@ -64,9 +66,27 @@ echo "==> starting a private sshd on 127.0.0.1"
 sqd_sshd_start "$root/sshd"
 echo "    port $SQD_SSHD_PORT, user $SQD_SSHD_USER, key $SQD_SSHD_KEY"
 
+echo "==> installing one alert rule: average cpu > 90 for 10 s ($root/rules.toml)"
+cat >"$root/rules.toml" <<'RULES'
+# The quickstart's alert rule (the commented sample of every key: config/rules.toml).
+[[rule]]
+name = "cpu-high"
+metric = "cpu"
+agg = "avg"
+window = "20s"
+by = ["host"]
+op = ">"
+threshold = 90
+for = "10s"
+every = "5s"
+severity = "warning"
+annotation = "{{ $labels.host }}: average cpu {{ $value }} over 20s (threshold {{ $threshold }})"
+RULES
+"$sqd" --mode leader check-rules "$root/rules.toml"
+
 echo "==> starting leader on $leader"
 "$sqd" --mode leader start --listen "$leader" --state-dir "$root/leader" --cluster quickstart \
-  >"$root/leader.log" 2>&1 &
+  --rules-file "$root/rules.toml" >"$root/leader.log" 2>&1 &
 for _ in $(seq 1 100); do
   "$sqdctl" --leader "$leader" status >/dev/null 2>&1 && break
   sleep 0.1
@@ -105,7 +125,12 @@ echo "==> producers write a stats file per host every second"
   while true; do
     for host in host-a host-b; do
       f="$root/producers/$host/stats-$(date +%s)-$i.jsonl"
-      printf '{"host":"%s","seq":%d,"cpu":%d,"ts":%d}\n' "$host" "$i" $((RANDOM % 100)) "$(date +%s)" >"$f.tmp"
+      cpu=$((RANDOM % 100))
+      # host-b runs hot (92-99) for a minute every two: the alert rule catches it.
+      if [ "$host" = host-b ] && [ $((i % 120)) -ge 20 ] && [ $((i % 120)) -lt 80 ]; then
+        cpu=$((92 + RANDOM % 8))
+      fi
+      printf '{"host":"%s","seq":%d,"cpu":%d,"ts":%d}\n' "$host" "$i" "$cpu" "$(date +%s)" >"$f.tmp"
       mv "$f.tmp" "$f"
     done
     i=$((i + 1))
@@ -141,5 +166,6 @@ echo "Files land in $root/store-w*/files/<client>/<date>/ (catalog: catalog.sqli
 echo "Samples: $sqdctl --leader $leader query cpu --where host=host-a --from -15m --step 1m --json"
 echo "One shard, offline: $sqd --mode worker query --store $root/store-w1 cpu --from -15m --step 1m"
 echo "The pipeline keeps running. Logs: $root/*.log"
+echo "Alerts: $sqdctl --leader $leader alerts --follow   (host-b runs hot a minute every two)"
 echo "Try:  $sqdctl --leader $leader status --json"
 echo "Stop: scripts/quickstart.sh stop"

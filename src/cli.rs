@@ -57,6 +57,12 @@ pub enum Action {
     /// The next start confirms no assignment from it until every lease the previous leader
     /// granted has run out, and issues epochs above everything the workers report.
     Restore(RestoreArgs),
+    /// Check an alert rules file without starting (leader only): every problem with file,
+    /// rule and key; exit 0 when usable, 2 otherwise.
+    CheckRules {
+        /// The rules file (TOML; see config/rules.toml).
+        file: PathBuf,
+    },
     /// Query one store's samples offline (worker only; works while the worker runs).
     Query(QueryArgs),
     /// Seal and apply retention to one store's samples now (worker only).

@@ -100,6 +100,21 @@ impl Default for Evaluator {
     }
 }
 
+fn rule_snapshot(name: &str, st: &RuleState) -> RuleSnapshot {
+    RuleSnapshot {
+        name: name.to_owned(),
+        last_eval_ms: st.last_eval_ms,
+        unknown: st.unknown.clone(),
+        series: (st.series.iter())
+            .map(|(labels, (phase, value))| SeriesState {
+                labels: labels.clone(),
+                phase: *phase,
+                value: *value,
+            })
+            .collect(),
+    }
+}
+
 /// What one series does this round.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Change {
@@ -186,28 +201,19 @@ impl Evaluator {
 
     /// The whole state, plain data for serde.
     pub fn snapshot(&self) -> Snapshot {
-        let rules = self
-            .rules
-            .iter()
-            .map(|(name, st)| RuleSnapshot {
-                name: name.clone(),
-                last_eval_ms: st.last_eval_ms,
-                unknown: st.unknown.clone(),
-                series: st
-                    .series
-                    .iter()
-                    .map(|(labels, (phase, value))| SeriesState {
-                        labels: labels.clone(),
-                        phase: *phase,
-                        value: *value,
-                    })
-                    .collect(),
-            })
+        let rules = (self.rules.iter())
+            .map(|(name, st)| rule_snapshot(name, st))
             .collect();
         Snapshot {
             next_id: self.next_id,
             rules,
         }
+    }
+
+    /// The stored state of one rule, for stores that write only the rules a round touched
+    /// (with [`Evaluator::next_id`]); `None` for a rule never evaluated.
+    pub fn rule_snapshot(&self, name: &str) -> Option<RuleSnapshot> {
+        self.rules.get(name).map(|st| rule_snapshot(name, st))
     }
 
     /// The id the next notification will get.

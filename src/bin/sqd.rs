@@ -36,6 +36,7 @@ fn run(mode: Mode, action: Action) -> anyhow::Result<()> {
         Action::Start(args) => start(mode, &args),
         Action::Stop(args) => stop(mode, args),
         Action::Restore(args) => restore(mode, args),
+        Action::CheckRules { file } => check_rules(mode, &file),
         Action::Query(args) => query(mode, &args),
         Action::Compact(args) => compact(mode, args),
     }
@@ -89,6 +90,34 @@ fn compact(mode: Mode, args: CompactArgs) -> anyhow::Result<()> {
         cfg.shard.retention_days,
     );
     Ok(())
+}
+
+/// `check-rules FILE`: every problem on stderr and exit 2, or a summary and exit 0.
+fn check_rules(mode: Mode, file: &Path) -> anyhow::Result<()> {
+    if mode != Mode::Leader {
+        return Err(UsageError(
+            "check-rules checks the leader's alert rules; run: sqd --mode leader check-rules FILE"
+                .into(),
+        )
+        .into());
+    }
+    match sqd::leader::check_rules(file) {
+        Ok(summary) => {
+            println!("{}: ok, {summary}", file.display());
+            Ok(())
+        }
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "sqd: {}: {} problem(s); the file was not loaded",
+                file.display(),
+                problems.len()
+            );
+            std::process::exit(2);
+        }
+    }
 }
 
 fn restore(mode: Mode, args: RestoreArgs) -> anyhow::Result<()> {

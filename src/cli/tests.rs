@@ -14,7 +14,11 @@ fn start_args(words: &[&str]) -> (Mode, StartArgs) {
     let cli = try_parse(args(words)).expect("parses");
     match cli.action {
         Action::Start(a) | Action::Stop(a) => (cli.mode, a),
-        Action::Init { .. } | Action::Restore(_) | Action::Query(_) | Action::Compact(_) => {
+        Action::Init { .. }
+        | Action::Restore(_)
+        | Action::CheckRules { .. }
+        | Action::Query(_)
+        | Action::Compact(_) => {
             panic!("not start")
         }
     }

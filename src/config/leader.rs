@@ -40,6 +40,12 @@ pub struct LeaderConfig {
     /// How often the leader collects roll-ups from the workers, in ms; default 60000,
     /// 50..=86400000.
     pub rollup_interval_ms: u64,
+    /// Key `rules_file`, optional: the alert rules (TOML, see `config/rules.toml`); without
+    /// it only the built-in rules run. Made absolute at load, so a reload reads the same file.
+    pub rules_file: Option<PathBuf>,
+    /// Key `alertmanager_url`, optional: `http://HOST:PORT` of an Alertmanager that gets the
+    /// firing and resolved alerts (`/api/v2/alerts`).
+    pub alertmanager_url: Option<String>,
     /// Tokens, TLS and `allow_insecure` (see [`crate::security`]).
     pub security: LeaderSecurity,
     /// Keys `discovery` (`"udp"` turns it on), `discovery_target`, `discovery_interface`,
@@ -74,6 +80,14 @@ pub struct LeaderFlags {
     /// in ms (50-86400000, default 60000).
     #[arg(long, value_name = "MS")]
     pub rollup_interval_ms: Option<u64>,
+    /// Alert rules file (TOML; see config/rules.toml); reloaded on SIGHUP and by
+    /// `sqdctl reload-rules` (default: only the built-in rules).
+    #[arg(long, value_name = "FILE")]
+    pub rules_file: Option<PathBuf>,
+    /// Send firing and resolved alerts to this Alertmanager, e.g. http://127.0.0.1:9093
+    /// (default: none).
+    #[arg(long, value_name = "URL")]
+    pub alertmanager_url: Option<String>,
     #[command(flatten)]
     pub security: LeaderSecurityFlags,
     #[command(flatten)]
@@ -93,6 +107,8 @@ const KEYS: &[&str] = &[
     "max_moves_per_tick",
     "rollup_interval_ms",
     "query_listen",
+    "rules_file",
+    "alertmanager_url",
     "log_level",
     "log_format",
 ];
@@ -116,6 +132,8 @@ struct FileKeys {
     grace: Slot<i128>,
     moves: Slot<i128>,
     rollup_interval: Slot<i128>,
+    rules_file: Slot<PathBuf>,
+    alertmanager_url: Slot<String>,
     security: SecurityKeys,
     discovery: DiscoveryKeys,
     log: LogSlots,
@@ -134,6 +152,8 @@ impl FileKeys {
             grace: l.integer("grace_ms"),
             moves: l.integer("max_moves_per_tick"),
             rollup_interval: l.integer("rollup_interval_ms"),
+            rules_file: l.path("rules_file"),
+            alertmanager_url: l.string("alertmanager_url"),
             security: SecurityKeys::take_leader(l),
             discovery: DiscoveryKeys::take(l, true),
             log: l.log_keys(),
@@ -191,6 +211,10 @@ impl LeaderConfig {
             60_000,
             ROLLUP_INTERVAL_MS,
         );
+        let rules_file = merge(flags.rules_file.clone(), keys.rules_file);
+        let rules_file = l.check("rules_file", rules_file, rules::made_absolute);
+        let alertmanager_url = merge(flags.alertmanager_url.clone(), keys.alertmanager_url);
+        let alertmanager_url = l.check("alertmanager_url", alertmanager_url, rules::http_url);
         let security = security::leader(&mut l, keys.security, &flags.security);
         let discovery = discovery::load(
             &mut l,
@@ -228,6 +252,8 @@ impl LeaderConfig {
                 grace_ms: timing.grace_ms,
                 max_moves_per_tick: moves.value,
                 rollup_interval_ms: rollup.value,
+                rules_file: Sourced::value_of(rules_file),
+                alertmanager_url: Sourced::value_of(alertmanager_url),
                 security,
                 discovery,
                 log,

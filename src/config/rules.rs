@@ -124,6 +124,29 @@ pub(super) fn non_empty_path(v: PathBuf) -> Rule<PathBuf> {
     Ok(v)
 }
 
+/// A file named relative to the directory sqd starts in, made absolute so later reads (a
+/// reload) find the same file.
+pub(super) fn made_absolute(v: PathBuf) -> Rule<PathBuf> {
+    let v = non_empty_path(v)?;
+    std::path::absolute(&v).map_err(|e| format!("{v:?} cannot be made absolute: {e}").into())
+}
+
+/// `http://HOST:PORT[/prefix]`: the alert sender speaks plain HTTP/1.1 only.
+pub(super) fn http_url(v: String) -> Rule<String> {
+    let Some(rest) = v.strip_prefix("http://") else {
+        return Err(format!(
+            "{v:?} is not an http:// URL; expected e.g. http://127.0.0.1:9093 (https is not \
+             supported: put a TLS proxy on loopback in front of Alertmanager)"
+        )
+        .into());
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.contains('@') {
+        return Err(format!("{v:?} has no HOST[:PORT] after http://").into());
+    }
+    Ok(v.trim_end_matches('/').to_owned())
+}
+
 pub(super) fn log_level(v: String) -> Rule<String> {
     if v.trim().is_empty() {
         return Err(

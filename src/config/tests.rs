@@ -58,6 +58,8 @@ fn default_leader() -> LeaderConfig {
         grace_ms: 500,
         max_moves_per_tick: 8,
         rollup_interval_ms: 60_000,
+        rules_file: None,
+        alertmanager_url: None,
         security: Default::default(),
         discovery: None,
         log: default_log(),
@@ -590,6 +592,27 @@ fn the_query_api_is_off_unless_an_address_is_given() {
     assert!(p[0].starts_with("flag --query-listen: "), "{p:#?}");
     assert!(
         p[0].contains("\"grafana\" is not a socket address"),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn rules_file_is_made_absolute_and_alertmanager_must_be_plain_http() {
+    let f = write("rules_file = \"rules.toml\"\nalertmanager_url = \"http://127.0.0.1:9093/\"\n");
+    let cfg = load_leader(Some(f.path()), &LeaderFlags::default()).expect("valid");
+    let rules = cfg.rules_file.expect("rules_file");
+    assert!(
+        rules.is_absolute() && rules.ends_with("rules.toml"),
+        "{rules:?}"
+    );
+    assert_eq!(
+        cfg.alertmanager_url.as_deref(),
+        Some("http://127.0.0.1:9093")
+    );
+    let f = write("alertmanager_url = \"https://am:9093\"\n");
+    let p = problems(load_leader(Some(f.path()), &LeaderFlags::default()).unwrap_err());
+    assert!(
+        p[0].contains("alertmanager_url") && p[0].contains("not an http:// URL"),
         "{p:#?}"
     );
 }

@@ -1,5 +1,6 @@
 //! `sqdctl`: the operator's commands against the leader's admin API.
 
+mod alerts;
 mod client_list;
 mod diagnose;
 mod fleet;
@@ -120,6 +121,12 @@ pub enum Command {
     /// and the workers that did not answer) from the leader's rollups.jsonl; run it on the
     /// leader's host.
     Rollups(rollups::RollupsArgs),
+    /// Show what is firing, pending or unknown now; --follow prints notifications as they
+    /// come (exactly once across reconnects); --history the newest notifications.
+    Alerts(alerts::AlertsArgs),
+    /// Make the leader re-read its alert rules file; a bad file keeps the rules in force and
+    /// the problems are printed (exit 1).
+    ReloadRules,
     /// Print a shell completion script: `sqdctl completions bash > /etc/bash_completion.d/sqdctl`.
     Completions {
         shell: clap_complete::Shell,
@@ -413,6 +420,8 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Series(args) => query::series(&cli, args).await,
         Command::Metrics(args) => query::metrics(&cli, args).await,
         Command::Rollups(args) => rollups::rollups(args),
+        Command::Alerts(args) => alerts::alerts(&cli, args).await,
+        Command::ReloadRules => alerts::reload_rules(&cli).await,
         Command::Completions { shell, program } => {
             completions(*shell, *program);
             Ok(())

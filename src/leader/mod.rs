@@ -4,6 +4,7 @@
 //! persists; [`core`] is the one thread that owns them; [`run`] wires the core to the gRPC
 //! server.
 
+pub(crate) mod alerting;
 pub(crate) mod audit;
 pub(crate) mod core;
 pub(crate) mod fanout;
@@ -76,6 +77,8 @@ pub enum LeaderError {
     Discovery(#[from] crate::discovery::DiscoveryError),
     #[error(transparent)]
     Rollup(#[from] rollup::LogError),
+    #[error(transparent)]
+    Alerts(#[from] alerting::AlertingError),
 }
 
 /// `sqd --mode leader restore`: puts `backup` in place as the state of `cfg.state_dir`; refused
@@ -86,6 +89,19 @@ pub fn restore_backup(
 ) -> Result<restore::Restored, LeaderError> {
     let _lock = PidLock::acquire(&cfg.state_dir, "leader")?;
     Ok(restore::restore(&cfg.state_dir, &cfg.cluster, backup)?)
+}
+
+/// `sqd --mode leader check-rules FILE`: a summary of a usable file, or every problem in it
+/// (one line each, naming file, rule and key).
+pub fn check_rules(file: &std::path::Path) -> Result<String, Vec<String>> {
+    let rules = alerting::load_rules(Some(file)).map_err(|e| e.problems())?;
+    let builtin = (rules.rules.iter())
+        .filter(|r| matches!(r.source, crate::alerts::rules::Source::Builtin(_)))
+        .count();
+    Ok(format!(
+        "{} rule(s) and {builtin} built-in rule(s) on",
+        rules.rules.len() - builtin
+    ))
 }
 
 /// How long a stopping leader waits for node connections to close before it exits anyway.
@@ -143,8 +159,10 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         ),
         rollup_metrics,
     )?;
+    let alerts = start_alerts(&cfg, &handle, reader.clone()).await?;
+    alerting::feed_from_rollups(&alerts, collector.health(), shutdown.clone());
     tokio::spawn(collector.run(daemon::wait_for(shutdown.clone())));
-    let server = server(&cfg, &guard, handle, reader)?;
+    let server = server(&cfg, &guard, handle, reader, alerts)?;
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
     let (core_done_tx, core_done_rx) = tokio::sync::oneshot::channel();
@@ -185,19 +203,39 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     }
 }
 
+/// Rules evaluate through the same fan-out as every cluster read; their state is in the
+/// state dir's database; SIGHUP reloads them.
+async fn start_alerts(
+    cfg: &LeaderConfig,
+    handle: &core::CoreHandle,
+    reader: std::sync::Arc<fanout::Fanout<fanout::RegistryShards>>,
+) -> Result<alerting::Alerting, LeaderError> {
+    let alerts = alerting::Alerting::start(
+        &cfg.state_dir,
+        cfg.rules_file.clone(),
+        cfg.alertmanager_url.clone(),
+        handle.clone(),
+        reader,
+    )
+    .await?;
+    alerting::reload_on_sighup(alerts.clone());
+    Ok(alerts)
+}
+
 /// The gRPC router: each service behind its token gate, over TLS when configured.
 fn server(
     cfg: &LeaderConfig,
     guard: &LeaderGuard,
     handle: core::CoreHandle,
     reader: std::sync::Arc<fanout::Fanout<fanout::RegistryShards>>,
+    alerts: alerting::Alerting,
 ) -> Result<tonic::transport::server::Router, LeaderError> {
     let mut api = NodeApi::new(handle.clone());
     if guard.require_node_names {
         api = api.requiring_cert_names(cfg.cluster.clone());
     }
     let node = NodeServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(handle, reader))
+    let admin = AdminServiceServer::new(AdminApi::new(handle, reader, alerts))
         .max_decoding_message_size(crate::codec::MAX_ADMIN_REQUEST_BYTES);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = guard.tls.clone() {

@@ -127,6 +127,7 @@ impl State {
         )
         .map_err(wrap)?;
         add_ingest_columns(&conn).map_err(wrap)?;
+        add_alert_tables(&conn).map_err(wrap)?;
         let mut state = State { conn, path };
         let loaded = state.load(dir, cluster)?;
         Ok((state, loaded))
@@ -366,6 +367,21 @@ fn add_ingest_columns(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The alert engine's tables (`leader::alerting::store` reads and writes them on its own
+/// connection): each rule's state as JSON, and the notification log by id. The id counter and
+/// the Alertmanager outbox live in `meta` (`alerts_next_id`, `alerts_outbox`).
+fn add_alert_tables(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS alert_rules (name TEXT PRIMARY KEY, state TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS alert_log (
+             id INTEGER PRIMARY KEY,
+             rule TEXT NOT NULL,
+             state TEXT NOT NULL,
+             json TEXT NOT NULL
+         );",
+    )
 }
 
 /// Label fields are stored comma-joined (a field name never holds ',').

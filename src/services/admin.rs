@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
+use crate::leader::alerting::Alerting;
 use crate::leader::core::{Command, CoreHandle};
 use crate::leader::fanout::{Fanout, RegistryShards};
 use crate::proto::{self, admin_service_server::AdminService};
@@ -11,11 +12,20 @@ use crate::proto::{self, admin_service_server::AdminService};
 pub(crate) struct AdminApi {
     core: CoreHandle,
     reader: Arc<Fanout<RegistryShards>>,
+    alerting: Alerting,
 }
 
 impl AdminApi {
-    pub(crate) fn new(core: CoreHandle, reader: Arc<Fanout<RegistryShards>>) -> Self {
-        AdminApi { core, reader }
+    pub(crate) fn new(
+        core: CoreHandle,
+        reader: Arc<Fanout<RegistryShards>>,
+        alerting: Alerting,
+    ) -> Self {
+        AdminApi {
+            core,
+            reader,
+            alerting,
+        }
     }
 
     async fn drain(
@@ -157,5 +167,33 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::MetricsResponse>, Status> {
         let answer = super::query::metrics(self.reader.as_ref(), request.into_inner()).await?;
         Ok(Response::new(answer))
+    }
+
+    type FollowAlertsStream = super::alerts::AlertStream;
+
+    async fn follow_alerts(
+        &self,
+        request: Request<proto::FollowAlertsRequest>,
+    ) -> Result<Response<Self::FollowAlertsStream>, Status> {
+        let since = request.into_inner().since;
+        Ok(Response::new(super::alerts::follow(
+            self.alerting.clone(),
+            since,
+        )))
+    }
+
+    async fn list_alerts(
+        &self,
+        request: Request<proto::ListAlertsRequest>,
+    ) -> Result<Response<proto::ListAlertsResponse>, Status> {
+        let answer = super::alerts::list(&self.alerting, request.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn reload_rules(
+        &self,
+        _request: Request<proto::ReloadRulesRequest>,
+    ) -> Result<Response<proto::ReloadRulesResponse>, Status> {
+        Ok(Response::new(super::alerts::reload(&self.alerting).await?))
     }
 }

@@ -2,6 +2,7 @@
 //! place that maps errors to `tonic::Status` and converts protobuf to domain types.
 
 pub(crate) mod admin;
+pub(crate) mod alerts;
 pub(crate) mod convert;
 pub(crate) mod node;
 pub(crate) mod query;

@@ -174,10 +174,6 @@ impl<S: ShardSource> Collector<S> {
     }
 
     /// The handle of [`RollupHealth::missed_in_a_row`], to take before [`Collector::run`].
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "for the alert engine, not wired yet")
-    )]
     pub(crate) fn health(&self) -> RollupHealth {
         self.health.clone()
     }

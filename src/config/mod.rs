@@ -14,6 +14,7 @@
 
 mod client;
 mod leader;
+mod remote_write;
 mod rules;
 mod security;
 mod state_home;
@@ -30,6 +31,7 @@ use toml::{Table, Value};
 pub use crate::transport::ssh::TransferMode;
 pub use client::{ClientConfig, ClientFlags};
 pub use leader::{LeaderConfig, LeaderFlags};
+pub use remote_write::{RemoteWriteConfig, RemoteWriteFlags};
 pub use security::{LeaderSecurityFlags, NodeSecurityFlags, TlsFlags};
 pub use worker::{FleetConfig, ShardConfig, WorkerConfig, WorkerFlags};
 

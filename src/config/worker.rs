@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::remote_write::{self, RemoteWriteConfig, RemoteWriteFlags, RemoteWriteKeys};
 use super::security::{self, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, NodeFlags, ServeFlags,
@@ -53,6 +54,8 @@ pub struct WorkerConfig {
     pub fleet: FleetConfig,
     /// Node token and TLS towards the leader (see [`crate::security`]).
     pub security: NodeSecurity,
+    /// Where the shard's samples are also shipped (`remote_write_*` keys); `None`: nowhere.
+    pub remote_write: Option<RemoteWriteConfig>,
     pub log: LogConfig,
 }
 
@@ -149,6 +152,8 @@ pub struct WorkerFlags {
     #[arg(long)]
     pub orphan_after_s: Option<u64>,
     #[command(flatten)]
+    pub remote_write: RemoteWriteFlags,
+    #[command(flatten)]
     pub log: LogFlags,
 }
 
@@ -196,6 +201,7 @@ struct FileKeys {
     shard: ShardKeys,
     fleet: FleetKeys,
     security: SecurityKeys,
+    remote_write: RemoteWriteKeys,
     log: LogSlots,
 }
 
@@ -253,9 +259,10 @@ impl FileKeys {
                 orphan_after_s: l.integer("orphan_after_s"),
             },
             security: SecurityKeys::take_node(l),
+            remote_write: RemoteWriteKeys::take(l),
             log: l.log_keys(),
         };
-        l.unknown_keys(&[KEYS, security::NODE_KEYS].concat());
+        l.unknown_keys(&[KEYS, security::NODE_KEYS, remote_write::KEYS].concat());
         keys
     }
 }
@@ -306,6 +313,7 @@ impl WorkerConfig {
         let shard = shard(&mut l, keys.shard, flags);
         let fleet = fleet(&mut l, keys.fleet, flags);
         let security = security::node(&mut l, keys.security, &flags.node.security);
+        let remote_write = remote_write::load(&mut l, keys.remote_write, &flags.remote_write);
         let log = l.log(keys.log, &flags.log);
 
         let built = match (
@@ -346,6 +354,7 @@ impl WorkerConfig {
                 shard,
                 fleet,
                 security,
+                remote_write,
                 log,
             }),
             _ => None,

@@ -42,6 +42,8 @@ pub enum WorkerError {
     Open(#[from] crate::store::StoreError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    RemoteWrite(#[from] crate::remote_write::RemoteWriteError),
     #[error(
         "--listen {0} would serve this worker's shard to anyone on the network: set token_file \
          (--token-file) to the cluster's node token, or listen on 127.0.0.1"
@@ -122,9 +124,19 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: cfg.cluster.clone().unwrap_or_default(),
         capacity: cfg.capacity,
     };
-    let store = crate::store::LocalStore::open_with(&cfg.store, cfg.shard)?;
+    let mut store = crate::store::LocalStore::open_with(&cfg.store, cfg.shard)?;
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = WorkerMetrics::new(&mut prometheus);
+    if let Some(rw) = &cfg.remote_write {
+        store = store.with_remote_queue(crate::remote_write::queue_limits(rw));
+        let rw_metrics = crate::remote_write::Metrics::new(&mut prometheus);
+        crate::remote_write::spawn(
+            store.catalog_path(),
+            rw.clone(),
+            rw_metrics,
+            shutdown.clone(),
+        )?;
+    }
     let pull = pull::PullConfig {
         poll: Duration::from_millis(cfg.poll_ms),
         settle: Duration::from_millis(cfg.settle_ms),

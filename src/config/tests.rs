@@ -113,6 +113,7 @@ fn worker_sample_is_the_defaults_plus_examples() {
             shard: ShardConfig::default(),
             fleet: FleetConfig::default(),
             security: Default::default(),
+            remote_write: None,
             log: default_log(),
         }
     );

@@ -105,48 +105,46 @@ pub(crate) fn url_rule(v: String) -> Result<String, Reason> {
     Ok(v)
 }
 
-/// Checks the remote-write keys laid over their flags; `None` when off or broken (a broken
-/// value is reported as a problem, so the load fails anyway).
-pub(super) fn load(
+/// The first remote-write key set while the URL is not (it would do nothing).
+fn stray_key(keys: &RemoteWriteKeys, flags: &RemoteWriteFlags) -> Option<&'static str> {
+    let set = |s: &Slot<i128>| matches!(s, Slot::Set(_));
+    [
+        (
+            "remote_write_queue_bytes",
+            flags.remote_write_queue_bytes.is_some() || set(&keys.queue_bytes),
+        ),
+        ("remote_write_batch_samples", set(&keys.batch_samples)),
+        ("remote_write_interval_ms", set(&keys.interval_ms)),
+        ("remote_write_max_backoff_s", set(&keys.max_backoff_s)),
+        ("remote_write_timeout_s", set(&keys.timeout_s)),
+        (
+            "remote_write_bearer_token_file",
+            matches!(keys.bearer, Slot::Set(_)),
+        ),
+        (
+            "remote_write_basic_auth_user",
+            matches!(keys.user, Slot::Set(_)),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(key, set)| set.then_some(key))
+}
+
+type Credentials = (Option<PathBuf>, Option<(String, PathBuf)>);
+
+/// A bearer token file or basic auth (user and password file), never both.
+fn credentials(
     l: &mut Loader,
-    keys: RemoteWriteKeys,
-    flags: &RemoteWriteFlags,
-) -> Option<RemoteWriteConfig> {
-    let url = merge(flags.remote_write_url.clone(), keys.url);
-    let on = matches!(url, Slot::Set(_));
-    let url = l.check("remote_write_url", url, url_rule);
-    let queue = merge_int(flags.remote_write_queue_bytes, keys.queue_bytes);
-    let queue = l.ranged::<u64>(
-        "remote_write_queue_bytes",
-        queue,
-        1 << 30,
-        (1 << 20, 1 << 40),
-    );
-    let batch = l.ranged::<usize>(
-        "remote_write_batch_samples",
-        keys.batch_samples,
-        5000,
-        (1, 1_000_000),
-    );
-    let interval = l.ranged::<u64>(
-        "remote_write_interval_ms",
-        keys.interval_ms,
-        1000,
-        (1, 600_000),
-    );
-    let backoff = l.ranged::<u64>(
-        "remote_write_max_backoff_s",
-        keys.max_backoff_s,
-        30,
-        (1, 3600),
-    );
-    let timeout = l.ranged::<u64>("remote_write_timeout_s", keys.timeout_s, 30, (1, 600));
+    bearer: Slot<PathBuf>,
+    user: Slot<String>,
+    password: Slot<PathBuf>,
+) -> Credentials {
     let bearer = l.check(
         "remote_write_bearer_token_file",
-        keys.bearer,
+        bearer,
         rules::absolute_path,
     );
-    let user = l.check("remote_write_basic_auth_user", keys.user, |v: String| {
+    let user = l.check("remote_write_basic_auth_user", user, |v: String| {
         if v.is_empty() || v.contains(':') {
             Err(Reason::from(format!(
                 "{v:?} must be non-empty and hold no ':'"
@@ -157,7 +155,7 @@ pub(super) fn load(
     });
     let password = l.check(
         "remote_write_basic_auth_password_file",
-        keys.password,
+        password,
         rules::absolute_path,
     );
     let basic = match (user, password) {
@@ -180,6 +178,39 @@ pub(super) fn load(
             "set either a bearer token or basic auth, not both",
         );
     }
+    (bearer, basic)
+}
+
+/// Checks the remote-write keys laid over their flags; `None` when off or broken (a broken
+/// value is reported as a problem, so the load fails anyway).
+pub(super) fn load(
+    l: &mut Loader,
+    keys: RemoteWriteKeys,
+    flags: &RemoteWriteFlags,
+) -> Option<RemoteWriteConfig> {
+    let stray = stray_key(&keys, flags);
+    let url = merge(flags.remote_write_url.clone(), keys.url);
+    let on = matches!(url, Slot::Set(_));
+    if let (false, Some(key)) = (on || matches!(url, Slot::Broken), stray) {
+        let why = "has no effect without remote_write_url: set it (or --remote-write-url) or drop this key";
+        l.problem(Origin::File, key, why);
+    }
+    let url = l.check("remote_write_url", url, url_rule);
+    let queue = merge_int(flags.remote_write_queue_bytes, keys.queue_bytes);
+    let queue = l.ranged::<u64>(
+        "remote_write_queue_bytes",
+        queue,
+        1 << 30,
+        (1 << 20, 1 << 40),
+    );
+    let batch = keys.batch_samples;
+    let batch = l.ranged::<usize>("remote_write_batch_samples", batch, 5000, (1, 1_000_000));
+    let interval = keys.interval_ms;
+    let interval = l.ranged::<u64>("remote_write_interval_ms", interval, 1000, (1, 600_000));
+    let backoff = keys.max_backoff_s;
+    let backoff = l.ranged::<u64>("remote_write_max_backoff_s", backoff, 30, (1, 3600));
+    let timeout = l.ranged::<u64>("remote_write_timeout_s", keys.timeout_s, 30, (1, 600));
+    let (bearer, basic) = credentials(l, keys.bearer, keys.user, keys.password);
     if !on {
         return None;
     }
@@ -194,3 +225,7 @@ pub(super) fn load(
         basic_auth: basic,
     })
 }
+
+#[cfg(test)]
+#[path = "remote_write_tests.rs"]
+mod tests;

@@ -55,7 +55,7 @@ pub struct WorkerConfig {
     /// Node token and TLS towards the leader (see [`crate::security`]).
     pub security: NodeSecurity,
     /// Where the shard's samples are also shipped (`remote_write_*` keys); `None`: nowhere.
-    pub remote_write: Option<RemoteWriteConfig>,
+    pub remote_write: Option<Box<RemoteWriteConfig>>,
     pub log: LogConfig,
 }
 
@@ -313,7 +313,8 @@ impl WorkerConfig {
         let shard = shard(&mut l, keys.shard, flags);
         let fleet = fleet(&mut l, keys.fleet, flags);
         let security = security::node(&mut l, keys.security, &flags.node.security);
-        let remote_write = remote_write::load(&mut l, keys.remote_write, &flags.remote_write);
+        let remote_write =
+            remote_write::load(&mut l, keys.remote_write, &flags.remote_write).map(Box::new);
         let log = l.log(keys.log, &flags.log);
 
         let built = match (

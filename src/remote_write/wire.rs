@@ -147,17 +147,17 @@ fn compress(raw: &[u8]) -> Vec<u8> {
 /// One request body out of queued pieces. Repeated protobuf fields concatenate, so the
 /// decompressed pieces laid end to end are one `WriteRequest` with all their series.
 pub(crate) fn join(pieces: &[Vec<u8>]) -> Result<Vec<u8>, WireError> {
-    if let [one] = pieces {
-        // Checked all the same: a damaged piece is refused here, not by the receiver.
-        snap::raw::decompress_len(one)?;
-        return Ok(one.clone());
-    }
+    // Decompressed even when one piece goes as it is: a damaged piece is refused here, where
+    // the log can say so, not by the receiver.
     let mut raw = Vec::new();
     let mut decoder = snap::raw::Decoder::new();
     for p in pieces {
         raw.extend_from_slice(&decoder.decompress_vec(p)?);
     }
-    Ok(compress(&raw))
+    match pieces {
+        [one] => Ok(one.clone()),
+        _ => Ok(compress(&raw)),
+    }
 }
 
 #[cfg(test)]

@@ -124,19 +124,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: cfg.cluster.clone().unwrap_or_default(),
         capacity: cfg.capacity,
     };
-    let mut store = crate::store::LocalStore::open_with(&cfg.store, cfg.shard)?;
+    let store = crate::store::LocalStore::open_with(&cfg.store, cfg.shard)?;
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = WorkerMetrics::new(&mut prometheus);
-    if let Some(rw) = &cfg.remote_write {
-        store = store.with_remote_queue(crate::remote_write::queue_limits(rw));
-        let rw_metrics = crate::remote_write::Metrics::new(&mut prometheus);
-        crate::remote_write::spawn(
-            store.catalog_path(),
-            rw.clone(),
-            rw_metrics,
-            shutdown.clone(),
-        )?;
-    }
+    let store = start_remote_write(&cfg, store, &mut prometheus, &shutdown)?;
     let pull = pull::PullConfig {
         poll: Duration::from_millis(cfg.poll_ms),
         settle: Duration::from_millis(cfg.settle_ms),
@@ -204,6 +195,24 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     .await?;
     info!(worker = %cfg.id, "worker stopped");
     Ok(())
+}
+
+/// With `remote_write_url` set: the store queues each commit's samples and the shipper
+/// drains the queue (see `remote_write`).
+fn start_remote_write(
+    cfg: &WorkerConfig,
+    store: crate::store::LocalStore,
+    prometheus: &mut prometheus_client::registry::Registry,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<crate::store::LocalStore, WorkerError> {
+    let Some(rw) = &cfg.remote_write else {
+        return Ok(store);
+    };
+    let store = store.with_remote_queue(crate::remote_write::queue_limits(rw));
+    let metrics = crate::remote_write::Metrics::new(prometheus);
+    let catalog = store.catalog_path();
+    crate::remote_write::spawn(catalog, (**rw).clone(), metrics, shutdown.clone())?;
+    Ok(store)
 }
 
 /// How often the time-series shard is sealed and trimmed to its retention.

@@ -29,6 +29,30 @@ struct Victoria {
 impl Victoria {
     /// Starts victoria-metrics on `addr` with its data in `data` and waits for `/health`.
     fn start(addr: &str, data: &Path) -> Victoria {
+        let v = Victoria::spawn(addr, data, &[]);
+        wait_until(Duration::from_secs(30), "victoria-metrics /health", || {
+            http_get(&v.addr, "/health").filter(|(code, _)| *code == 200)
+        });
+        v
+    }
+
+    /// Starts victoria-metrics with extra flags and waits until it accepts connections.
+    fn start_tls(addr: &str, data: &Path, cert: &Path, key: &Path) -> Victoria {
+        let tls = [
+            "-tls".to_owned(),
+            format!("-tlsCertFile={}", cert.display()),
+            format!("-tlsKeyFile={}", key.display()),
+        ];
+        let v = Victoria::spawn(addr, data, &tls);
+        wait_until(
+            Duration::from_secs(30),
+            "victoria-metrics listening",
+            || std::net::TcpStream::connect(&v.addr).ok(),
+        );
+        v
+    }
+
+    fn spawn(addr: &str, data: &Path, extra: &[String]) -> Victoria {
         let log = data.with_extension("log");
         let out = std::fs::File::create(&log).expect("victoria log");
         let err = out.try_clone().expect("clone log");
@@ -36,6 +60,7 @@ impl Victoria {
             .arg(format!("-httpListenAddr={addr}"))
             .arg(format!("-storageDataPath={}", data.display()))
             .args(["-retentionPeriod=10y", "-search.latencyOffset=0s"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -43,15 +68,11 @@ impl Victoria {
             .unwrap_or_else(|e| {
                 panic!("cannot start {VICTORIA} ({e}); scripts/test.sh installs victoria-metrics")
             });
-        let v = Victoria {
+        Victoria {
             child,
             addr: addr.to_owned(),
             log,
-        };
-        wait_until(Duration::from_secs(30), "victoria-metrics /health", || {
-            http_get(&v.addr, "/health").filter(|(code, _)| *code == 200)
-        });
-        v
+        }
     }
 
     /// Makes what was ingested searchable now (victoria buffers recent rows).
@@ -151,9 +172,13 @@ fn produce(dir: &Path, from_s: i64, files: usize) -> u64 {
 
 /// A worker config sending to `addr` with short pauses (the test's time is bounded).
 fn worker_config(dir: &Path, addr: &str) -> String {
+    worker_config_with(dir, &format!("http://{addr}"), "")
+}
+
+fn worker_config_with(dir: &Path, base: &str, extra: &str) -> String {
     let path = dir.join("worker-rw.toml");
     let text = format!(
-        "remote_write_url = \"http://{addr}/api/v1/write\"\n\
+        "{extra}remote_write_url = \"{base}/api/v1/write\"\n\
          remote_write_interval_ms = 200\n\
          remote_write_max_backoff_s = 1\n\
          remote_write_batch_samples = 100\n"
@@ -316,4 +341,75 @@ fn samples_wait_on_disk_while_the_receiver_is_down_and_arrive_whole() {
         vm.instant(query, at).filter(|n| *n >= written as f64)
     });
     assert_eq!(counted, written as f64, "each sample once, none lost");
+}
+
+/// A CA and a certificate for 127.0.0.1 it signs, as PEM files: (ca, cert, key).
+fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "remote-write test CA");
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let issuer = rcgen::CertifiedIssuer::self_signed(params, ca_key).expect("CA");
+    let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(names)
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("sign");
+    let paths = (dir.join("ca.pem"), dir.join("vm.pem"), dir.join("vm.key"));
+    std::fs::write(&paths.0, issuer.pem()).expect("write CA");
+    std::fs::write(&paths.1, cert.pem()).expect("write cert");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
+    paths
+}
+
+#[test]
+fn https_receivers_are_checked_against_the_configured_ca() {
+    let sshd = Sshd::start();
+    let mut cluster = Cluster::start(500, 1500);
+    let (ca, cert, key) = pki(cluster.dir.path());
+    let vm = Victoria::start_tls(
+        &free_addr(),
+        &cluster.dir.path().join("victoria"),
+        &cert,
+        &key,
+    );
+    let extra = format!("remote_write_tls_ca = \"{}\"\n", ca.display());
+    let config = worker_config_with(cluster.dir.path(), &format!("https://{}", vm.addr), &extra);
+    let metrics = start_worker(&mut cluster, &config);
+    cluster.wait_alive(1);
+    let dir = add_client(&cluster, &sshd);
+    let from_s = (sqd::clock::unix_ms() / 1000 / 60 - 120) * 60;
+    let written = produce(&dir, from_s, 2);
+    wait_until(
+        Duration::from_secs(60),
+        "every sample shipped over TLS",
+        || {
+            (rw_metric(&metrics, "sent_samples_total") == Some(written as f64)
+                && rw_metric(&metrics, "queued_samples") == Some(0.0))
+            .then_some(())
+        },
+    );
+    // The same receiver through the system's CAs, which do not know ours: nothing goes.
+    if let Some(w) = cluster.workers.get_mut("w1") {
+        w.kill9();
+    }
+    let config = worker_config_with(cluster.dir.path(), &format!("https://{}", vm.addr), "");
+    let metrics = start_worker(&mut cluster, &config);
+    let more = produce(&dir, from_s + 3600, 1);
+    wait_until(
+        Duration::from_secs(60),
+        "the untrusted receiver refused by TLS",
+        || {
+            (rw_metric(&metrics, "queued_samples") == Some(more as f64)
+                && rw_metric(&metrics, "failing") == Some(1.0))
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        rw_metric(&metrics, "sent_samples_total"),
+        Some(written as f64)
+    );
 }

@@ -12,8 +12,11 @@ use super::{Loader, Origin, Slot, Sourced, merge, merge_int, rules};
 /// Remote-write settings; present only when `remote_write_url` is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteWriteConfig {
-    /// Key `remote_write_url`: `http://HOST[:PORT]/PATH` of a remote-write receiver.
+    /// Key `remote_write_url`: `http[s]://HOST[:PORT]/PATH` of a remote-write receiver.
     pub url: String,
+    /// Key `remote_write_tls_ca`, default the system's bundle: the CAs an https receiver's
+    /// certificate is checked against (PEM).
+    pub tls_ca: PathBuf,
     /// Key `remote_write_queue_bytes`, default 1 GiB: most bytes of queued (compressed)
     /// samples in the store; beyond it a commit's samples are not exported (counted, logged).
     pub queue_bytes: u64,
@@ -41,7 +44,11 @@ pub(super) const KEYS: &[&str] = &[
     "remote_write_bearer_token_file",
     "remote_write_basic_auth_user",
     "remote_write_basic_auth_password_file",
+    "remote_write_tls_ca",
 ];
+
+/// Debian's bundle of the system's trusted CAs (package ca-certificates).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The remote-write flags of `sqd --mode worker`.
 #[derive(Debug, Clone, Default, Args)]
@@ -66,6 +73,7 @@ pub(super) struct RemoteWriteKeys {
     bearer: Slot<PathBuf>,
     user: Slot<String>,
     password: Slot<PathBuf>,
+    tls_ca: Slot<PathBuf>,
 }
 
 impl RemoteWriteKeys {
@@ -80,24 +88,18 @@ impl RemoteWriteKeys {
             bearer: l.path("remote_write_bearer_token_file"),
             user: l.string("remote_write_basic_auth_user"),
             password: l.path("remote_write_basic_auth_password_file"),
+            tls_ca: l.path("remote_write_tls_ca"),
         }
     }
 }
 
-/// `http://HOST[:PORT][/PATH]`; https is refused with what to do instead.
+/// `http[s]://HOST[:PORT][/PATH]`.
 pub(crate) fn url_rule(v: String) -> Result<String, Reason> {
     let uri: hyper::Uri = v
         .parse()
         .map_err(|e| Reason::from(format!("{v:?} is not a URL ({e})")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{v:?}: https is not supported yet; use http:// on a trusted network or a local TLS proxy"
-            )
-            .into());
-        }
-        _ => return Err(format!("{v:?} must start with http://").into()),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("{v:?} must start with http:// or https://").into());
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{v:?} names no host").into());
@@ -125,6 +127,7 @@ fn stray_key(keys: &RemoteWriteKeys, flags: &RemoteWriteFlags) -> Option<&'stati
             "remote_write_basic_auth_user",
             matches!(keys.user, Slot::Set(_)),
         ),
+        ("remote_write_tls_ca", matches!(keys.tls_ca, Slot::Set(_))),
     ]
     .into_iter()
     .find_map(|(key, set)| set.then_some(key))
@@ -211,11 +214,14 @@ pub(super) fn load(
     let backoff = l.ranged::<u64>("remote_write_max_backoff_s", backoff, 30, (1, 3600));
     let timeout = l.ranged::<u64>("remote_write_timeout_s", keys.timeout_s, 30, (1, 600));
     let (bearer, basic) = credentials(l, keys.bearer, keys.user, keys.password);
+    let ca = keys.tls_ca.or_default(PathBuf::from(SYSTEM_CA_BUNDLE));
+    let ca = l.check("remote_write_tls_ca", ca, rules::absolute_path);
     if !on {
         return None;
     }
     Some(RemoteWriteConfig {
         url: url?.value,
+        tls_ca: ca?.value,
         queue_bytes: queue?.value,
         batch_samples: batch?.value,
         interval_ms: interval?.value,

@@ -149,7 +149,7 @@ pub(crate) fn spawn(
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), RemoteWriteError> {
-    let endpoint = http::Endpoint::new(&cfg.url, authorization(&cfg)?)?;
+    let endpoint = http::Endpoint::new(&cfg.url, authorization(&cfg)?, &cfg.tls_ca)?;
     let queue_err = |source| RemoteWriteError::Queue {
         path: catalog.to_owned(),
         source,

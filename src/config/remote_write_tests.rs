@@ -62,6 +62,24 @@ fn keys_are_read_and_the_flag_wins() {
 }
 
 #[test]
+fn https_is_accepted_with_a_ca_file() {
+    let text = "remote_write_tls_ca = \"/etc/sqd/ca.pem\"\n";
+    let rw = load(text, Some("https://tsdb.example:8443/api/v1/write"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .remote_write
+        .unwrap_or_else(|| panic!("on"));
+    assert_eq!(rw.tls_ca, std::path::PathBuf::from("/etc/sqd/ca.pem"));
+    let p = problems(load(
+        "remote_write_tls_ca = \"ca.pem\"\n",
+        Some("https://a/w"),
+    ));
+    assert!(
+        p.contains("remote_write_tls_ca") && p.contains("absolute"),
+        "{p}"
+    );
+}
+
+#[test]
 fn bad_values_are_named() {
     for (url, says) in [
         ("ftp://x/", "must start with http://"),

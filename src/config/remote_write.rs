@@ -54,7 +54,8 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 #[derive(Debug, Clone, Default, Args)]
 pub struct RemoteWriteFlags {
     /// Also ship every sample committed into this worker's shard to this Prometheus
-    /// remote-write receiver (http://HOST:PORT/PATH, e.g. VictoriaMetrics' /api/v1/write).
+    /// remote-write receiver (http[s]://HOST:PORT/PATH, e.g. VictoriaMetrics' /api/v1/write;
+    /// https checks the receiver against remote_write_tls_ca, default the system's CAs).
     #[arg(long, value_name = "URL")]
     pub remote_write_url: Option<String>,
     /// Most bytes of samples queued on disk for the receiver (default 1073741824); beyond it

@@ -20,6 +20,7 @@
 //! - [`transport`]: SSH/SFTP to producing hosts and batch mode's protocol.
 //! - [`stats`]: the stats inside the files: parsers, the time-series shard, queries, PromQL.
 //! - [`alerts`]: alert rules, the alert state machine and notifications (pure).
+//! - `remote_write`: ships the shard's new samples to a Prometheus remote-write receiver.
 //! - [`spec`]: a client's settings and name rules.
 //! - [`text`]: long values cut and causes named once in user-facing messages.
 
@@ -39,6 +40,7 @@ pub(crate) mod log_gate;
 pub mod metrics;
 pub mod node;
 pub mod proto;
+pub(crate) mod remote_write;
 pub mod security;
 pub mod services;
 pub mod spec;

@@ -15,6 +15,7 @@
 mod client;
 mod discovery;
 mod leader;
+mod remote_write;
 mod rules;
 mod security;
 mod state_home;
@@ -32,6 +33,7 @@ pub use crate::transport::ssh::TransferMode;
 pub use client::{ClientConfig, ClientFlags};
 pub use discovery::{DiscoveryFlags, LeaderDiscoveryFlags};
 pub use leader::{LeaderConfig, LeaderFlags};
+pub use remote_write::{RemoteWriteConfig, RemoteWriteFlags};
 pub use security::{LeaderSecurityFlags, NodeSecurityFlags, TlsFlags};
 pub use worker::{FleetConfig, ShardConfig, WorkerConfig, WorkerFlags};
 

@@ -118,6 +118,7 @@ fn worker_sample_is_the_defaults_plus_examples() {
             fleet: FleetConfig::default(),
             security: Default::default(),
             discovery: None,
+            remote_write: None,
             log: default_log(),
         }
     );

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::discovery::{self, DiscoveryKeys};
+use super::remote_write::{self, RemoteWriteConfig, RemoteWriteFlags, RemoteWriteKeys};
 use super::security::{self, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, NodeFlags, ServeFlags,
@@ -57,6 +58,8 @@ pub struct WorkerConfig {
     pub fleet: FleetConfig,
     /// Node token and TLS towards the leader (see [`crate::security`]).
     pub security: NodeSecurity,
+    /// Where the shard's samples are also shipped (`remote_write_*` keys); `None`: nowhere.
+    pub remote_write: Option<Box<RemoteWriteConfig>>,
     pub log: LogConfig,
 }
 
@@ -153,6 +156,8 @@ pub struct WorkerFlags {
     #[arg(long)]
     pub orphan_after_s: Option<u64>,
     #[command(flatten)]
+    pub remote_write: RemoteWriteFlags,
+    #[command(flatten)]
     pub log: LogFlags,
 }
 
@@ -201,6 +206,7 @@ struct FileKeys {
     fleet: FleetKeys,
     security: SecurityKeys,
     discovery: DiscoveryKeys,
+    remote_write: RemoteWriteKeys,
     log: LogSlots,
 }
 
@@ -259,9 +265,18 @@ impl FileKeys {
             },
             security: SecurityKeys::take_node(l),
             discovery: DiscoveryKeys::take(l, false),
+            remote_write: RemoteWriteKeys::take(l),
             log: l.log_keys(),
         };
-        l.unknown_keys(&[KEYS, security::NODE_KEYS, discovery::KEYS].concat());
+        l.unknown_keys(
+            &[
+                KEYS,
+                security::NODE_KEYS,
+                discovery::KEYS,
+                remote_write::KEYS,
+            ]
+            .concat(),
+        );
         keys
     }
 }
@@ -313,6 +328,8 @@ impl WorkerConfig {
         let fleet = fleet(&mut l, keys.fleet, flags);
         let security = security::node(&mut l, keys.security, &flags.node.security);
         let discovery = node_discovery(&mut l, keys.discovery, &flags.node, &leader, &security);
+        let remote_write =
+            remote_write::load(&mut l, keys.remote_write, &flags.remote_write).map(Box::new);
         let log = l.log(keys.log, &flags.log);
 
         let built = match (
@@ -354,6 +371,7 @@ impl WorkerConfig {
                 fleet,
                 security,
                 discovery,
+                remote_write,
                 log,
             }),
             _ => None,

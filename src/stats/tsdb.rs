@@ -221,6 +221,19 @@ pub fn write_file(
     file: &FileSamples,
     limits: Limits,
 ) -> Result<WriteReport, TsdbError> {
+    write_file_with(tx, cache, client, file, limits, &mut |_, _| {})
+}
+
+/// [`write_file`], handing each series' written samples (sorted, too-old ones left out) to
+/// `kept` — what the remote-write queue must ship, no more.
+pub fn write_file_with(
+    tx: &Connection,
+    cache: &mut SeriesCache,
+    client: &str,
+    file: &FileSamples,
+    limits: Limits,
+    kept_by: &mut dyn FnMut(&SeriesKey, &Samples),
+) -> Result<WriteReport, TsdbError> {
     cache.load(tx)?;
     let mut report = WriteReport::default();
     let mut bump =
@@ -256,6 +269,7 @@ pub fn write_file(
         let Some(p) = kept.partial() else { continue };
         insert(tx, info.id, &kept, Encoding::Raw)?;
         bump.execute(params![info.id, p.last_ts])?;
+        kept_by(key, &kept);
         report.samples += p.count;
     }
     for (metric, kind) in &file.kinds {

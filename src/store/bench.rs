@@ -61,14 +61,23 @@ pub struct BenchShard {
 
 impl BenchShard {
     /// Opens (creating) a store at `root`; samples older than their series' newest minus
-    /// `ooo_window_s` are sealed by [`BenchShard::seal`].
+    /// `ooo_window_s` are sealed by [`BenchShard::seal`]. `SQD_BENCH_REMOTE_WRITE` set: the
+    /// remote-write outbox is on.
     pub fn open(root: &Path, ooo_window_s: u64) -> Result<BenchShard, BenchError> {
         let config = ShardConfig {
             ooo_window_s,
             ..ShardConfig::default()
         };
+        let mut store = LocalStore::open_with(root, config)?;
+        // The commit path with remote-write on (its outbox enqueue) when asked.
+        if std::env::var_os("SQD_BENCH_REMOTE_WRITE").is_some() {
+            store = store.with_remote_queue(super::outbox::QueueLimits {
+                max_bytes: 1 << 40,
+                piece_samples: 5000,
+            });
+        }
         Ok(BenchShard {
-            store: LocalStore::open_with(root, config)?,
+            store,
             root: root.to_path_buf(),
             seq: 0,
         })

@@ -93,6 +93,17 @@ impl LocalStore {
         Ok(store)
     }
 
+    /// Turns on the remote-write outbox (see `store::outbox`) before the first commit.
+    pub(crate) fn with_remote_queue(mut self, limits: super::outbox::QueueLimits) -> Self {
+        self.shard.enable_outbox(limits);
+        self
+    }
+
+    /// The catalog's path: the remote-write shipper reads the outbox on its own connection.
+    pub(crate) fn catalog_path(&self) -> &Path {
+        &self.catalog_path
+    }
+
     pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }

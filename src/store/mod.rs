@@ -5,6 +5,7 @@
 #[doc(hidden)]
 pub mod bench;
 pub(crate) mod local;
+pub(crate) mod outbox;
 pub(crate) mod rollup;
 pub(crate) mod shard;
 

@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::outbox::{self, QueueLimits};
 use super::{FileMeta, Staged, StoreError};
 use crate::config::ShardConfig;
 use crate::spec::{BadIngestSpec, IngestSpec};
@@ -191,6 +192,8 @@ pub(crate) struct Shard {
     config: ShardConfig,
     catalog: PathBuf,
     maintenance: Mutex<Option<Connection>>,
+    /// Set when remote-write is on: a commit's new samples also go to the outbox.
+    outbox: Option<QueueLimits>,
 }
 
 /// What one [`Shard::maintain`] pass did.
@@ -209,12 +212,19 @@ impl Shard {
         config: ShardConfig,
     ) -> rusqlite::Result<Shard> {
         conn.execute_batch(tsdb::SCHEMA)?;
+        conn.execute_batch(outbox::SCHEMA)?;
         Ok(Shard {
             cache: Mutex::new(SeriesCache::default()),
             config,
             catalog: catalog.to_owned(),
             maintenance: Mutex::new(None),
+            outbox: None,
         })
+    }
+
+    /// Turns the remote-write outbox on: commits from now on enqueue their new samples.
+    pub(crate) fn enable_outbox(&mut self, limits: QueueLimits) {
+        self.outbox = Some(limits);
     }
 
     /// The series cache. Commits take it before their transaction begins and maintenance
@@ -260,10 +270,21 @@ impl Shard {
             }
         }
         let mut samples = BTreeMap::new();
+        let mut kept: Vec<(SeriesKey, Samples)> = Vec::new();
+        let mut keep = |key: &SeriesKey, s: &Samples| {
+            if self.outbox.is_some() {
+                kept.push((key.clone(), s.clone()));
+            }
+        };
         for (client, file) in &merged {
-            let report =
-                tsdb::write_file(tx, cache, client, file, limits).map_err(|e| self.err(e))?;
+            let report = tsdb::write_file_with(tx, cache, client, file, limits, &mut keep)
+                .map_err(|e| self.err(e))?;
             samples.insert((*client).to_owned(), report.samples);
+        }
+        if let Some(queue) = self.outbox {
+            // Same transaction as the rows and samples: in the shard means in the queue.
+            outbox::enqueue(tx, queue, &kept, crate::clock::unix_ms())
+                .map_err(|e| self.err(e.into()))?;
         }
         Ok(samples)
     }

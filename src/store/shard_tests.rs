@@ -232,3 +232,66 @@ fn roll_up_counters_count_what_a_commit_inserted() {
         (1, B.len() as u64, 1, 1, 0)
     );
 }
+
+/// What the remote-write outbox holds: (queued samples, dropped samples).
+fn outbox_counts(store: &LocalStore) -> (u64, u64) {
+    let s = super::super::outbox::stats(&store.conn()).unwrap();
+    (s.queued_samples, s.dropped_samples)
+}
+
+#[test]
+fn the_outbox_gets_exactly_the_samples_a_commit_added() {
+    use super::super::outbox::QueueLimits;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = QueueLimits {
+        max_bytes: 1 << 20,
+        piece_samples: 2,
+    };
+    let store = LocalStore::open(dir.path())
+        .unwrap()
+        .with_remote_queue(limits);
+    let batch = vec![
+        stage(&store, "c", b"a.jsonl", A, 1),
+        stage(&store, "c", b"b.jsonl", B, 2),
+    ];
+    store.commit_batch("w", 1, batch, &auto()).unwrap();
+    assert_eq!(
+        outbox_counts(&store),
+        (4, 0),
+        "the shard's 4 samples, queued"
+    );
+    let pieces: i64 = store
+        .conn()
+        .query_row("SELECT COUNT(*) FROM rw_outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(pieces, 2, "cut at piece_samples");
+    // A re-committed file adds nothing to the shard, so nothing to the queue.
+    let again = vec![stage(&store, "c", b"a.jsonl", A, 3)];
+    store.commit_batch("w", 2, again, &auto()).unwrap();
+    assert_eq!(outbox_counts(&store), (4, 0));
+    // Without the queue turned on (remote-write off), commits queue nothing.
+    drop(store);
+    let store = LocalStore::open(dir.path()).unwrap();
+    let more = b"{\"ts\": 1700000020, \"host\": \"a\", \"cpu\": 3}\n";
+    let batch = vec![stage(&store, "c", b"c.jsonl", more, 5)];
+    store.commit_batch("w", 3, batch, &auto()).unwrap();
+    assert_eq!(outbox_counts(&store), (4, 0));
+}
+
+#[test]
+fn a_full_outbox_drops_counted_while_the_shard_keeps_the_samples() {
+    use super::super::outbox::QueueLimits;
+    let dir = tempfile::tempdir().unwrap();
+    // Too small for any piece: everything is dropped from the export, and counted.
+    let limits = QueueLimits {
+        max_bytes: 1,
+        piece_samples: 100,
+    };
+    let store = LocalStore::open(dir.path())
+        .unwrap()
+        .with_remote_queue(limits);
+    let batch = vec![stage(&store, "c", b"a.jsonl", A, 1)];
+    store.commit_batch("w", 1, batch, &auto()).unwrap();
+    assert_eq!(samples(&store), 3);
+    assert_eq!(outbox_counts(&store), (0, 3));
+}

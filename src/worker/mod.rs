@@ -44,6 +44,8 @@ pub enum WorkerError {
     Open(#[from] crate::store::StoreError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    RemoteWrite(#[from] crate::remote_write::RemoteWriteError),
     #[error(
         "--listen {0} would serve this worker's shard to anyone on the network: set token_file \
          (--token-file) to the cluster's node token, or listen on 127.0.0.1"
@@ -137,6 +139,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = WorkerMetrics::new(&mut prometheus);
     let leader = find_leader(&cfg, &ident, &mut prometheus, shutdown.clone())?;
+    let store = start_remote_write(&cfg, store, &mut prometheus, &shutdown)?;
     let pull = pull::PullConfig {
         poll: Duration::from_millis(cfg.poll_ms),
         settle: Duration::from_millis(cfg.settle_ms),
@@ -225,6 +228,24 @@ fn find_leader(
         metrics,
         shutdown,
     )
+}
+
+/// With `remote_write_url` set: the store queues each commit's samples and the shipper
+/// drains the queue (see `remote_write`).
+fn start_remote_write(
+    cfg: &WorkerConfig,
+    store: crate::store::LocalStore,
+    prometheus: &mut prometheus_client::registry::Registry,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<crate::store::LocalStore, WorkerError> {
+    let Some(rw) = &cfg.remote_write else {
+        return Ok(store);
+    };
+    let store = store.with_remote_queue(crate::remote_write::queue_limits(rw));
+    let metrics = crate::remote_write::Metrics::new(prometheus);
+    let catalog = store.catalog_path();
+    crate::remote_write::spawn(catalog, (**rw).clone(), metrics, shutdown.clone())?;
+    Ok(store)
 }
 
 /// How often the time-series shard is sealed and trimmed to its retention.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::host_metrics::{self, HostMetricsConfig, HostMetricsFlags};
 use super::security::{self, SecurityKeys};
 use super::{
     ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, NodeFlags, Slot, merge, merge_int, rules,
@@ -24,6 +25,8 @@ pub struct ClientConfig {
     pub watch: PathBuf,
     /// Node token and TLS towards the leader (see [`crate::security`]).
     pub security: NodeSecurity,
+    /// Host sampling; the disk value is that of the watched directory.
+    pub host_metrics: HostMetricsConfig,
     pub log: LogConfig,
 }
 
@@ -41,6 +44,8 @@ pub struct ClientFlags {
     /// Backlog age in seconds that makes the agent complain (default 60).
     #[arg(long)]
     pub complain_after_s: Option<u64>,
+    #[command(flatten)]
+    pub host_metrics: HostMetricsFlags,
     #[command(flatten)]
     pub log: LogFlags,
 }
@@ -64,8 +69,9 @@ impl ClientConfig {
         let watch: Slot<PathBuf> = l.path("watch");
         let complain = l.integer("complain_after_s");
         let security_keys = SecurityKeys::take_node(&mut l);
+        let host_keys = l.host_metrics_keys();
         let log = l.log_keys();
-        l.unknown_keys(&[KEYS, security::NODE_KEYS].concat());
+        l.unknown_keys(&[KEYS, security::NODE_KEYS, host_metrics::NODE_KEYS].concat());
 
         let name = l.require("name", "--name NAME", merge(flags.name.clone(), name));
         let name = l.check("name", name, |v| rules::name(v, CLIENT_NAME_MAX));
@@ -76,16 +82,19 @@ impl ClientConfig {
         let complain = merge_int(flags.complain_after_s, complain);
         let complain = l.ranged::<u64>("complain_after_s", complain, 60, (1, 86_400));
         let security = security::node(&mut l, security_keys, &flags.node.security);
+        let host_metrics = l.host_metrics(host_keys, &flags.host_metrics);
         let log = l.log(log, &flags.log);
 
+        let log = host_metrics.zip(log);
         let built = match (name, leader, watch, complain, log) {
-            (Some(name), Some(leader), Some(watch), Some(complain), Some(log)) => {
+            (Some(name), Some(leader), Some(watch), Some(complain), Some((host_metrics, log))) => {
                 Some(ClientConfig {
                     complain_after: Duration::from_secs(complain.value),
                     name: name.value,
                     leader: leader.value,
                     watch: watch.value,
                     security,
+                    host_metrics,
                     log,
                 })
             }

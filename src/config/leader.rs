@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::host_metrics::{self, EmitterConfig, EmitterFlags, HostMetricsConfig, HostMetricsFlags};
 use super::security::{self, LeaderSecurityFlags, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, ServeFlags, Slot,
@@ -37,6 +38,10 @@ pub struct LeaderConfig {
     pub max_moves_per_tick: usize,
     /// Tokens, TLS and `allow_insecure` (see [`crate::security`]).
     pub security: LeaderSecurity,
+    /// The leader's own host sampling.
+    pub host_metrics: HostMetricsConfig,
+    /// What the leader keeps of every emitter.
+    pub emitters: EmitterConfig,
     pub log: LogConfig,
 }
 
@@ -64,6 +69,10 @@ pub struct LeaderFlags {
     pub grace_ms: Option<u64>,
     #[command(flatten)]
     pub security: LeaderSecurityFlags,
+    #[command(flatten)]
+    pub host_metrics: HostMetricsFlags,
+    #[command(flatten)]
+    pub emitters: EmitterFlags,
     #[command(flatten)]
     pub log: LogFlags,
 }
@@ -100,6 +109,8 @@ struct FileKeys {
     grace: Slot<i128>,
     moves: Slot<i128>,
     security: SecurityKeys,
+    host_metrics: host_metrics::HostSlots,
+    emitters: host_metrics::EmitterSlots,
     log: LogSlots,
 }
 
@@ -116,9 +127,11 @@ impl FileKeys {
             grace: l.integer("grace_ms"),
             moves: l.integer("max_moves_per_tick"),
             security: SecurityKeys::take_leader(l),
+            host_metrics: l.host_metrics_keys(),
+            emitters: l.emitter_keys(),
             log: l.log_keys(),
         };
-        l.unknown_keys(&[KEYS, security::LEADER_KEYS].concat());
+        l.unknown_keys(&[KEYS, security::LEADER_KEYS, host_metrics::LEADER_KEYS].concat());
         keys
     }
 }
@@ -166,8 +179,11 @@ impl LeaderConfig {
         );
         let moves = l.ranged("max_moves_per_tick", keys.moves, 8, MAX_MOVES_PER_TICK);
         let security = security::leader(&mut l, keys.security, &flags.security);
+        let host_metrics = l.host_metrics(keys.host_metrics, &flags.host_metrics);
+        let emitters = l.emitters(keys.emitters, &flags.emitters);
         let log = l.log(keys.log, &flags.log);
 
+        let log = host_metrics.zip(emitters).zip(log);
         let built = match (listen, state_dir, cluster, timing, moves, log) {
             (
                 Some(listen),
@@ -175,8 +191,10 @@ impl LeaderConfig {
                 Some(cluster),
                 Some(timing),
                 Some(moves),
-                Some(log),
+                Some(((host_metrics, emitters), log)),
             ) => Some(LeaderConfig {
+                host_metrics,
+                emitters,
                 listen: listen.value,
                 metrics: Sourced::value_of(metrics),
                 query_listen: Sourced::value_of(query_listen),

@@ -13,6 +13,7 @@
 //! [`crate::cli`]) and its loading steps are in `leader.rs`, `worker.rs` and `client.rs`.
 
 mod client;
+mod host_metrics;
 mod leader;
 mod rules;
 mod security;
@@ -29,6 +30,7 @@ use toml::{Table, Value};
 
 pub use crate::transport::ssh::TransferMode;
 pub use client::{ClientConfig, ClientFlags};
+pub use host_metrics::{EmitterConfig, EmitterFlags, HostMetricsConfig, HostMetricsFlags};
 pub use leader::{LeaderConfig, LeaderFlags};
 pub use security::{LeaderSecurityFlags, NodeSecurityFlags, TlsFlags};
 pub use worker::{FleetConfig, ShardConfig, WorkerConfig, WorkerFlags};

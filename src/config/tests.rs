@@ -58,7 +58,19 @@ fn default_leader() -> LeaderConfig {
         grace_ms: 500,
         max_moves_per_tick: 8,
         security: Default::default(),
+        host_metrics: default_host_metrics(),
+        emitters: crate::config::EmitterConfig {
+            keep: 10,
+            forget_after_ms: 3_600_000,
+        },
         log: default_log(),
+    }
+}
+
+fn default_host_metrics() -> crate::config::HostMetricsConfig {
+    crate::config::HostMetricsConfig {
+        interval_ms: 10_000,
+        host: crate::hostmetrics::default_host_name(),
     }
 }
 
@@ -113,6 +125,7 @@ fn worker_sample_is_the_defaults_plus_examples() {
             shard: ShardConfig::default(),
             fleet: FleetConfig::default(),
             security: Default::default(),
+            host_metrics: default_host_metrics(),
             log: default_log(),
         }
     );
@@ -130,6 +143,7 @@ fn client_sample_is_the_defaults_plus_examples() {
             leader: "127.0.0.1:7070".into(),
             watch: "/var/stats".into(),
             security: Default::default(),
+            host_metrics: default_host_metrics(),
             log: default_log(),
         }
     );

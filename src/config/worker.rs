@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::host_metrics::{self, HostMetricsConfig, HostMetricsFlags};
 use super::security::{self, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, NodeFlags, ServeFlags,
@@ -53,6 +54,8 @@ pub struct WorkerConfig {
     pub fleet: FleetConfig,
     /// Node token and TLS towards the leader (see [`crate::security`]).
     pub security: NodeSecurity,
+    /// Host sampling; the disk value is that of the store's filesystem.
+    pub host_metrics: HostMetricsConfig,
     pub log: LogConfig,
 }
 
@@ -149,6 +152,8 @@ pub struct WorkerFlags {
     #[arg(long)]
     pub orphan_after_s: Option<u64>,
     #[command(flatten)]
+    pub host_metrics: HostMetricsFlags,
+    #[command(flatten)]
     pub log: LogFlags,
 }
 
@@ -196,6 +201,7 @@ struct FileKeys {
     shard: ShardKeys,
     fleet: FleetKeys,
     security: SecurityKeys,
+    host_metrics: host_metrics::HostSlots,
     log: LogSlots,
 }
 
@@ -253,9 +259,10 @@ impl FileKeys {
                 orphan_after_s: l.integer("orphan_after_s"),
             },
             security: SecurityKeys::take_node(l),
+            host_metrics: l.host_metrics_keys(),
             log: l.log_keys(),
         };
-        l.unknown_keys(&[KEYS, security::NODE_KEYS].concat());
+        l.unknown_keys(&[KEYS, security::NODE_KEYS, host_metrics::NODE_KEYS].concat());
         keys
     }
 }
@@ -306,8 +313,10 @@ impl WorkerConfig {
         let shard = shard(&mut l, keys.shard, flags);
         let fleet = fleet(&mut l, keys.fleet, flags);
         let security = security::node(&mut l, keys.security, &flags.node.security);
+        let host_metrics = l.host_metrics(keys.host_metrics, &flags.host_metrics);
         let log = l.log(keys.log, &flags.log);
 
+        let log = host_metrics.zip(log);
         let built = match (
             id,
             leader,
@@ -326,7 +335,7 @@ impl WorkerConfig {
                 Some(pace),
                 Some(transfer),
                 (Some(shard), Some(fleet)),
-                Some(log),
+                Some((host_metrics, log)),
             ) => Some(WorkerConfig {
                 id: id.value,
                 leader: leader.value,
@@ -346,6 +355,7 @@ impl WorkerConfig {
                 shard,
                 fleet,
                 security,
+                host_metrics,
                 log,
             }),
             _ => None,

@@ -1,6 +1,7 @@
 //! `sqdctl`: the operator's commands against the leader's admin API.
 
 mod diagnose;
+mod emitters;
 mod fleet;
 mod output;
 mod query;
@@ -110,6 +111,12 @@ pub enum Command {
     Series(query::SeriesArgs),
     /// List every metric name in any shard.
     Metrics(query::MetricsArgs),
+    /// List every node reporting host values (CPU %, RAM and disk used): host, role, id, last
+    /// seen, latest values. Emitters that stopped reporting stay until forget_emitter_after.
+    Emitters(emitters::EmittersArgs),
+    /// The last values (default 10) of one emitter's CPU %, RAM and disk, oldest first. An
+    /// unknown host prints nothing and exits 1.
+    Emitter(emitters::EmitterArgs),
     /// Print a shell completion script: `sqdctl completions bash > /etc/bash_completion.d/sqdctl`.
     Completions {
         shell: clap_complete::Shell,
@@ -401,6 +408,8 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Query(args) => query::query(&cli, args).await,
         Command::Series(args) => query::series(&cli, args).await,
         Command::Metrics(args) => query::metrics(&cli, args).await,
+        Command::Emitters(args) => emitters::emitters(&cli, args).await,
+        Command::Emitter(args) => emitters::emitter(&cli, args).await,
         Command::Completions { shell, program } => {
             completions(*shell, *program);
             Ok(())
@@ -494,7 +503,8 @@ async fn status(cli: &Cli, json: bool, watch: bool, interval: u64) -> Result<(),
             .await
             .map_err(|s| admin.failed(s))?
             .into_inner();
-        let view = output::StatusView::from(status);
+        let mut view = output::StatusView::from(status);
+        view.attach_hosts(emitters::of_workers(&mut admin).await);
         if json {
             print_json(&view)?;
         } else if watch && style.tty {

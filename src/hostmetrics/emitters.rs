@@ -35,10 +35,12 @@ impl Ring {
         self.values.iter().copied()
     }
 
+    #[cfg(test)]
     pub(crate) fn last(&self) -> Option<(i64, f64)> {
         self.values.back().copied()
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.values.len()
     }
@@ -127,6 +129,7 @@ impl Emitters {
         self.by_host.get(host)
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.by_host.len()
     }

@@ -36,7 +36,7 @@ const MAX_SERIES: u64 = 1_000_000;
 const CLIENT: &str = "host-metrics";
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum HistoryError {
+pub enum HistoryError {
     #[error(
         "cannot open the host-metrics shard {path}: {source}; check the state dir's permissions and free space"
     )]

@@ -6,7 +6,7 @@
 //! is the leader's shard; [`hub`] is what the leader's session tasks and sqdctl talk to.
 
 pub(crate) mod emitters;
-pub(crate) mod history;
+pub mod history;
 pub(crate) mod hub;
 pub(crate) mod procfs;
 pub(crate) mod sampler;
@@ -30,18 +30,10 @@ impl Role {
             Role::Agent => "agent",
         }
     }
-
-    pub(crate) fn parse(text: &str) -> Option<Role> {
-        match text {
-            "leader" => Some(Role::Leader),
-            "worker" => Some(Role::Worker),
-            "agent" => Some(Role::Agent),
-            _ => None,
-        }
-    }
 }
 
-/// The metrics kept in every emitter's ring buffers (and shown by `sqdctl emitter`).
+/// The metrics kept in every emitter's ring buffers (and shown by `sqdctl emitter`; its JSON
+/// keys are `cpu_percent`, `ram_mb`, `disk_mb`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Metric {
     Cpu = 0,
@@ -52,31 +44,12 @@ pub(crate) enum Metric {
 impl Metric {
     pub(crate) const ALL: [Metric; 3] = [Metric::Cpu, Metric::Ram, Metric::Disk];
 
-    /// The key in sqdctl's JSON.
-    pub(crate) fn key(self) -> &'static str {
-        match self {
-            Metric::Cpu => "cpu_percent",
-            Metric::Ram => "ram_mb",
-            Metric::Disk => "disk_mb",
-        }
-    }
-
     /// The name of its series in the leader's shard and of its gauge on `/metrics`.
     pub(crate) fn series(self) -> &'static str {
         match self {
             Metric::Cpu => CPU_SERIES,
             Metric::Ram => RAM_SERIES,
             Metric::Disk => DISK_SERIES,
-        }
-    }
-
-    /// As `--metric` spells it.
-    pub(crate) fn parse(text: &str) -> Option<Metric> {
-        match text {
-            "cpu" => Some(Metric::Cpu),
-            "ram" => Some(Metric::Ram),
-            "disk" => Some(Metric::Disk),
-            _ => None,
         }
     }
 }

@@ -71,6 +71,8 @@ pub enum LeaderError {
     Restore(#[from] restore::RestoreError),
     #[error(transparent)]
     Security(#[from] crate::security::SecurityError),
+    #[error(transparent)]
+    HostMetrics(#[from] crate::hostmetrics::history::HistoryError),
 }
 
 /// `sqd --mode leader restore`: puts `backup` in place as the state of `cfg.state_dir`; refused
@@ -104,7 +106,14 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: cfg.cluster.clone(),
         version: VERSION.to_owned(),
     };
-    let metrics = serve_metrics(&cfg, &shutdown, &guard).await?;
+    let history = crate::hostmetrics::history::History::open(&cfg.state_dir)?;
+    let hub = std::sync::Arc::new(crate::hostmetrics::Hub::new(
+        cfg.emitters.keep,
+        cfg.emitters.forget_after_ms,
+        Some(history.clone()),
+    ));
+    let metrics = serve_metrics(&cfg, &shutdown, &guard, &hub).await?;
+    spawn_own_sampler(&cfg, hub.clone());
     let (handle, core_thread) =
         core::spawn(registry, state, info, started, metrics).map_err(|source| LeaderError::Io {
             path: cfg.state_dir.clone(),
@@ -115,12 +124,12 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
 
     let closer = handle.clone();
     // Every cluster read (sqdctl, the HTTP API, alert rules) goes through this one fan-out.
-    let reader = std::sync::Arc::new(fanout::Fanout::new(fanout::RegistryShards::new(
-        handle.clone(),
-        guard.shard_bearer.clone(),
-    )));
+    let reader = std::sync::Arc::new(fanout::Fanout::new(
+        fanout::RegistryShards::new(handle.clone(), guard.shard_bearer.clone())
+            .with_local(std::sync::Arc::new(history.shard())),
+    ));
     serve_query_api(&cfg, reader.clone(), &shutdown).await?;
-    let server = server(&cfg, &guard, handle, reader)?;
+    let server = server(&cfg, &guard, handle, reader, hub)?;
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
     let (core_done_tx, core_done_rx) = tokio::sync::oneshot::channel();
@@ -167,13 +176,14 @@ fn server(
     guard: &LeaderGuard,
     handle: core::CoreHandle,
     reader: std::sync::Arc<fanout::Fanout<fanout::RegistryShards>>,
+    hub: std::sync::Arc<crate::hostmetrics::Hub>,
 ) -> Result<tonic::transport::server::Router, LeaderError> {
-    let mut api = NodeApi::new(handle.clone());
+    let mut api = NodeApi::new(handle.clone()).with_host_metrics(hub.clone());
     if guard.require_node_names {
         api = api.requiring_cert_names(cfg.cluster.clone());
     }
     let node = NodeServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(handle, reader))
+    let admin = AdminServiceServer::new(AdminApi::new(handle, reader).with_host_metrics(hub))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = guard.tls.clone() {
@@ -261,9 +271,11 @@ async fn serve_metrics(
     cfg: &LeaderConfig,
     shutdown: &watch::Receiver<bool>,
     guard: &LeaderGuard,
+    hub: &crate::hostmetrics::Hub,
 ) -> Result<crate::metrics::LeaderMetrics, LeaderError> {
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = crate::metrics::LeaderMetrics::new(&mut prometheus);
+    hub.register(&mut prometheus);
     crate::security::gate::register_metrics(&mut prometheus, &guard.refused);
     if let Some(addr) = cfg.metrics {
         // The state is loaded and the gRPC port bound by now: the leader is ready.
@@ -275,6 +287,28 @@ async fn serve_metrics(
         tokio::spawn(serve);
     }
     Ok(metrics)
+}
+
+/// The leader is an emitter too: it samples its own host (the filesystem of its state dir)
+/// straight into the hub, never more often than the heartbeat.
+fn spawn_own_sampler(cfg: &LeaderConfig, hub: std::sync::Arc<crate::hostmetrics::Hub>) {
+    let floor = Duration::from_millis(cfg.heartbeat_ms);
+    let sampler_cfg = cfg.host_metrics.sampler(&cfg.state_dir, false);
+    let Some(mut sampler) = crate::hostmetrics::Sampler::start(sampler_cfg, Instant::now()) else {
+        return;
+    };
+    let period = Duration::from_millis(cfg.host_metrics.interval_ms).max(floor);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some(values) = sampler.poll(Instant::now(), floor) {
+                let host = sampler.host().to_owned();
+                hub.record(&host, crate::hostmetrics::Role::Leader, "leader", values);
+            }
+        }
+    });
 }
 
 /// When configured, serves the Prometheus-compatible query API over `reader` and writes its

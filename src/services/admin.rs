@@ -4,6 +4,8 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
+use super::convert;
+use crate::hostmetrics::Hub;
 use crate::leader::core::{Command, CoreHandle};
 use crate::leader::fanout::{Fanout, RegistryShards};
 use crate::proto::{self, admin_service_server::AdminService};
@@ -11,11 +13,27 @@ use crate::proto::{self, admin_service_server::AdminService};
 pub(crate) struct AdminApi {
     core: CoreHandle,
     reader: Arc<Fanout<RegistryShards>>,
+    hub: Option<Arc<Hub>>,
 }
 
 impl AdminApi {
     pub(crate) fn new(core: CoreHandle, reader: Arc<Fanout<RegistryShards>>) -> Self {
-        AdminApi { core, reader }
+        AdminApi {
+            core,
+            reader,
+            hub: None,
+        }
+    }
+
+    pub(crate) fn with_host_metrics(mut self, hub: Arc<Hub>) -> Self {
+        self.hub = Some(hub);
+        self
+    }
+
+    fn hub(&self) -> Result<&Hub, Status> {
+        self.hub
+            .as_deref()
+            .ok_or_else(|| Status::unimplemented("this leader keeps no host metrics"))
     }
 
     async fn drain(
@@ -140,5 +158,26 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::MetricsResponse>, Status> {
         let answer = super::query::metrics(self.reader.as_ref(), request.into_inner()).await?;
         Ok(Response::new(answer))
+    }
+
+    async fn list_emitters(
+        &self,
+        _request: Request<proto::ListEmittersRequest>,
+    ) -> Result<Response<proto::ListEmittersResponse>, Status> {
+        let emitters = self.hub()?.list().iter().map(convert::emitter).collect();
+        Ok(Response::new(proto::ListEmittersResponse { emitters }))
+    }
+
+    async fn get_emitter(
+        &self,
+        request: Request<proto::GetEmitterRequest>,
+    ) -> Result<Response<proto::GetEmitterResponse>, Status> {
+        let host = request.into_inner().host;
+        let emitter = self.hub()?.get(&host).ok_or_else(|| {
+            Status::not_found(format!(
+                "no emitter {host:?}: the leader has no host values from it (see sqdctl emitters)"
+            ))
+        })?;
+        Ok(Response::new(convert::emitter_values(&emitter)))
     }
 }

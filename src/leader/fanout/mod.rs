@@ -3,7 +3,8 @@
 //! at one deadline, and says which shards answered ([`ShardReport`]). Implements
 //! [`ClusterReader`] for sqdctl, the HTTP API and alert rules.
 //!
-//! Shards are behind [`Shard`] (remote workers over gRPC now; the leader's own shard later).
+//! Shards are behind [`Shard`]: remote workers over gRPC, and the leader's own shard of host
+//! metrics (`hostmetrics::history::LeaderShard`, id `leader`).
 //! Dropping a read (the caller went away) aborts every shard's task, which drops its stream,
 //! which cancels the shard's side.
 
@@ -191,6 +192,8 @@ pub(crate) struct RegistryShards {
     channels: Mutex<HashMap<String, tonic::transport::Channel>>,
     /// The node token, which workers' shard gates expect.
     bearer: crate::security::Bearer,
+    /// The leader's own shard (host metrics), asked with every read.
+    local: Option<Arc<dyn Shard>>,
 }
 
 impl RegistryShards {
@@ -199,7 +202,14 @@ impl RegistryShards {
             core,
             bearer,
             channels: Mutex::new(HashMap::new()),
+            local: None,
         }
+    }
+
+    /// Adds the leader's own shard (id `leader`) to every read.
+    pub(crate) fn with_local(mut self, shard: Arc<dyn Shard>) -> Self {
+        self.local = Some(shard);
+        self
     }
 
     fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
@@ -227,7 +237,7 @@ impl ShardSource for RegistryShards {
             // Addresses no worker advertises any more (restarted on another port) are let go.
             (self.channels.lock().unwrap_or_else(|p| p.into_inner()))
                 .retain(|addr, _| workers.iter().any(|w| w.addr == *addr));
-            let mut shards: Vec<Arc<dyn Shard>> = Vec::new();
+            let mut shards: Vec<Arc<dyn Shard>> = self.local.iter().cloned().collect();
             for w in workers {
                 let shard: Arc<dyn Shard> = match self.channel(&w.addr) {
                     Ok(channel) => Arc::new(RemoteShard::new(w.id, channel, self.bearer.clone())),

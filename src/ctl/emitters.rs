@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(only.values.keys().copied().collect::<Vec<_>>(), ["ram_mb"]);
         let text = only.human();
         assert!(
-            text.starts_with("w1 (worker)\nTIME (UTC)  RAM MB\n"),
+            text.starts_with("w1 (worker)\nTIME (UTC)               RAM MB\n"),
             "{text}"
         );
         assert!(text.contains("101"), "{text}");

@@ -314,9 +314,8 @@ impl WorkerConfig {
         let fleet = fleet(&mut l, keys.fleet, flags);
         let security = security::node(&mut l, keys.security, &flags.node.security);
         let host_metrics = l.host_metrics(keys.host_metrics, &flags.host_metrics);
-        let log = l.log(keys.log, &flags.log);
+        let log = host_metrics.zip(l.log(keys.log, &flags.log));
 
-        let log = host_metrics.zip(log);
         let built = match (
             id,
             leader,

@@ -154,3 +154,75 @@ impl Hub {
         table.emitters.get(host).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exported(hub: &Hub) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        hub.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+        text
+    }
+
+    #[test]
+    fn the_latest_value_per_emitter_is_a_gauge_until_the_emitter_is_forgotten() {
+        let hub = Hub::new(10, 60_000, None);
+        let v = |cpu| HostValues {
+            cpu_percent: cpu,
+            ram_mb: 512.0,
+            disk_mb: 9.0,
+            load1: None,
+            store_free_mb: Some(100.0),
+        };
+        let now = crate::clock::unix_ms();
+        hub.record_at("w1", Role::Worker, "w1", now - 1_000, v(10.0));
+        hub.record_at("w1", Role::Worker, "w1", now, v(20.0));
+        hub.record_at(
+            "a1",
+            Role::Agent,
+            "a1",
+            now,
+            HostValues {
+                store_free_mb: None,
+                ..v(5.0)
+            },
+        );
+        let text = exported(&hub);
+        assert!(
+            text.contains(r#"sqd_host_cpu_percent{host="w1",role="worker"} 20.0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sqd_host_ram_mb{host="a1",role="agent"} 512.0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"sqd_host_store_free_mb{host="w1",role="worker"} 100.0"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"sqd_host_store_free_mb{host="a1""#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("sqd_host_load1{"),
+            "no load reported: {text}"
+        );
+        assert_eq!(
+            hub.get("w1")
+                .map(|e| e.ring(super::super::Metric::Cpu).values().count()),
+            Some(2)
+        );
+        // Both silent for longer than forget_after: gone from the list and from /metrics.
+        let mut table = hub.lock();
+        hub.prune(&mut table, now + 60_001);
+        drop(table);
+        assert!(hub.lock().emitters.list().next().is_none());
+        let text = exported(&hub);
+        assert!(!text.contains(r#"host="w1""#), "{text}");
+    }
+}

@@ -99,7 +99,8 @@ impl Drop for Stress {
 
 #[test]
 fn every_node_reports_its_host_and_the_leader_keeps_it() {
-    let leader_flags = host_flags("hm-leader");
+    let mut leader_flags = host_flags("hm-leader");
+    leader_flags.extend(["--metrics".into(), "127.0.0.1:0".into()]);
     let leader_flags: Vec<&str> = leader_flags.iter().map(String::as_str).collect();
     let mut c = Cluster::start_with(HB, LEASE, &leader_flags);
     // Agents register only for clients the leader knows.
@@ -147,6 +148,17 @@ fn every_node_reports_its_host_and_the_leader_keeps_it() {
         assert!(e["disk_mb"].as_f64().unwrap_or(0.0) > 0.0, "{e}");
         assert!(e["last_seen_unix_ms"].as_i64().unwrap_or(0) > 0, "{e}");
     }
+    // The leader's /metrics has the latest value of every emitter.
+    let metrics_addr = std::fs::read_to_string(c.state_dir().join("metrics.addr"))
+        .expect("metrics.addr")
+        .trim()
+        .to_owned();
+    let (code, body) = support::http_get(&metrics_addr, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200);
+    for (host, role, _) in want {
+        let gauge = format!("sqd_host_cpu_percent{{host=\"{host}\",role=\"{role}\"}}");
+        assert!(body.contains(&gauge), "{gauge} in /metrics");
+    }
     let table = text(&c.ctl(&["emitters"]).stdout);
     assert!(table.starts_with("HOST"), "{table}");
     assert_eq!(table.lines().count(), 6, "{table}");
@@ -163,7 +175,7 @@ fn every_node_reports_its_host_and_the_leader_keeps_it() {
         "newest last: {later:?}"
     );
     assert!(
-        later[0].0 > first[first.len() - 1].0,
+        later[0].0 > first[0].0,
         "the ring moved on: {first:?} {later:?}"
     );
     let cpu = values(&c, "hm-w1", "cpu_percent").expect("cpu");

@@ -53,7 +53,7 @@ impl Sampler {
         if now < self.due {
             return None;
         }
-        self.due = now + self.cfg.interval.max(floor);
+        self.due = next_due(self.due, now, self.cfg.interval, floor);
         let cpu = read_cpu();
         let percent = match (self.prev, cpu) {
             (Some(before), Some(now)) => procfs::cpu_percent(before, now),
@@ -77,6 +77,15 @@ impl Sampler {
             store_free_mb: self.cfg.store_free.then_some(free_mb),
         })
     }
+}
+
+/// When the sample after one due at `due` and taken at `now` is due. Due times follow the
+/// interval rather than the heartbeat that carried the last sample (heartbeats round each one
+/// up), unless this node fell a whole interval behind; never sooner than `floor` from now.
+fn next_due(due: Instant, now: Instant, interval: Duration, floor: Duration) -> Instant {
+    let next = due + interval;
+    let next = if next <= now { now + interval } else { next };
+    next.max(now + floor)
 }
 
 fn read(path: &str) -> Option<String> {
@@ -106,6 +115,24 @@ fn disk(dir: &Path) -> Option<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_follow_the_interval_not_the_heartbeat_that_carried_them() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Interval 500, heartbeats every 200: taken at 600 for 500, next due at 1000.
+        assert_eq!(
+            next_due(t0 + ms(500), t0 + ms(600), ms(500), ms(200)),
+            t0 + ms(1000)
+        );
+        // A whole interval behind (disconnected): start over from now, no burst.
+        assert_eq!(
+            next_due(t0 + ms(500), t0 + ms(5000), ms(500), ms(200)),
+            t0 + ms(5500)
+        );
+        // Never more often than the heartbeat.
+        assert_eq!(next_due(t0, t0 + ms(10), ms(100), ms(1000)), t0 + ms(1010));
+    }
 
     #[test]
     fn off_at_zero_and_the_first_sample_after_one_interval() {

@@ -10,7 +10,8 @@
 //! - `leader-scale`: a real leader under simulated workers and client agents heartbeating over
 //!   real gRPC on loopback (one connection each); leader CPU, RSS, heartbeat round-trip p99 and
 //!   failover time at that scale; `--secure 1` runs it with tokens and TLS on (the same
-//!   measurements, to compare with plaintext).
+//!   measurements, to compare with plaintext); `--host-metrics-ms N` has every simulated node
+//!   send host values every N ms and the leader sample its own (0, the default: off).
 //!
 //! Everything it starts is killed on drop (the test harness's `Proc`); it only talks to
 //! 127.0.0.1.
@@ -526,6 +527,8 @@ struct Shared {
     recording: AtomicBool,
     registered: AtomicUsize,
     errors: AtomicUsize,
+    /// Every node sends host values this often (0: never), as `metrics_interval_ms` would.
+    host_metrics: Option<Duration>,
 }
 
 fn node_msg(body: node_message::Body) -> proto::NodeMessage {
@@ -567,6 +570,11 @@ async fn sim_node(channel: Ch, index: usize, agent: Option<String>, shared: Arc<
     let mut sent: HashMap<u64, Instant> = HashMap::new();
     let mut seq = 0u64;
     let mut beat: Option<tokio::time::Interval> = None;
+    let host_name = format!("sim-host-{index:05}");
+    // A random phase, as real nodes' samplers start at different moments.
+    let mut next_sample = shared
+        .host_metrics
+        .map(|every| Instant::now() + every + every.mul_f64((index as f64 * 0.381_966).fract()));
     loop {
         tokio::select! {
             msg = inbound.next() => {
@@ -652,7 +660,21 @@ async fn sim_node(channel: Ch, index: usize, agent: Option<String>, shared: Arc<
                 };
                 let load = held.len() as f64 / 1000.0;
                 sent.insert(seq, Instant::now());
-                let hb = proto::Heartbeat { seq, load, clients };
+                let host = match (next_sample, shared.host_metrics) {
+                    (Some(due), Some(every)) if Instant::now() >= due => {
+                        next_sample = Some(due + every);
+                        Some(proto::HostSample {
+                            host: host_name.clone(),
+                            cpu_percent: (seq % 100) as f64,
+                            ram_mb: 2048.0 + (seq % 7) as f64,
+                            disk_mb: 10_240.0,
+                            load1: Some(0.5),
+                            store_free_mb: agent.is_none().then_some(50_000.0),
+                        })
+                    }
+                    _ => None,
+                };
+                let hb = proto::Heartbeat { seq, load, clients, host };
                 if tx.send(node_msg(node_message::Body::Heartbeat(hb))).await.is_err() {
                     return;
                 }
@@ -712,6 +734,13 @@ fn leader_scale(o: &Opts) -> Value {
     } else {
         Vec::new()
     };
+    // --host-metrics-ms N: every node (and the leader itself) samples its host every N ms.
+    let host_metrics_ms: u64 = o.num("host-metrics-ms", 0);
+    let mut extra = extra;
+    extra.extend([
+        "--metrics-interval-ms".to_owned(),
+        host_metrics_ms.to_string(),
+    ]);
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let leader = Proc::spawn(
         "leader",
@@ -724,7 +753,10 @@ fn leader_scale(o: &Opts) -> Value {
     // One TCP connection per node as in a real fleet, unless the open-files limit forbids it
     // (the leader needs one descriptor per connection too).
     let conns = (workers + agents).min(open_files_limit().saturating_sub(1000).max(1));
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        host_metrics: (host_metrics_ms > 0).then(|| Duration::from_millis(host_metrics_ms)),
+        ..Shared::default()
+    });
     let t_setup = Instant::now();
     let (admin_client, channels) = rt.block_on(async {
         let admin = admin(&addr).await;
@@ -871,6 +903,7 @@ fn leader_scale(o: &Opts) -> Value {
     let (_, rss_end) = proc_usage(leader.pid());
     json!({
         "workers": workers, "agents": agents, "connections": conns,
+        "host_metrics_ms": host_metrics_ms,
         "window_s": window.as_secs(), "clients_added_s": add_s,
         "clients_in_one_call": agents - singles,
         "add_client_p50_ms": percentile(&single_ms, 50.0),

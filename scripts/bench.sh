@@ -31,7 +31,9 @@
 #                 workers (p50/p99 over the kills) and until the real client's new file is
 #                 committed and removed (resume_s)
 #   leader_scale  simulated workers and agents heartbeating at 1 Hz, one TCP connection each;
-#                 leader CPU (% of one core), RSS, heartbeat round trip p99, failover time
+#                 leader CPU (% of one core), RSS, heartbeat round trip p99, failover time; each
+#                 run is a pair: without host metrics, then with every node sending host values
+#                 every 10 s (no failover in that one): the leader's CPU and RSS cost of them
 #   query         (benches/query.rs; not in the default sets) 3 workers with pre-filled shards,
 #                 1,000 series x 24 h at 10 s; 50 cluster queries of 24 h at 1 min: p50/p99,
 #                 leader RSS growth; time to answer with one shard SIGSTOPped (deadline 2 s)
@@ -327,13 +329,20 @@ for set in $sets; do
         failover) args=(failover "${failover_args[@]}") n_runs=1 ;;
         leader_scale) args=(leader-scale "${scale_args[@]}") n_runs=$runs ;;
       esac
+      # leader_scale runs in pairs: host metrics off, then on at 10 s (no kills: only the
+      # CPU and RSS are compared).
+      variants=("")
+      [ "$set" = leader_scale ] && variants=("" "--host-metrics-ms 10000 --kills 0")
       for _ in $(seq 1 "$n_runs"); do
-        # A set that fails, panics or hangs is reported as such and the other sets still run.
-        rc=0
-        out=$(timeout --kill-after=30 "$set_timeout" cargo bench --locked --bench cluster -q -- "${args[@]}") || rc=$?
-        out=$(failed_json "$rc" "$out")
-        echo "{\"set\": \"$set\", \"run\": $out}" >>"$cluster_results"
-        echo "bench: $set: $out" >&2
+        for variant in "${variants[@]}"; do
+          # A set that fails, panics or hangs is reported as such and the other sets still run.
+          rc=0
+          # shellcheck disable=SC2086 # the variant is words on purpose
+          out=$(timeout --kill-after=30 "$set_timeout" cargo bench --locked --bench cluster -q -- "${args[@]}" $variant) || rc=$?
+          out=$(failed_json "$rc" "$out")
+          echo "{\"set\": \"$set\", \"run\": $out}" >>"$cluster_results"
+          echo "bench: $set${variant:+ ($variant)}: $out" >&2
+        done
       done
       continue
       ;;
@@ -465,6 +474,16 @@ if "query" in by_set:
 if "alerts" in by_set:
     report["alerts"] = by_set["alerts"][-1]
 if "leader_scale" in by_set:
+    # Runs with host metrics on are the second half of each pair, reported apart.
+    hm_runs = [r for r in by_set["leader_scale"] if r.get("host_metrics_ms", 0) > 0]
+    by_set["leader_scale"] = [r for r in by_set["leader_scale"] if r.get("host_metrics_ms", 0) == 0]
+    if hm_runs:
+        hm = {"runs": len(hm_runs), "host_metrics_ms": hm_runs[0]["host_metrics_ms"]}
+        for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p99_ms"):
+            s = spread([r[k] for r in hm_runs])
+            hm[k], hm[k + "_min"], hm[k + "_max"] = s["median"], s["min"], s["max"]
+        report["leader_scale_host_metrics"] = hm
+if by_set.get("leader_scale"):
     runs = by_set["leader_scale"]
     ls = {"runs": len(runs), "workers": runs[0]["workers"], "agents": runs[0]["agents"],
           "connections": runs[0]["connections"]}
@@ -516,6 +535,13 @@ if "leader_scale" in report:
     for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p50_ms", "heartbeat_p99_ms", "failover_s",
               "clients_added_s", "add_client_p50_ms", "add_client_p99_ms"):
         print(f"| {k} | {l[k]:.1f} | {l[k + '_min']:.1f} | {l[k + '_max']:.1f} |")
+    if "leader_scale_host_metrics" in report:
+        h = report["leader_scale_host_metrics"]
+        print(f"\n### leader_scale with host metrics: every node every {h['host_metrics_ms'] / 1000:.0f} s, "
+              f"{h['runs']} run(s) (goal: <= +3 points of a core, <= +30 MB)\n")
+        print("| | off (median) | on (median) | on - off |\n|---|---|---|---|")
+        for k in ("cpu_pct_one_core", "rss_mb", "heartbeat_p99_ms"):
+            print(f"| {k} | {l[k]:.1f} | {h[k]:.1f} | {h[k] - l[k]:+.1f} |")
 if "query" in report:
     q = report["query"]
     print(f"\n### query: {q['workers']} workers, {q['series']} series x {q['hours']} h at {q['interval_s']} s, "

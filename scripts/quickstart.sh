@@ -85,8 +85,11 @@ RULES
 "$sqd" --mode leader check-rules "$root/rules.toml"
 
 echo "==> starting leader on $leader"
+# Every node reports its host's CPU/RAM/disk each second, under its own name (all run on
+# this one machine here).
 "$sqd" --mode leader start --listen "$leader" --state-dir "$root/leader" --cluster quickstart \
-  --rules-file "$root/rules.toml" >"$root/leader.log" 2>&1 &
+  --rules-file "$root/rules.toml" --metrics-interval-ms 1000 --host-name quickstart-leader \
+  >"$root/leader.log" 2>&1 &
 for _ in $(seq 1 100); do
   "$sqdctl" --leader "$leader" status >/dev/null 2>&1 && break
   sleep 0.1
@@ -101,7 +104,7 @@ for w in w1 w2; do
   echo "==> starting worker $w"
   "$sqd" --mode worker start --id "$w" --leader "$leader" --store "$root/store-$w" \
     --ssh-key "$SQD_SSHD_KEY" --known-hosts "$SQD_SSHD_KNOWN_HOSTS" --settle-ms 500 --poll-ms 250 \
-    >"$root/worker-$w.log" 2>&1 &
+    --metrics-interval-ms 1000 --host-name "quickstart-$w" >"$root/worker-$w.log" 2>&1 &
 done
 for _ in $(seq 1 100); do
   alive=$("$sqdctl" --leader "$leader" status --json 2>/dev/null | grep -c '"state": "alive"' || true)
@@ -169,3 +172,11 @@ echo "The pipeline keeps running. Logs: $root/*.log"
 echo "Alerts: $sqdctl --leader $leader alerts --follow   (host-b runs hot a minute every two)"
 echo "Try:  $sqdctl --leader $leader status --json"
 echo "Stop: scripts/quickstart.sh stop"
+echo
+echo "==> every node's host (sqdctl emitters; one emitter's last values: sqdctl emitter quickstart-w1):"
+for _ in $(seq 1 50); do
+  listed=$("$sqdctl" --leader "$leader" emitters --json 2>/dev/null | grep -c '"host"' || true)
+  [ "$listed" -ge 3 ] && break
+  sleep 0.1
+done
+"$sqdctl" --leader "$leader" emitters

@@ -19,6 +19,7 @@
 //! - [`store`]: the `Sink` trait and the embedded store (files + SQLite catalog).
 //! - [`transport`]: SSH/SFTP to producing hosts and batch mode's protocol.
 //! - [`stats`]: the stats inside the files: parsers, the time-series shard, queries, PromQL.
+//! - [`hostmetrics`]: CPU/RAM/disk of every node: sampling, the leader's emitters and history.
 //! - [`alerts`]: alert rules, the alert state machine and notifications (pure).
 //! - `remote_write`: ships the shard's new samples to a Prometheus remote-write receiver.
 //! - [`spec`]: a client's settings and name rules.
@@ -35,6 +36,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod failpoint;
 pub(crate) mod files;
+pub mod hostmetrics;
 pub mod leader;
 pub(crate) mod log_gate;
 pub mod metrics;

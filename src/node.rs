@@ -18,6 +18,7 @@ use tonic::{Code, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::codec::MAX_MESSAGE_BYTES;
+use crate::hostmetrics::Sampler;
 use crate::log_gate::LogGate;
 use crate::proto::leader_message::Body;
 use crate::proto::node_service_client::NodeServiceClient;
@@ -34,6 +35,8 @@ pub(crate) struct Identity {
     pub(crate) addr: String,
     pub(crate) cluster: String,
     pub(crate) capacity: u32,
+    /// Host values sent in heartbeats; `None`: sampling is off.
+    pub(crate) host_metrics: Option<crate::hostmetrics::SamplerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +180,9 @@ pub(crate) async fn run<H: Handler>(
 ) -> Result<(), NodeError> {
     let mut link: Option<(String, Link)> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // One sampler across sessions: its CPU reading and schedule survive a reconnect.
+    let mut sampler =
+        (ident.host_metrics.clone()).and_then(|cfg| Sampler::start(cfg, std::time::Instant::now()));
     // A node that cannot reach its leader says so at once, then ever more rarely.
     let mut reach_log = LogGate::new(Duration::from_secs(10), Duration::from_secs(300));
     loop {
@@ -192,7 +198,16 @@ pub(crate) async fn run<H: Handler>(
             link = Some((target.clone(), connect_to(&target, security)?));
         }
         let Some((_, link)) = &link else { continue };
-        match session(ident, link, handler, &lease, &mut shutdown, &mut reach_log).await? {
+        let end = session(
+            ident,
+            link,
+            handler,
+            &lease,
+            &mut shutdown,
+            &mut reach_log,
+            &mut sampler,
+        );
+        match end.await? {
             End::Shutdown => return Ok(()),
             End::Lost { was_registered } => {
                 if was_registered {
@@ -259,6 +274,7 @@ async fn session<H: Handler>(
     lease: &Lease,
     shutdown: &mut watch::Receiver<bool>,
     reach_log: &mut LogGate,
+    sampler: &mut Option<Sampler>,
 ) -> Result<End, NodeError> {
     let Some(accepted) = register(ident, link, handler, lease, reach_log).await? else {
         return Ok(End::Lost {
@@ -266,7 +282,7 @@ async fn session<H: Handler>(
         });
     };
     handler.session_started();
-    serve(accepted, handler, lease, shutdown).await
+    serve(accepted, handler, lease, shutdown, sampler).await
 }
 
 /// A session the leader accepted.
@@ -421,6 +437,7 @@ async fn serve<H: Handler>(
     handler: &mut H,
     lease: &Lease,
     shutdown: &mut watch::Receiver<bool>,
+    sampler: &mut Option<Sampler>,
 ) -> Result<End, NodeError> {
     let Accepted {
         out,
@@ -439,7 +456,11 @@ async fn serve<H: Handler>(
         tokio::select! {
             _ = beat.tick() => {
                 let seq = in_flight.send();
-                let hb = proto::Heartbeat { seq, load: handler.load(), clients: handler.progress() };
+                let host = sampler.as_mut().and_then(|s| {
+                    let values = s.poll(std::time::Instant::now(), heartbeat)?;
+                    Some(values.to_proto(s.host()))
+                });
+                let hb = proto::Heartbeat { seq, load: handler.load(), clients: handler.progress(), host };
                 if out.send(body(node_message::Body::Heartbeat(hb))).await.is_err() {
                     return lost;
                 }

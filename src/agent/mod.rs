@@ -88,6 +88,7 @@ pub async fn run(cfg: ClientConfig, shutdown: watch::Receiver<bool>) -> Result<(
         addr: String::new(),
         cluster: String::new(),
         capacity: 0,
+        host_metrics: Some(cfg.host_metrics.sampler(&cfg.watch, false)),
     };
     let backlog = Arc::new(Mutex::new(Backlog::default()));
     let files_ready = Arc::new(AtomicBool::new(false));

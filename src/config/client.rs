@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::discovery::{self, DiscoveryKeys};
+use super::host_metrics::{self, HostMetricsConfig, HostMetricsFlags};
 use super::security::{self, SecurityKeys};
 use super::{
     ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, NodeFlags, Slot, merge, merge_int, rules,
@@ -30,6 +31,8 @@ pub struct ClientConfig {
     pub watch: PathBuf,
     /// Node token and TLS towards the leader (see [`crate::security`]).
     pub security: NodeSecurity,
+    /// Host sampling; the disk value is that of the watched directory.
+    pub host_metrics: HostMetricsConfig,
     pub log: LogConfig,
 }
 
@@ -50,6 +53,8 @@ pub struct ClientFlags {
     /// Backlog age in seconds that makes the agent complain (default 60).
     #[arg(long)]
     pub complain_after_s: Option<u64>,
+    #[command(flatten)]
+    pub host_metrics: HostMetricsFlags,
     #[command(flatten)]
     pub log: LogFlags,
 }
@@ -76,8 +81,17 @@ impl ClientConfig {
         let cluster = l.string("cluster");
         let security_keys = SecurityKeys::take_node(&mut l);
         let discovery_keys = DiscoveryKeys::take(&mut l, false);
+        let host_keys = l.host_metrics_keys();
         let log = l.log_keys();
-        l.unknown_keys(&[KEYS, security::NODE_KEYS, discovery::KEYS].concat());
+        l.unknown_keys(
+            &[
+                KEYS,
+                security::NODE_KEYS,
+                discovery::KEYS,
+                host_metrics::NODE_KEYS,
+            ]
+            .concat(),
+        );
 
         let name = l.require("name", "--name NAME", merge(flags.name.clone(), name));
         let name = l.check("name", name, |v| rules::name(v, CLIENT_NAME_MAX));
@@ -92,21 +106,29 @@ impl ClientConfig {
         let security = security::node(&mut l, security_keys, &flags.node.security);
         let discovery =
             super::node_discovery(&mut l, discovery_keys, &flags.node, &leader, &security);
+        let host_metrics = l.host_metrics(host_keys, &flags.host_metrics);
         let log = l.log(log, &flags.log);
 
+        let log = host_metrics.zip(log);
         let built = match (name, leader, watch, complain, cluster, log) {
-            (Some(name), Some(leader), Some(watch), Some(complain), Some(cluster), Some(log)) => {
-                Some(ClientConfig {
-                    cluster: cluster.value,
-                    discovery,
-                    complain_after: Duration::from_secs(complain.value),
-                    name: name.value,
-                    leader: leader.value,
-                    watch: watch.value,
-                    security,
-                    log,
-                })
-            }
+            (
+                Some(name),
+                Some(leader),
+                Some(watch),
+                Some(complain),
+                Some(cluster),
+                Some((host_metrics, log)),
+            ) => Some(ClientConfig {
+                cluster: cluster.value,
+                discovery,
+                complain_after: Duration::from_secs(complain.value),
+                name: name.value,
+                leader: leader.value,
+                watch: watch.value,
+                security,
+                host_metrics,
+                log,
+            }),
             _ => None,
         };
         l.finish(built)

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::discovery::{self, DiscoveryKeys, LeaderDiscoveryFlags};
+use super::host_metrics::{self, EmitterConfig, EmitterFlags, HostMetricsConfig, HostMetricsFlags};
 use super::security::{self, LeaderSecurityFlags, SecurityKeys};
 use super::{
     CLUSTER_MAX, ConfigError, DEFAULT_ADDR, LogConfig, LogFlags, LogSlots, ServeFlags, Slot,
@@ -51,6 +52,10 @@ pub struct LeaderConfig {
     /// Keys `discovery` (`"udp"` turns it on), `discovery_target`, `discovery_interface`,
     /// `probe_interval_ms`; `None` when off.
     pub discovery: Option<DiscoveryConfig>,
+    /// The leader's own host sampling.
+    pub host_metrics: HostMetricsConfig,
+    /// What the leader keeps of every emitter.
+    pub emitters: EmitterConfig,
     pub log: LogConfig,
 }
 
@@ -92,6 +97,10 @@ pub struct LeaderFlags {
     pub security: LeaderSecurityFlags,
     #[command(flatten)]
     pub discovery: LeaderDiscoveryFlags,
+    #[command(flatten)]
+    pub host_metrics: HostMetricsFlags,
+    #[command(flatten)]
+    pub emitters: EmitterFlags,
     #[command(flatten)]
     pub log: LogFlags,
 }
@@ -136,6 +145,8 @@ struct FileKeys {
     alertmanager_url: Slot<String>,
     security: SecurityKeys,
     discovery: DiscoveryKeys,
+    host_metrics: host_metrics::HostSlots,
+    emitters: host_metrics::EmitterSlots,
     log: LogSlots,
 }
 
@@ -156,9 +167,19 @@ impl FileKeys {
             alertmanager_url: l.string("alertmanager_url"),
             security: SecurityKeys::take_leader(l),
             discovery: DiscoveryKeys::take(l, true),
+            host_metrics: l.host_metrics_keys(),
+            emitters: l.emitter_keys(),
             log: l.log_keys(),
         };
-        l.unknown_keys(&[KEYS, security::LEADER_KEYS, discovery::LEADER_KEYS].concat());
+        l.unknown_keys(
+            &[
+                KEYS,
+                security::LEADER_KEYS,
+                discovery::LEADER_KEYS,
+                host_metrics::LEADER_KEYS,
+            ]
+            .concat(),
+        );
         keys
     }
 }
@@ -231,8 +252,11 @@ impl LeaderConfig {
                  (generate it with `sqd --mode leader init --generate-tokens`)",
             );
         }
+        let host_metrics = l.host_metrics(keys.host_metrics, &flags.host_metrics);
+        let emitters = l.emitters(keys.emitters, &flags.emitters);
         let log = l.log(keys.log, &flags.log);
 
+        let log = host_metrics.zip(emitters).zip(log);
         let built = match (listen, state_dir, cluster, timing, (moves, rollup), log) {
             (
                 Some(listen),
@@ -240,8 +264,10 @@ impl LeaderConfig {
                 Some(cluster),
                 Some(timing),
                 (Some(moves), Some(rollup)),
-                Some(log),
+                Some(((host_metrics, emitters), log)),
             ) => Some(LeaderConfig {
+                host_metrics,
+                emitters,
                 listen: listen.value,
                 metrics: Sourced::value_of(metrics),
                 query_listen: Sourced::value_of(query_listen),

@@ -14,6 +14,7 @@
 
 mod client;
 mod discovery;
+mod host_metrics;
 mod leader;
 mod remote_write;
 mod rules;
@@ -32,6 +33,7 @@ use toml::{Table, Value};
 pub use crate::transport::ssh::TransferMode;
 pub use client::{ClientConfig, ClientFlags};
 pub use discovery::{DiscoveryFlags, LeaderDiscoveryFlags};
+pub use host_metrics::{EmitterConfig, EmitterFlags, HostMetricsConfig, HostMetricsFlags};
 pub use leader::{LeaderConfig, LeaderFlags};
 pub use remote_write::{RemoteWriteConfig, RemoteWriteFlags};
 pub use security::{LeaderSecurityFlags, NodeSecurityFlags, TlsFlags};

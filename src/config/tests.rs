@@ -62,7 +62,19 @@ fn default_leader() -> LeaderConfig {
         alertmanager_url: None,
         security: Default::default(),
         discovery: None,
+        host_metrics: default_host_metrics(),
+        emitters: crate::config::EmitterConfig {
+            keep: 10,
+            forget_after_ms: 3_600_000,
+        },
         log: default_log(),
+    }
+}
+
+fn default_host_metrics() -> crate::config::HostMetricsConfig {
+    crate::config::HostMetricsConfig {
+        interval_ms: 10_000,
+        host: crate::hostmetrics::default_host_name(),
     }
 }
 
@@ -119,6 +131,7 @@ fn worker_sample_is_the_defaults_plus_examples() {
             security: Default::default(),
             discovery: None,
             remote_write: None,
+            host_metrics: default_host_metrics(),
             log: default_log(),
         }
     );
@@ -138,6 +151,7 @@ fn client_sample_is_the_defaults_plus_examples() {
             security: Default::default(),
             cluster: "sqd".into(),
             discovery: None,
+            host_metrics: default_host_metrics(),
             log: default_log(),
         }
     );

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::discovery::{self, DiscoveryKeys};
+use super::host_metrics::{self, HostMetricsConfig, HostMetricsFlags};
 use super::remote_write::{self, RemoteWriteConfig, RemoteWriteFlags, RemoteWriteKeys};
 use super::security::{self, SecurityKeys};
 use super::{
@@ -60,6 +61,8 @@ pub struct WorkerConfig {
     pub security: NodeSecurity,
     /// Where the shard's samples are also shipped (`remote_write_*` keys); `None`: nowhere.
     pub remote_write: Option<Box<RemoteWriteConfig>>,
+    /// Host sampling; the disk value is that of the store's filesystem.
+    pub host_metrics: HostMetricsConfig,
     pub log: LogConfig,
 }
 
@@ -158,6 +161,8 @@ pub struct WorkerFlags {
     #[command(flatten)]
     pub remote_write: RemoteWriteFlags,
     #[command(flatten)]
+    pub host_metrics: HostMetricsFlags,
+    #[command(flatten)]
     pub log: LogFlags,
 }
 
@@ -207,6 +212,7 @@ struct FileKeys {
     security: SecurityKeys,
     discovery: DiscoveryKeys,
     remote_write: RemoteWriteKeys,
+    host_metrics: host_metrics::HostSlots,
     log: LogSlots,
 }
 
@@ -266,6 +272,7 @@ impl FileKeys {
             security: SecurityKeys::take_node(l),
             discovery: DiscoveryKeys::take(l, false),
             remote_write: RemoteWriteKeys::take(l),
+            host_metrics: l.host_metrics_keys(),
             log: l.log_keys(),
         };
         l.unknown_keys(
@@ -274,6 +281,7 @@ impl FileKeys {
                 security::NODE_KEYS,
                 discovery::KEYS,
                 remote_write::KEYS,
+                host_metrics::NODE_KEYS,
             ]
             .concat(),
         );
@@ -330,7 +338,8 @@ impl WorkerConfig {
         let discovery = node_discovery(&mut l, keys.discovery, &flags.node, &leader, &security);
         let remote_write =
             remote_write::load(&mut l, keys.remote_write, &flags.remote_write).map(Box::new);
-        let log = l.log(keys.log, &flags.log);
+        let host_metrics = l.host_metrics(keys.host_metrics, &flags.host_metrics);
+        let log = host_metrics.zip(l.log(keys.log, &flags.log));
 
         let built = match (
             id,
@@ -350,7 +359,7 @@ impl WorkerConfig {
                 Some(pace),
                 Some(transfer),
                 (Some(shard), Some(fleet)),
-                Some(log),
+                Some((host_metrics, log)),
             ) => Some(WorkerConfig {
                 id: id.value,
                 leader: leader.value,
@@ -372,6 +381,7 @@ impl WorkerConfig {
                 security,
                 discovery,
                 remote_write,
+                host_metrics,
                 log,
             }),
             _ => None,

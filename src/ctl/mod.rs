@@ -3,6 +3,7 @@
 mod alerts;
 mod client_list;
 mod diagnose;
+mod emitters;
 mod fleet;
 mod output;
 mod query;
@@ -127,6 +128,12 @@ pub enum Command {
     /// Make the leader re-read its alert rules file; a bad file keeps the rules in force and
     /// the problems are printed (exit 1).
     ReloadRules,
+    /// List every node reporting host values (CPU %, RAM and disk used): host, role, id, last
+    /// seen, latest values. Emitters that stopped reporting stay until forget_emitter_after.
+    Emitters(emitters::EmittersArgs),
+    /// The last values (default 10) of one emitter's CPU %, RAM and disk, oldest first. An
+    /// unknown host prints nothing and exits 1.
+    Emitter(emitters::EmitterArgs),
     /// Print a shell completion script: `sqdctl completions bash > /etc/bash_completion.d/sqdctl`.
     Completions {
         shell: clap_complete::Shell,
@@ -422,6 +429,8 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Rollups(args) => rollups::rollups(args),
         Command::Alerts(args) => alerts::alerts(&cli, args).await,
         Command::ReloadRules => alerts::reload_rules(&cli).await,
+        Command::Emitters(args) => emitters::emitters(&cli, args).await,
+        Command::Emitter(args) => emitters::emitter(&cli, args).await,
         Command::Completions { shell, program } => {
             completions(*shell, *program);
             Ok(())
@@ -515,7 +524,8 @@ async fn status(cli: &Cli, json: bool, watch: bool, interval: u64) -> Result<(),
             .await
             .map_err(|s| admin.failed(s))?
             .into_inner();
-        let view = output::StatusView::from(status);
+        let mut view = output::StatusView::from(status);
+        view.attach_hosts(emitters::of_workers(&mut admin).await);
         if json {
             print_json(&view)?;
         } else if watch && style.tty {

@@ -28,6 +28,17 @@ pub struct WorkerView {
     pub clients: Vec<String>,
     pub last_heartbeat_ms: i64,
     pub reason: Option<String>,
+    /// Its host's latest values; null when the leader has none.
+    pub host: Option<HostView>,
+}
+
+/// A worker's host values in `status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HostView {
+    pub host: String,
+    pub cpu_percent: f64,
+    pub ram_mb: f64,
+    pub disk_mb: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +134,7 @@ impl From<proto::StatusResponse> for StatusView {
                     clients: w.clients,
                     last_heartbeat_ms: w.last_heartbeat_ms,
                     reason: non_empty(w.reason),
+                    host: None,
                 })
                 .collect(),
             clients: s.clients.into_iter().map(client_view).collect(),
@@ -307,6 +319,13 @@ fn indent(text: &str) -> String {
 }
 
 impl StatusView {
+    /// Puts each worker's host values (by worker id) next to it.
+    pub fn attach_hosts(&mut self, mut hosts: std::collections::BTreeMap<String, HostView>) {
+        for w in &mut self.workers {
+            w.host = hosts.remove(&w.id);
+        }
+    }
+
     /// Workers one by one with their clients beneath them, then the unassigned clients.
     pub fn human(&self, style: &Style, now_ms: i64) -> String {
         let count = |state: &str| self.workers.iter().filter(|w| w.state == state).count();
@@ -336,6 +355,12 @@ impl StatusView {
                 w.version,
                 if w.addr.is_empty() { "-" } else { &w.addr },
             );
+            if let Some(h) = &w.host {
+                head.push_str(&format!(
+                    "  cpu {:.0}%  ram {:.0} MB  disk {:.0} MB",
+                    h.cpu_percent, h.ram_mb, h.disk_mb
+                ));
+            }
             if let Some(reason) = &w.reason {
                 head.push_str(&format!("  {}", style.error(reason)));
             }

@@ -79,6 +79,8 @@ pub enum LeaderError {
     Rollup(#[from] rollup::LogError),
     #[error(transparent)]
     Alerts(#[from] alerting::AlertingError),
+    #[error(transparent)]
+    HostMetrics(#[from] crate::hostmetrics::history::HistoryError),
 }
 
 /// `sqd --mode leader restore`: puts `backup` in place as the state of `cfg.state_dir`; refused
@@ -125,10 +127,18 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
         cluster: cfg.cluster.clone(),
         version: VERSION.to_owned(),
     };
+    let history = crate::hostmetrics::history::History::open(&cfg.state_dir)?;
+    let hub = std::sync::Arc::new(crate::hostmetrics::Hub::new(
+        cfg.emitters.keep,
+        cfg.emitters.forget_after_ms,
+        Some(history.clone()),
+    ));
     let discovery = crate::discovery::DiscoveryMetrics::new();
     // Before anything is served: another leader of this cluster stops this start (C6).
     let announcer = announcer(&cfg, local, started, &discovery).await?;
-    let (metrics, rollup_metrics) = serve_metrics(&cfg, &shutdown, &guard, &discovery).await?;
+    let (metrics, rollup_metrics) =
+        serve_metrics(&cfg, &shutdown, &guard, &discovery, &hub).await?;
+    spawn_own_sampler(&cfg, hub.clone());
     let (handle, core_thread) =
         core::spawn(registry, state, info, started, metrics).map_err(|source| LeaderError::Io {
             path: cfg.state_dir.clone(),
@@ -140,11 +150,10 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let closer = handle.clone();
     // Every cluster read (sqdctl, the HTTP API, alert rules) goes through this one fan-out.
     let shard_tls = crate::security::tls::ShardTls::load(&cfg.security, &cfg.cluster)?;
-    let reader = std::sync::Arc::new(fanout::Fanout::new(fanout::RegistryShards::new(
-        handle.clone(),
-        guard.shard_bearer.clone(),
-        shard_tls,
-    )));
+    let reader = std::sync::Arc::new(fanout::Fanout::new(
+        fanout::RegistryShards::new(handle.clone(), guard.shard_bearer.clone(), shard_tls)
+            .with_local(std::sync::Arc::new(history.shard())),
+    ));
     serve_query_api(&cfg, reader.clone(), &shutdown).await?;
     if let Some(announcer) = announcer {
         tokio::spawn(announcer.run(shutdown.clone()));
@@ -162,7 +171,7 @@ pub async fn run(cfg: LeaderConfig, shutdown: watch::Receiver<bool>) -> Result<(
     let alerts = start_alerts(&cfg, &handle, reader.clone()).await?;
     alerting::feed_from_rollups(&alerts, collector.health(), shutdown.clone());
     tokio::spawn(collector.run(daemon::wait_for(shutdown.clone())));
-    let server = server(&cfg, &guard, handle, reader, alerts)?;
+    let server = server(&cfg, &guard, handle, reader, alerts, hub)?;
 
     // The core thread ends on a persistence failure: watch for it so the process stops too.
     let (core_done_tx, core_done_rx) = tokio::sync::oneshot::channel();
@@ -229,14 +238,16 @@ fn server(
     handle: core::CoreHandle,
     reader: std::sync::Arc<fanout::Fanout<fanout::RegistryShards>>,
     alerts: alerting::Alerting,
+    hub: std::sync::Arc<crate::hostmetrics::Hub>,
 ) -> Result<tonic::transport::server::Router, LeaderError> {
-    let mut api = NodeApi::new(handle.clone());
+    let mut api = NodeApi::new(handle.clone()).with_host_metrics(hub.clone());
     if guard.require_node_names {
         api = api.requiring_cert_names(cfg.cluster.clone());
     }
     let node = NodeServiceServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(handle, reader, alerts))
-        .max_decoding_message_size(crate::codec::MAX_ADMIN_REQUEST_BYTES);
+    let admin =
+        AdminServiceServer::new(AdminApi::new(handle, reader, alerts).with_host_metrics(hub))
+            .max_decoding_message_size(crate::codec::MAX_ADMIN_REQUEST_BYTES);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = guard.tls.clone() {
         builder = builder
@@ -324,10 +335,12 @@ async fn serve_metrics(
     shutdown: &watch::Receiver<bool>,
     guard: &LeaderGuard,
     discovery: &crate::discovery::DiscoveryMetrics,
+    hub: &crate::hostmetrics::Hub,
 ) -> Result<(crate::metrics::LeaderMetrics, rollup::RollupMetrics), LeaderError> {
     let mut prometheus = prometheus_client::registry::Registry::default();
     let metrics = crate::metrics::LeaderMetrics::new(&mut prometheus);
     let rollups = rollup::RollupMetrics::register(&mut prometheus);
+    hub.register(&mut prometheus);
     if cfg.discovery.is_some() {
         discovery.register(&mut prometheus, "sqd_leader");
     }
@@ -370,6 +383,28 @@ async fn announcer(
     let announcer =
         crate::discovery::announce::start(dcfg, node_token, me, metrics.clone()).await?;
     Ok(Some(announcer))
+}
+
+/// The leader is an emitter too: it samples its own host (the filesystem of its state dir)
+/// straight into the hub, never more often than the heartbeat.
+fn spawn_own_sampler(cfg: &LeaderConfig, hub: std::sync::Arc<crate::hostmetrics::Hub>) {
+    let floor = Duration::from_millis(cfg.heartbeat_ms);
+    let sampler_cfg = cfg.host_metrics.sampler(&cfg.state_dir, false);
+    let Some(mut sampler) = crate::hostmetrics::Sampler::start(sampler_cfg, Instant::now()) else {
+        return;
+    };
+    let period = Duration::from_millis(cfg.host_metrics.interval_ms).max(floor);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some(values) = sampler.poll(Instant::now(), floor) {
+                let host = sampler.host().to_owned();
+                hub.record(&host, crate::hostmetrics::Role::Leader, "leader", values);
+            }
+        }
+    });
 }
 
 /// When configured, serves the Prometheus-compatible query API over `reader` and writes its

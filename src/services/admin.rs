@@ -4,6 +4,8 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
+use super::convert;
+use crate::hostmetrics::Hub;
 use crate::leader::alerting::Alerting;
 use crate::leader::core::{Command, CoreHandle};
 use crate::leader::fanout::{Fanout, RegistryShards};
@@ -13,6 +15,7 @@ pub(crate) struct AdminApi {
     core: CoreHandle,
     reader: Arc<Fanout<RegistryShards>>,
     alerting: Alerting,
+    hub: Option<Arc<Hub>>,
 }
 
 impl AdminApi {
@@ -25,7 +28,19 @@ impl AdminApi {
             core,
             reader,
             alerting,
+            hub: None,
         }
+    }
+
+    pub(crate) fn with_host_metrics(mut self, hub: Arc<Hub>) -> Self {
+        self.hub = Some(hub);
+        self
+    }
+
+    fn hub(&self) -> Result<&Hub, Status> {
+        self.hub
+            .as_deref()
+            .ok_or_else(|| Status::unimplemented("this leader keeps no host metrics"))
     }
 
     async fn drain(
@@ -195,5 +210,26 @@ impl AdminService for AdminApi {
         _request: Request<proto::ReloadRulesRequest>,
     ) -> Result<Response<proto::ReloadRulesResponse>, Status> {
         Ok(Response::new(super::alerts::reload(&self.alerting).await?))
+    }
+
+    async fn list_emitters(
+        &self,
+        _request: Request<proto::ListEmittersRequest>,
+    ) -> Result<Response<proto::ListEmittersResponse>, Status> {
+        let emitters = self.hub()?.list().iter().map(convert::emitter).collect();
+        Ok(Response::new(proto::ListEmittersResponse { emitters }))
+    }
+
+    async fn get_emitter(
+        &self,
+        request: Request<proto::GetEmitterRequest>,
+    ) -> Result<Response<proto::GetEmitterResponse>, Status> {
+        let host = request.into_inner().host;
+        let emitter = self.hub()?.get(&host).ok_or_else(|| {
+            Status::not_found(format!(
+                "no emitter {host:?}: the leader has no host values from it (see sqdctl emitters)"
+            ))
+        })?;
+        Ok(Response::new(convert::emitter_values(&emitter)))
     }
 }

@@ -271,6 +271,39 @@ impl From<Explanation> for proto::ExplainResponse {
     }
 }
 
+/// An emitter's latest values, for `sqdctl emitters`.
+pub(crate) fn emitter(e: &crate::hostmetrics::emitters::Emitter) -> proto::EmitterSummary {
+    proto::EmitterSummary {
+        host: e.host.clone(),
+        role: e.role.as_str().to_owned(),
+        id: e.id.clone(),
+        last_seen_unix_ms: e.last_seen_ms,
+        cpu_percent: e.last.cpu_percent,
+        ram_mb: e.last.ram_mb,
+        disk_mb: e.last.disk_mb,
+        load1: e.last.load1,
+        store_free_mb: e.last.store_free_mb,
+    }
+}
+
+/// An emitter's ring buffers, for `sqdctl emitter HOST`.
+pub(crate) fn emitter_values(
+    e: &crate::hostmetrics::emitters::Emitter,
+) -> proto::GetEmitterResponse {
+    use crate::hostmetrics::Metric;
+    let points = |m: Metric| {
+        (e.ring(m).values())
+            .map(|(unix_ms, value)| proto::HostPoint { unix_ms, value })
+            .collect()
+    };
+    proto::GetEmitterResponse {
+        emitter: Some(emitter(e)),
+        cpu_percent: points(Metric::Cpu),
+        ram_mb: points(Metric::Ram),
+        disk_mb: points(Metric::Disk),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

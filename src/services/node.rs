@@ -1,6 +1,7 @@
 //! `NodeService`: one long-lived bidirectional stream per worker or agent.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use super::convert;
+use crate::hostmetrics::{HostValues, Hub, Role};
 use crate::leader::core::{Command, CoreHandle};
 use crate::leader::registry::SessionId;
 use crate::proto::node_message::Body;
@@ -24,6 +26,8 @@ pub(crate) struct NodeApi {
     next_session: AtomicU64,
     /// With mTLS, the cluster whose names a node's certificate must carry.
     cert_cluster: Option<String>,
+    /// Where host samples go, straight from the session task (never through the core).
+    hub: Option<Arc<Hub>>,
 }
 
 impl NodeApi {
@@ -32,7 +36,13 @@ impl NodeApi {
             core,
             next_session: AtomicU64::new(1),
             cert_cluster: None,
+            hub: None,
         }
+    }
+
+    pub(crate) fn with_host_metrics(mut self, hub: Arc<Hub>) -> Self {
+        self.hub = Some(hub);
+        self
     }
 
     /// Refuses a `Register` whose id the client certificate does not name (mTLS).
@@ -85,6 +95,14 @@ impl NodeService for NodeApi {
         let hello = first_register(&mut inbound).await?;
         self.check_cert(certs.as_deref().map(Vec::as_slice), &hello, &peer)?;
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let emitter = self.hub.clone().map(|hub| Emitter {
+            hub,
+            role: match proto::NodeRole::try_from(hello.role) {
+                Ok(proto::NodeRole::Agent) => Role::Agent,
+                _ => Role::Worker,
+            },
+            id: hello.id.clone(),
+        });
         let (outbox, rx) = mpsc::unbounded_channel();
         self.core.send(Command::Register {
             session,
@@ -92,7 +110,7 @@ impl NodeService for NodeApi {
             peer,
             outbox,
         })?;
-        tokio::spawn(forward(inbound, session, self.core.clone()));
+        tokio::spawn(forward(inbound, session, self.core.clone(), emitter));
         Ok(Response::new(Box::pin(
             UnboundedReceiverStream::new(rx).map(|message| Ok((*message).into())),
         )))
@@ -115,8 +133,32 @@ async fn first_register(inbound: &mut Streaming<NodeMessage>) -> Result<proto::R
     }
 }
 
+/// The node behind a session, as its host samples are recorded.
+struct Emitter {
+    hub: Arc<Hub>,
+    role: Role,
+    id: String,
+}
+
+impl Emitter {
+    fn record(&self, sample: &proto::HostSample) {
+        match HostValues::from_proto(sample) {
+            Some(values) => self.hub.record(&sample.host, self.role, &self.id, values),
+            None => {
+                debug!(id = %self.id, "ignoring a host sample with a value that is not a number")
+            }
+        }
+    }
+}
+
 /// Hands every later message of the session to the core, then tells it the stream closed.
-async fn forward(mut inbound: Streaming<NodeMessage>, session: SessionId, core: CoreHandle) {
+/// Host samples go to the hub instead: they need nothing the core owns.
+async fn forward(
+    mut inbound: Streaming<NodeMessage>,
+    session: SessionId,
+    core: CoreHandle,
+    emitter: Option<Emitter>,
+) {
     while let Some(msg) = inbound.next().await {
         let body = match msg {
             Ok(NodeMessage { body: Some(body) }) => body,
@@ -127,12 +169,19 @@ async fn forward(mut inbound: Streaming<NodeMessage>, session: SessionId, core: 
             }
         };
         let cmd = match body {
-            Body::Heartbeat(h) => Command::Heartbeat {
-                session,
-                seq: h.seq,
-                load: h.load,
-                progress: h.clients.into_iter().map(convert::progress).collect(),
-            },
+            Body::Heartbeat(mut h) => {
+                if let (Some(sample), Some(emitter)) = (h.host.take(), &emitter)
+                    && !sample.host.is_empty()
+                {
+                    emitter.record(&sample);
+                }
+                Command::Heartbeat {
+                    session,
+                    seq: h.seq,
+                    load: h.load,
+                    progress: h.clients.into_iter().map(convert::progress).collect(),
+                }
+            }
             Body::Released(r) => Command::Released {
                 session,
                 client: r.client,

@@ -134,6 +134,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: watch::Receiver<bool>) -> Result<(
         addr: shard_addr.to_string(),
         cluster: cfg.cluster.clone().unwrap_or_default(),
         capacity: cfg.capacity,
+        host_metrics: Some(cfg.host_metrics.sampler(&cfg.store, true)),
     };
     let store = crate::store::LocalStore::open_with(&cfg.store, cfg.shard)?;
     let mut prometheus = prometheus_client::registry::Registry::default();

@@ -278,6 +278,11 @@ impl Cluster {
     }
 
     pub fn spawn_agent(&mut self, name: &str) -> &mut Proc {
+        self.spawn_agent_with(name, &[])
+    }
+
+    /// Starts an agent with extra flags (e.g. `--host-name`).
+    pub fn spawn_agent_with(&mut self, name: &str, extra: &[&str]) -> &mut Proc {
         let watch = self.dir.path().join(format!("watch-{name}"));
         std::fs::create_dir_all(&watch).expect("create watch dir");
         agent_runtime_dir_for_owner(&watch);
@@ -293,6 +298,7 @@ impl Cluster {
             "--watch",
             &watch,
         ];
+        let args: Vec<&str> = args.iter().chain(extra).copied().collect();
         let proc = Proc::spawn(&format!("agent-{name}"), self.dir.path(), &args, &[]);
         self.agents.insert(name.to_owned(), proc);
         self.agents.get_mut(name).expect("just inserted")

@@ -3,7 +3,8 @@
 //! at one deadline, and says which shards answered ([`ShardReport`]). Implements
 //! [`ClusterReader`] for sqdctl, the HTTP API and alert rules.
 //!
-//! Shards are behind [`Shard`] (remote workers over gRPC now; the leader's own shard later).
+//! Shards are behind [`Shard`]: remote workers over gRPC, and the leader's own shard of host
+//! metrics (`hostmetrics::history::LeaderShard`, id `leader`).
 //! Dropping a read (the caller went away) aborts every shard's task, which drops its stream,
 //! which cancels the shard's side.
 
@@ -201,6 +202,8 @@ pub(crate) struct RegistryShards {
     bearer: crate::security::Bearer,
     /// With mTLS: workers' shards are reached over TLS and must prove their id.
     tls: Option<crate::security::tls::ShardTls>,
+    /// The leader's own shard (host metrics), asked with every read.
+    local: Option<Arc<dyn Shard>>,
 }
 
 impl RegistryShards {
@@ -214,7 +217,14 @@ impl RegistryShards {
             bearer,
             tls,
             channels: Mutex::new(HashMap::new()),
+            local: None,
         }
+    }
+
+    /// Adds the leader's own shard (id `leader`) to every read.
+    pub(crate) fn with_local(mut self, shard: Arc<dyn Shard>) -> Self {
+        self.local = Some(shard);
+        self
     }
 
     /// One channel per worker and address (a worker that moved gets a new one; TLS names
@@ -245,7 +255,7 @@ impl ShardSource for RegistryShards {
             // Addresses no worker advertises any more (restarted on another port) are let go.
             (self.channels.lock().unwrap_or_else(|p| p.into_inner()))
                 .retain(|(id, addr), _| workers.iter().any(|w| w.id == *id && w.addr == *addr));
-            let mut shards: Vec<Arc<dyn Shard>> = Vec::new();
+            let mut shards: Vec<Arc<dyn Shard>> = self.local.iter().cloned().collect();
             for w in workers {
                 let shard: Arc<dyn Shard> = match self.channel(&w.id, &w.addr) {
                     Ok(channel) => Arc::new(RemoteShard::new(w.id, channel, self.bearer.clone())),
